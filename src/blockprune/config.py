@@ -1,0 +1,205 @@
+"""``PruningConfig``: what to prune, how, and how fast — validated on construction, saved as JSON.
+
+Attention (Q/K/V/O) and FFN (up/gate/down) have their own method and block shape; the schedule is
+shared. Two block settings couple matrices:
+
+* ``attention_block="head"``: one score per head, shared by its Q/K/V rows and O columns;
+* ``ffn_block=(1, -1)``: one score per FFN neuron, shared by the up (and gate) row and the down column.
+
+Any other block shape gives every matrix its own block scores.
+
+Example:
+    >>> cfg = PruningConfig.preset("hybrid", sparsity=0.6)
+    >>> cfg.attention_block, cfg.ffn_block
+    ((32, 32), (1, -1))
+    >>> PruningConfig.from_json(cfg.to_json()) == cfg
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from . import atomic
+from .masks import METHODS
+
+CONFIG_VERSION = 1
+HEAD = "head"
+NEURON: tuple[int, int] = (1, -1)
+
+BlockSetting = tuple[int, int] | str
+
+
+class ConfigError(ValueError):
+    """A pruning configuration value is invalid; the message names the field and the fix."""
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "unstructured": dict(attention_method="topk", attention_block=(1, 1), ffn_method="topk", ffn_block=(1, 1)),
+    "block": dict(attention_method="topk", attention_block=(32, 32), ffn_method="topk", ffn_block=(32, 32)),
+    "hybrid": dict(
+        attention_method="sigmoid_threshold",
+        attention_block=(32, 32),
+        ffn_method="sigmoid_threshold",
+        ffn_block=NEURON,
+    ),
+    "hybrid-filled": dict(
+        attention_method="sigmoid_threshold",
+        attention_block=(32, 32),
+        ffn_method="sigmoid_threshold",
+        ffn_block=NEURON,
+    ),
+    "struct": dict(attention_method="topk", attention_block=HEAD, ffn_method="topk", ffn_block=NEURON),
+}
+"""Named settings. ``hybrid-filled`` prunes like ``hybrid``; the pipeline adds the fill stage."""
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    """How to prune the attention and FFN linears of a transformer.
+
+    Example:
+        >>> PruningConfig(sparsity=0.5, attention_block="head").attention_block
+        'head'
+    """
+
+    attention_method: str = _help("masking method for Q/K/V/O: topk | sigmoid_threshold | magnitude", "topk")
+    attention_block: BlockSetting = _help("(rows, cols) block of Q/K/V/O (-1 = full extent) or 'head'", (32, 32))
+    ffn_method: str = _help("masking method for the FFN linears", "topk")
+    ffn_block: BlockSetting = _help("(rows, cols) block of the FFN linears; (1, -1) couples neurons", NEURON)
+    sparsity: float = _help("final fraction of the pruned linears' weights removed, in [0, 1)", 0.5)
+    attention_sparsity: float | None = _help("final sparsity of attention if different from `sparsity`", None)
+    warmup: float = _help("fraction of steps kept dense at the start (scores still learn)", 0.1)
+    cooldown: float = _help("fraction of steps at the final sparsity at the end", 0.1)
+    threshold: float = _help("sigmoid_threshold: keep blocks with sigmoid(score) above this", 0.1)
+    regularization: float = _help("sigmoid_threshold: initial weight of the L1 penalty (adapted to the target)", 1.0)
+    score_lr: float = _help("learning rate of the mask scores (no weight decay)", 1e-2)
+    score_init: float = _help("initial value of learned scores", 0.0)
+    version: int = _help("format version of this config", CONFIG_VERSION)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attention_block", _normalize_block("attention_block", self.attention_block))
+        object.__setattr__(self, "ffn_block", _normalize_block("ffn_block", self.ffn_block))
+        if self.ffn_block == HEAD:
+            raise ConfigError("ffn_block='head' is not meaningful; use (1, -1) for FFN neurons")
+        for name in ("attention_method", "ffn_method"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in METHODS:
+                raise ConfigError(f"{name}={value!r} is not a registered method; choose one of {sorted(METHODS)}")
+        for name in ("sparsity", "warmup", "cooldown", "threshold", "regularization", "score_lr", "score_init"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+        _check_sparsity("sparsity", self.sparsity)
+        if self.attention_sparsity is not None:
+            _check_sparsity("attention_sparsity", self.attention_sparsity)
+        if not (0 <= self.warmup and 0 <= self.cooldown and self.warmup + self.cooldown < 1):
+            raise ConfigError(
+                f"warmup={self.warmup} and cooldown={self.cooldown} must be >= 0 and sum to less than 1"
+            )
+        if not 0 < self.threshold < 1:
+            raise ConfigError(f"threshold={self.threshold} must be in (0, 1) (it is compared with a sigmoid)")
+        if self.regularization < 0 or self.score_lr <= 0:
+            raise ConfigError("regularization must be >= 0 and score_lr > 0")
+        if not isinstance(self.version, int) or isinstance(self.version, bool):
+            raise ConfigError(f"version must be an integer, got {self.version!r}")
+
+    @property
+    def final_attention_sparsity(self) -> float:
+        """Target sparsity of attention (``attention_sparsity`` or ``sparsity``)."""
+        return self.sparsity if self.attention_sparsity is None else self.attention_sparsity
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> PruningConfig:
+        """Build the named preset (see :data:`PRESETS`), with any field overridden."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def replace(self, **changes: Any) -> PruningConfig:
+        """Return a copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (blocks as lists)."""
+        data = asdict(self)
+        for key in ("attention_block", "ffn_block"):
+            if isinstance(data[key], tuple):
+                data[key] = list(data[key])
+        return data
+
+    def to_json(self) -> str:
+        """JSON text with sorted keys."""
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruningConfig:
+        """Build from a dict; unknown keys warn when they come from a newer version, else fail."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a pruning config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            version = data.get("version", CONFIG_VERSION)
+            if isinstance(version, int) and version > CONFIG_VERSION:
+                warnings.warn(
+                    f"pruning config version {version} is newer than this blockprune ({CONFIG_VERSION}); "
+                    f"ignoring unknown keys {unknown}",
+                    stacklevel=2,
+                )
+            else:
+                raise ConfigError(f"unknown pruning config keys {unknown}; valid keys: {sorted(known)}")
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("version"), int) and values["version"] > CONFIG_VERSION:
+            values["version"] = CONFIG_VERSION
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> PruningConfig:
+        """Parse JSON text (see :meth:`from_dict`)."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"pruning config is not valid JSON: {err}") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the config as JSON, atomically."""
+        return atomic.write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PruningConfig:
+        """Read a config saved by :meth:`save`."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"pruning config file {path} does not exist")
+        try:
+            return cls.from_json(path.read_text(encoding="utf-8"))
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+
+
+def _check_sparsity(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name}={value!r} must be a number in [0, 1) (fraction of weights removed)")
+
+
+def _normalize_block(name: str, value: Any) -> BlockSetting:
+    if value == HEAD:
+        return HEAD
+    if isinstance(value, list | tuple) and len(value) == 2:
+        if all(isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1) for v in value):
+            return int(value[0]), int(value[1])
+    raise ConfigError(
+        f"{name}={value!r} is not a block shape: give [rows, cols] with positive sizes or -1 for the full extent"
+        + (", or 'head'" if name == "attention_block" else "")
+    )

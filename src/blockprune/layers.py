@@ -1,0 +1,168 @@
+"""Masked linears and the score groups that drive them.
+
+A :class:`ScoreGroup` owns one tensor of block scores and turns it into a block mask with its method.
+A :class:`MaskedLinear` *wraps* an ``nn.Linear`` (``base_layer``) and multiplies its weight by the
+expansion of its group's mask. Several linears may share a group, which is how a head (Q/K/V rows and
+O columns) or an FFN neuron (up row and down column) is kept or dropped as one unit:
+
+* layout ``"grid"``: the group scores are the ``(out/r, in/c)`` block grid of this one matrix;
+* layout ``"rows"``: one score per run of ``r`` output rows (heads on Q/K/V, neurons on up/gate);
+* layout ``"cols"``: one score per run of ``c`` input columns (heads on O, neurons on down).
+
+Output rows that lose all their weights also lose their bias, so the masked model computes exactly
+what the finalized (and then shrunk) model computes.
+
+Example:
+    >>> base = nn.Linear(8, 4)
+    >>> group = ScoreGroup((2, 2), "topk", kind="ffn")
+    >>> layer = MaskedLinear(base, group, "grid", (2, 4))
+    >>> layer(torch.randn(3, 8)).shape
+    torch.Size([3, 4])
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .masks import Block, expand_blocks, get_method, resolve_block
+
+Layout = Literal["grid", "rows", "cols"]
+
+
+class ScoreGroup(nn.Module):
+    """Block scores shared by one or more :class:`MaskedLinear`.
+
+    Args:
+        shape: shape of the score tensor (block grid, or ``(n,)`` for coupled rows/columns).
+        method: registered method name (see :mod:`blockprune.masks`).
+        kind: ``"attention"`` or ``"ffn"``; selects which scheduled sparsity applies.
+        threshold: sigmoid threshold for ``sigmoid_threshold``.
+        init: initial score value for learned methods.
+    """
+
+    def __init__(
+        self, shape: tuple[int, ...], method: str, kind: str, threshold: float = 0.5, init: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.method = get_method(method)
+        self.kind = kind
+        self.threshold = threshold
+        self.density = 1.0
+        if self.method.learned:
+            self.scores = nn.Parameter(torch.full(shape, float(init)))
+        else:
+            self.register_buffer("scores", torch.zeros(shape), persistent=False)
+        self.members: list[MaskedLinear] = []
+
+    @property
+    def weights_per_block(self) -> int:
+        """How many weights one score covers, summed over the member linears."""
+        return sum(m.weights_per_score for m in self.members)
+
+    def importance(self) -> torch.Tensor:
+        """Block magnitudes ``sum |W|`` over the members, at score resolution (for non-learned methods)."""
+        total = torch.zeros_like(self.scores)
+        for member in self.members:
+            total = total + member.block_magnitude()
+        return total
+
+    def mask(self) -> torch.Tensor:
+        """The current {0, 1} block mask (with straight-through gradients for learned methods)."""
+        scores = self.scores if self.method.learned else self.importance()
+        return self.method.fn(scores, self.density, self.threshold)
+
+    def extra_repr(self) -> str:
+        return f"method={self.method.name}, kind={self.kind}, shape={tuple(self.scores.shape)}"
+
+
+class MaskedLinear(nn.Module):
+    """An ``nn.Linear`` whose weight is multiplied by a block mask from a :class:`ScoreGroup`.
+
+    ``from_linear`` / ``to_linear`` go in and out; ``to_linear`` bakes the mask into the weights.
+    """
+
+    def __init__(self, base_layer: nn.Linear, group: ScoreGroup, layout: Layout, block: Block) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.layout = layout
+        shape = (base_layer.out_features, base_layer.in_features)
+        self.block = resolve_block(shape, block)
+        object.__setattr__(self, "group", group)  # shared, so not registered as a child module
+        group.members.append(self)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group: ScoreGroup, layout: Layout, block: Block) -> MaskedLinear:
+        """Wrap ``linear`` (its parameters are reused, not copied)."""
+        return cls(linear, group, layout, block)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+    @property
+    def weights_per_score(self) -> int:
+        rows, cols = self.block
+        if self.layout == "rows":
+            return rows * self.in_features
+        if self.layout == "cols":
+            return cols * self.out_features
+        return rows * cols
+
+    def block_magnitude(self) -> torch.Tensor:
+        """``sum |W|`` per score of this linear (detached)."""
+        w = self.weight.detach().abs()
+        rows, cols = self.block
+        if self.layout == "rows":
+            return w.sum(dim=1).reshape(-1, rows).sum(dim=1)
+        if self.layout == "cols":
+            return w.sum(dim=0).reshape(-1, cols).sum(dim=1)
+        n_r, n_c = self.out_features // rows, self.in_features // cols
+        return w.reshape(n_r, rows, n_c, cols).sum(dim=(1, 3))
+
+    def masks(self, block_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight mask (broadcastable to the weight) and bias mask (``None`` = bias kept) for a block mask."""
+        mask = self.group.mask() if block_mask is None else block_mask
+        rows, cols = self.block
+        if self.layout == "rows":
+            row_mask = mask.repeat_interleave(rows)
+            return row_mask[:, None], row_mask
+        if self.layout == "cols":
+            return mask.repeat_interleave(cols)[None, :], None
+        weight_mask = expand_blocks(mask, self.block, (self.out_features, self.in_features))
+        row_alive = mask.detach().amax(dim=1).repeat_interleave(rows)
+        return weight_mask, row_alive
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight_mask, bias_mask = self.masks()
+        bias = self.bias
+        if bias is not None and bias_mask is not None:
+            bias = bias * bias_mask
+        return F.linear(x, self.weight * weight_mask, bias)
+
+    @torch.no_grad()
+    def to_linear(self, block_mask: torch.Tensor | None = None) -> nn.Linear:
+        """Bake the mask (the group's current one unless given) into ``base_layer`` and return it."""
+        weight_mask, bias_mask = self.masks(block_mask)
+        self.base_layer.weight.mul_(weight_mask.to(self.weight.dtype))
+        if self.bias is not None and bias_mask is not None:
+            self.base_layer.bias.mul_(bias_mask.to(self.bias.dtype))
+        return self.base_layer
+
+    def extra_repr(self) -> str:
+        return f"layout={self.layout}, block={self.block}"

@@ -1,0 +1,164 @@
+"""Blocks and the methods that turn block scores into binary masks.
+
+A block shape ``(rows, cols)`` tiles a weight matrix ``[out, in]``; ``-1`` means the full extent, so
+``(1, 1)`` is unstructured, ``(32, 32)`` tiles, ``(1, -1)`` whole rows and ``(-1, 1)`` whole columns.
+Scores live at block resolution (one per block); :func:`expand_blocks` turns a block mask into a weight
+mask only when it is applied.
+
+A *method* maps scores to a {0, 1} mask of the same shape. Masks are binary in the forward pass; the
+learned methods pass gradients straight through to the scores (the straight-through estimator of
+Bengio et al. 2013, as used by movement pruning, Sanh et al. 2020). A new method is one registered
+function:
+
+Example:
+    >>> @register_method("random_half", learned=False)   # doctest: +SKIP
+    ... def random_half(scores, density, threshold):
+    ...     return (torch.rand_like(scores) < 0.5).to(scores.dtype)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Block = tuple[int, int]
+MaskFn = Callable[[torch.Tensor, float, float], torch.Tensor]
+
+
+class BlockShapeError(ValueError):
+    """A block shape does not tile a matrix."""
+
+
+def resolve_block(shape: tuple[int, int], block: Block, name: str = "matrix") -> Block:
+    """Replace ``-1`` by the full extent and check that ``block`` divides ``shape``.
+
+    Raises:
+        BlockShapeError: a block side does not divide the matrix side; the message names ``name``.
+    """
+    rows = shape[0] if block[0] == -1 else block[0]
+    cols = shape[1] if block[1] == -1 else block[1]
+    if rows <= 0 or cols <= 0 or shape[0] % rows or shape[1] % cols:
+        raise BlockShapeError(
+            f"block {tuple(block)} does not tile {name} of shape {tuple(shape)} (out x in): each block side "
+            "must divide the matrix side (use -1 for the full extent)"
+        )
+    return rows, cols
+
+
+def grid_shape(shape: tuple[int, int], block: Block, name: str = "matrix") -> tuple[int, int]:
+    """Number of blocks along each side: ``(out // rows, in // cols)``."""
+    rows, cols = resolve_block(shape, block, name)
+    return shape[0] // rows, shape[1] // cols
+
+
+def reduce_blocks(weight: torch.Tensor, block: Block) -> torch.Tensor:
+    """Sum ``weight`` within each block, giving a tensor at block resolution."""
+    rows, cols = resolve_block(tuple(weight.shape), block)
+    n_r, n_c = weight.shape[0] // rows, weight.shape[1] // cols
+    return weight.reshape(n_r, rows, n_c, cols).sum(dim=(1, 3))
+
+
+def expand_blocks(block_mask: torch.Tensor, block: Block, shape: tuple[int, int]) -> torch.Tensor:
+    """Expand a block-resolution mask to the full ``shape`` (inverse of the block layout)."""
+    rows, cols = resolve_block(shape, block)
+    n_r, n_c = block_mask.shape
+    return block_mask[:, None, :, None].expand(n_r, rows, n_c, cols).reshape(shape)
+
+
+class _TopK(torch.autograd.Function):
+    """Keep the ``k`` largest entries; straight-through gradient."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, scores: torch.Tensor, k: int) -> torch.Tensor:
+        mask = torch.zeros_like(scores)
+        if k > 0:
+            flat = mask.view(-1)
+            flat[torch.topk(scores.reshape(-1), k, sorted=False).indices] = 1.0
+        return mask
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+class _Threshold(torch.autograd.Function):
+    """``1[x > threshold]``; straight-through gradient."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, threshold: float) -> torch.Tensor:
+        return (x > threshold).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def kept_count(n: int, density: float) -> int:
+    """How many of ``n`` blocks a density keeps (rounded, at least 0, at most ``n``)."""
+    return max(0, min(n, round(density * n)))
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered masking method.
+
+    Attributes:
+        name: registry key.
+        fn: ``fn(scores, density, threshold) -> mask`` (same shape as ``scores``, values in {0, 1}).
+        learned: scores are trainable parameters (movement); otherwise they are recomputed from weights.
+        regularized: an L1 penalty on ``sigmoid(scores)`` drives the sparsity (soft movement).
+    """
+
+    name: str
+    fn: MaskFn
+    learned: bool
+    regularized: bool = False
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, *, learned: bool, regularized: bool = False) -> Callable[[MaskFn], MaskFn]:
+    """Decorator adding a masking function to :data:`METHODS` under ``name``."""
+
+    def wrap(fn: MaskFn) -> MaskFn:
+        METHODS[name] = Method(name, fn, learned, regularized)
+        return fn
+
+    return wrap
+
+
+def get_method(name: str) -> Method:
+    """Return the registered method ``name``.
+
+    Raises:
+        ValueError: unknown name; the message lists the registered ones.
+    """
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown pruning method {name!r}; registered: {', '.join(sorted(METHODS))}") from None
+
+
+@register_method("topk", learned=True)
+def topk_mask(scores: torch.Tensor, density: float, threshold: float) -> torch.Tensor:
+    """Hard movement pruning: keep the ``density`` fraction of blocks with the highest scores."""
+    return _TopK.apply(scores, kept_count(scores.numel(), density))
+
+
+@register_method("sigmoid_threshold", learned=True, regularized=True)
+def sigmoid_threshold_mask(scores: torch.Tensor, density: float, threshold: float) -> torch.Tensor:
+    """Soft movement pruning: keep blocks whose ``sigmoid(score)`` exceeds ``threshold``.
+
+    The gradient flows through the sigmoid, so the L1 penalty and the task loss both move the scores.
+    ``density`` is not used here: the regularization weight steers the sparsity.
+    """
+    return _Threshold.apply(torch.sigmoid(scores), threshold)
+
+
+@register_method("magnitude", learned=False)
+def magnitude_mask(scores: torch.Tensor, density: float, threshold: float) -> torch.Tensor:
+    """Baseline: ``scores`` hold block magnitudes; keep the largest ``density`` fraction (no gradient)."""
+    return _TopK.apply(scores.detach(), kept_count(scores.numel(), density))

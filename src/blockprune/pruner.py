@@ -1,0 +1,273 @@
+"""``Pruner``: patch a model, step the schedule, regularize, report, finalize.
+
+The life of a pruning run (vocabulary after torch.ao.pruning: prepare → step → squash):
+
+1. ``Pruner(model, config)`` wraps every Q/K/V/O and FFN linear named by the architecture table in a
+   :class:`~blockprune.layers.MaskedLinear` and adds the score groups to the model as ``model.blockprune``,
+   so checkpoints carry the scores and the controller state;
+2. every optimizer step calls ``pruner.step(step, total_steps)`` (the Trainer callback does it for you)
+   and adds ``pruner.regularization()`` to the loss;
+3. ``pruner.finalize()`` bakes the masks into plain ``nn.Linear`` weights and returns the stock model.
+
+Soft movement (``sigmoid_threshold``) has no direct handle on the sparsity; its L1 weight λ is therefore
+adapted each step by a multiplicative controller on the measured density, so that it follows the same
+cubic schedule as ``topk`` and lands on the target instead of making the user sweep λ.
+
+Example:
+    >>> pruner = Pruner(model, PruningConfig.preset("struct", sparsity=0.5))   # doctest: +SKIP
+    >>> for step, batch in enumerate(loader):                                   # doctest: +SKIP
+    ...     pruner.step(step, total_steps)
+    ...     loss = model(**batch).loss + pruner.regularization()
+    ...     loss.backward(); optimizer.step(); optimizer.zero_grad()
+    >>> model = pruner.finalize()                                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .arch import find_blocks, get_arch, get_path, head_dim, set_path
+from .config import HEAD, NEURON, PruningConfig
+from .layers import Layout, MaskedLinear, ScoreGroup
+from .masks import grid_shape
+from .schedule import phase_bounds, sparsity_at
+
+STATE_NAME = "blockprune"
+
+
+class PatchError(ValueError):
+    """The model cannot be patched (already patched, nothing to patch, ...)."""
+
+
+class PrunerState(nn.Module):
+    """Lives in the model as ``model.blockprune``: the score groups and the λ controller state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.groups = nn.ModuleList()
+        self.register_buffer("log_lambda_scale", torch.zeros(()))
+        self.register_buffer("last_step", torch.full((), -1, dtype=torch.long))
+
+
+def is_patched(model: nn.Module) -> bool:
+    """Whether ``model`` already carries blockprune masks."""
+    return hasattr(model, STATE_NAME) or any(isinstance(m, MaskedLinear) for m in model.modules())
+
+
+class Pruner:
+    """Patches ``model`` in place according to ``config`` (see module docstring).
+
+    Args:
+        model: a Hugging Face model whose ``model_type`` is in :data:`blockprune.arch.ARCHITECTURES`.
+        config: what to prune and how.
+        controller_gain: speed of the λ controller for ``sigmoid_threshold`` (log-scale change per step
+            per unit of density error).
+
+    Raises:
+        PatchError: the model is already patched, or the configuration patches no module.
+        UnsupportedModelError: the model type is not in the architecture table.
+        BlockShapeError: a block shape does not tile a matrix (the message names the module).
+    """
+
+    def __init__(self, model: nn.Module, config: PruningConfig, controller_gain: float = 0.5) -> None:
+        if is_patched(model):
+            raise PatchError("this model is already patched by blockprune; finalize() it or use a fresh model")
+        self.model = model
+        self.config = config
+        self.controller_gain = controller_gain
+        self.spec = get_arch(model)
+        self.layers: dict[str, MaskedLinear] = {}
+        self._sites: dict[str, tuple[nn.Module, str]] = {}
+        self.state = PrunerState()
+        self._lambda = 0.0
+        self._target = {"attention": 1.0, "ffn": 1.0}
+        self._patch()
+        if not self.layers:
+            raise PatchError(f"the configuration patched no module in {type(model).__name__}")
+        device = next(iter(self.layers.values())).weight.device
+        model.add_module(STATE_NAME, self.state.to(device))
+
+    # ----------------------------------------------------------------------------------- patching
+    def _patch(self) -> None:
+        cfg = self.config
+        for index, block in enumerate(find_blocks(self.model, self.spec)):
+            for attn in self.spec.attention:
+                paths = {"q": attn.q, "k": attn.k, "v": attn.v, "o": attn.o}
+                if cfg.attention_block == HEAD:
+                    d = head_dim(block, attn)
+                    n = get_path(block, attn.q).out_features // d
+                    group = self._new_group((n,), cfg.attention_method, "attention")
+                    for role, path in paths.items():
+                        layout: Layout = "cols" if role == "o" else "rows"
+                        block_shape = (-1, d) if role == "o" else (d, -1)
+                        self._wrap(index, block, path, group, layout, block_shape)
+                else:
+                    for path in paths.values():
+                        self._wrap_grid(index, block, path, cfg.attention_method, cfg.attention_block, "attention")
+            ffn = self.spec.ffn
+            ups = [p for p in (ffn.up, ffn.gate) if p]
+            if cfg.ffn_block == NEURON:
+                width = get_path(block, ffn.up).out_features
+                group = self._new_group((width,), cfg.ffn_method, "ffn")
+                for path in ups:
+                    self._wrap(index, block, path, group, "rows", (1, -1))
+                self._wrap(index, block, ffn.down, group, "cols", (-1, 1))
+            else:
+                for path in [*ups, ffn.down]:
+                    self._wrap_grid(index, block, path, cfg.ffn_method, cfg.ffn_block, "ffn")
+
+    def _new_group(self, shape: tuple[int, ...], method: str, kind: str) -> ScoreGroup:
+        group = ScoreGroup(shape, method, kind, self.config.threshold, self.config.score_init)
+        self.state.groups.append(group)
+        return group
+
+    def _wrap_grid(self, index: int, block: nn.Module, path: str, method: str, shape: Any, kind: str) -> None:
+        linear = get_path(block, path)
+        name = f"layer.{index}.{path}"
+        grid = grid_shape((linear.out_features, linear.in_features), shape, name)
+        self._wrap(index, block, path, self._new_group(grid, method, kind), "grid", shape)
+
+    def _wrap(self, index: int, block: nn.Module, path: str, group: ScoreGroup, layout: Layout, shape: Any) -> None:
+        linear = get_path(block, path)
+        name = f"layer.{index}.{path}"
+        if not isinstance(linear, nn.Linear):
+            raise PatchError(f"{name} is a {type(linear).__name__}, expected nn.Linear")
+        wrapped = MaskedLinear.from_linear(linear, group, layout, shape)
+        set_path(block, path, wrapped)
+        self.layers[name] = wrapped
+        self._sites[name] = (block, path)
+
+    # ----------------------------------------------------------------------------------- training
+    @property
+    def groups(self) -> list[ScoreGroup]:
+        return list(self.state.groups)
+
+    def _regularized(self) -> list[ScoreGroup]:
+        return [g for g in self.state.groups if g.method.regularized]
+
+    def step(self, step: int, total_steps: int) -> dict[str, float]:
+        """Set the scheduled density of every group for optimizer step ``step`` and update λ.
+
+        Call it once per optimizer step, before the forward pass. Returns what it set (for logging).
+        """
+        cfg = self.config
+        ffn_sparsity = sparsity_at(step, total_steps, cfg.sparsity, cfg.warmup, cfg.cooldown)
+        attn_sparsity = sparsity_at(step, total_steps, cfg.final_attention_sparsity, cfg.warmup, cfg.cooldown)
+        self._target = {"attention": 1.0 - attn_sparsity, "ffn": 1.0 - ffn_sparsity}
+        for group in self.state.groups:
+            group.density = self._target[group.kind]
+        regularized = self._regularized()
+        ramp_start, _ = phase_bounds(total_steps, cfg.warmup, cfg.cooldown)
+        if regularized and step >= ramp_start:
+            last = int(self.state.last_step)
+            if step > last:  # each step updates the controller once, also after a resume
+                error = self._density(regularized) - self._target_density(regularized)
+                scale = self.state.log_lambda_scale + self.controller_gain * error
+                self.state.log_lambda_scale.fill_(float(scale.clamp(-12.0, 12.0)))
+                self.state.last_step.fill_(step)
+            self._lambda = cfg.regularization * math.exp(float(self.state.log_lambda_scale))
+        else:
+            self._lambda = 0.0
+        return self.log_values()
+
+    def log_values(self) -> dict[str, float]:
+        """Numbers worth logging: scheduled density per kind, λ, threshold, measured density per kind."""
+        stats = self.stats()
+        out = {
+            "prune/target_density_attention": round(self._target["attention"], 4),
+            "prune/target_density_ffn": round(self._target["ffn"], 4),
+            "prune/density_attention": round(stats["attention"], 4),
+            "prune/density_ffn": round(stats["ffn"], 4),
+        }
+        if self._regularized():
+            out["prune/lambda"] = self._lambda
+            out["prune/threshold"] = self.config.threshold
+        return out
+
+    def _target_density(self, groups: list[ScoreGroup]) -> float:
+        total = sum(g.scores.numel() * g.weights_per_block for g in groups)
+        return sum(self._target[g.kind] * g.scores.numel() * g.weights_per_block for g in groups) / total
+
+    @torch.no_grad()
+    def _density(self, groups: list[ScoreGroup]) -> float:
+        total = sum(g.scores.numel() * g.weights_per_block for g in groups)
+        kept = sum(float(g.mask().sum()) * g.weights_per_block for g in groups)
+        return kept / total if total else 1.0
+
+    def regularization(self) -> torch.Tensor:
+        """λ times the expected density ``mean(sigmoid(scores))`` (weighted by the weights each score covers).
+
+        Zero when no group uses a regularized method or during warm-up. Add it to the loss.
+        """
+        groups = self._regularized()
+        if not groups or self._lambda == 0.0:
+            return torch.zeros((), device=self.state.log_lambda_scale.device)
+        total = sum(g.scores.numel() * g.weights_per_block for g in groups)
+        expected = sum(torch.sigmoid(g.scores).sum() * g.weights_per_block for g in groups) / total
+        return self._lambda * expected
+
+    def score_parameters(self) -> list[nn.Parameter]:
+        """The learned scores (empty for ``magnitude``)."""
+        return [g.scores for g in self.state.groups if isinstance(g.scores, nn.Parameter)]
+
+    def param_groups(
+        self, lr: float, weight_decay: float = 0.0, score_lr: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: weights (decay), biases/norms (no decay), scores (own lr, no decay)."""
+        score_ids = {id(p) for p in self.score_parameters()}
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad or id(param) in score_ids:
+                continue
+            is_no_decay = param.ndim < 2 or "norm" in name.lower()
+            (no_decay if is_no_decay else decay).append(param)
+        groups = [
+            {"params": decay, "lr": lr, "weight_decay": weight_decay},
+            {"params": no_decay, "lr": lr, "weight_decay": 0.0},
+        ]
+        if score_ids:
+            groups.append(
+                {"params": self.score_parameters(), "lr": score_lr or self.config.score_lr, "weight_decay": 0.0}
+            )
+        return [g for g in groups if g["params"]]
+
+    # ----------------------------------------------------------------------------------- reporting
+    @torch.no_grad()
+    def stats(self) -> dict[str, Any]:
+        """Density (fraction of weights kept) per patched module, per kind and overall."""
+        modules: dict[str, float] = {}
+        kept = {"attention": 0.0, "ffn": 0.0}
+        total = {"attention": 0, "ffn": 0}
+        masks = {id(g): g.mask() for g in self.state.groups}
+        for name, layer in self.layers.items():
+            weight_mask, _ = layer.masks(masks[id(layer.group)])
+            n = layer.out_features * layer.in_features
+            k = float(weight_mask.expand(layer.out_features, layer.in_features).sum())
+            modules[name] = k / n
+            kept[layer.group.kind] += k
+            total[layer.group.kind] += n
+        overall_total = sum(total.values())
+        return {
+            "modules": modules,
+            "attention": kept["attention"] / total["attention"] if total["attention"] else 1.0,
+            "ffn": kept["ffn"] / total["ffn"] if total["ffn"] else 1.0,
+            "overall": sum(kept.values()) / overall_total if overall_total else 1.0,
+        }
+
+    # ----------------------------------------------------------------------------------- finalize
+    @torch.no_grad()
+    def finalize(self) -> nn.Module:
+        """Bake the masks into plain ``nn.Linear`` weights, remove the scores; return the stock model."""
+        if STATE_NAME not in dict(self.model.named_children()):
+            raise PatchError("finalize() was already called on this pruner")
+        # masks first: baking one member changes the magnitudes the next member's mask would see
+        masks = {id(g): g.mask() for g in self.state.groups}
+        for name, layer in self.layers.items():
+            block, path = self._sites[name]
+            set_path(block, path, layer.to_linear(masks[id(layer.group)]))
+        delattr(self.model, STATE_NAME)
+        return self.model

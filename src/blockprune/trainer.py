@@ -1,0 +1,120 @@
+"""Training glue: the one Trainer callback, the distillation loss, and the training objective.
+
+Nothing here subclasses or overrides the Hugging Face ``Trainer``:
+
+* :class:`PruningCallback` only calls ``pruner.step`` at the start of each optimizer step and logs the
+  pruning numbers, so a custom loop calls ``pruner.step`` directly and gets the same behaviour;
+* :class:`PruningObjective` wraps the student so that its ``loss`` already contains the distillation term
+  and the pruning regularization — the Trainer (or a plain loop) just minimizes ``outputs.loss``;
+* :func:`make_optimizer` builds AdamW from :meth:`Pruner.param_groups` (scores: own lr, no decay).
+
+Example:
+    >>> objective = PruningObjective(student, pruner, teacher=teacher, alpha=0.9, temperature=2.0)  # doctest: +SKIP
+    >>> trainer = Trainer(model=objective, args=args, train_dataset=ds, data_collator=collate,      # doctest: +SKIP
+    ...                   optimizers=(make_optimizer(pruner, args), None), callbacks=[PruningCallback(pruner)])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import TrainerCallback
+
+from .pruner import Pruner
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """KL(teacher || student) on temperature-softened logits, times ``T²`` (Hinton et al. 2015).
+
+    Logits are compared along the last dimension; leading dimensions are averaged.
+    """
+    t = temperature
+    s_log = F.log_softmax(student_logits.float() / t, dim=-1)
+    t_log = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    kl = F.kl_div(s_log.reshape(-1, s_log.shape[-1]), t_log.reshape(-1, t_log.shape[-1]), log_target=True,
+                  reduction="batchmean")
+    return kl * t * t
+
+
+def logit_fields(outputs: Any) -> list[str]:
+    """Names of the logits in a model output (``logits``, or ``start_logits``/``end_logits`` for QA)."""
+    if getattr(outputs, "start_logits", None) is not None:
+        return ["start_logits", "end_logits"]
+    return ["logits"]
+
+
+class PruningObjective(nn.Module):
+    """The student with its full training loss: ``(1-α)·task + α·KD + pruner.regularization()``.
+
+    The teacher is kept out of the module tree (it is not trained, not saved in checkpoints, and not
+    moved by the Trainer): it follows the student's device on first use.
+
+    Args:
+        student: the (patched) model being pruned.
+        pruner: its :class:`~blockprune.pruner.Pruner`, or ``None`` (fill stage: no masks).
+        teacher: a frozen model with the same outputs, or ``None`` for no distillation.
+        alpha: weight of the distillation term.
+        temperature: distillation temperature.
+    """
+
+    def __init__(self, student: nn.Module, pruner: Pruner | None = None, teacher: nn.Module | None = None,
+                 alpha: float = 0.9, temperature: float = 2.0) -> None:
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"distillation alpha={alpha} must be in [0, 1]")
+        if temperature <= 0:
+            raise ValueError(f"distillation temperature={temperature} must be positive")
+        self.student = student
+        self.alpha = alpha if teacher is not None else 0.0
+        self.temperature = temperature
+        object.__setattr__(self, "pruner", pruner)
+        object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False) if teacher is not None else None)
+        self.config = getattr(student, "config", None)
+
+    def forward(self, **inputs: Any) -> Any:
+        outputs = self.student(**inputs)
+        loss = outputs.loss
+        if self.teacher is not None and self.training:
+            device = next(self.student.parameters()).device
+            if next(self.teacher.parameters()).device != device:
+                self.teacher.to(device)
+            teacher_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "start_positions", "end_positions")}
+            with torch.no_grad():
+                teacher_out = self.teacher(**teacher_inputs)
+            fields = logit_fields(outputs)
+            kd = sum(distillation_loss(getattr(outputs, f), getattr(teacher_out, f), self.temperature) for f in fields)
+            kd = kd / len(fields)
+            loss = kd if loss is None else (1.0 - self.alpha) * loss + self.alpha * kd
+        if self.pruner is not None and self.training:
+            loss = loss + self.pruner.regularization()
+        outputs.loss = loss
+        return outputs
+
+
+class PruningCallback(TrainerCallback):
+    """Calls ``pruner.step(global_step, max_steps)`` before each optimizer step; logs the pruning numbers."""
+
+    def __init__(self, pruner: Pruner) -> None:
+        self.pruner = pruner
+        self.last: dict[str, float] = {}
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.last = self.pruner.step(state.global_step, state.max_steps)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.last = self.pruner.step(state.global_step, state.max_steps)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if state.log_history:
+            state.log_history[-1].update(self.last)
+        if logs is not None:
+            logs.update(self.last)
+
+
+def make_optimizer(pruner: Pruner, lr: float, weight_decay: float = 0.0,
+                   score_lr: float | None = None) -> torch.optim.Optimizer:
+    """AdamW over :meth:`Pruner.param_groups`: every trainable parameter of the patched model."""
+    return torch.optim.AdamW(pruner.param_groups(lr, weight_decay, score_lr))
