@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -122,7 +123,9 @@ def slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torc
         bias = None if bias is None else bias.index_select(0, rows.to(bias.device))
     if cols is not None:
         weight = weight.index_select(1, cols.to(weight.device))
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta", dtype=weight.dtype)
+    with warnings.catch_warnings():  # a 0-feature Linear warns that initializing it is a no-op: it is
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta", dtype=weight.dtype)
     new.weight = nn.Parameter(weight.contiguous().clone(), requires_grad=linear.weight.requires_grad)
     if bias is not None:
         new.bias = nn.Parameter(bias.contiguous().clone(), requires_grad=linear.bias.requires_grad)
