@@ -67,32 +67,19 @@ def expand_blocks(block_mask: torch.Tensor, block: Block, shape: tuple[int, int]
     return block_mask[:, None, :, None].expand(n_r, rows, n_c, cols).reshape(shape)
 
 
-class _TopK(torch.autograd.Function):
-    """Keep the ``k`` largest entries; straight-through gradient."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, scores: torch.Tensor, k: int) -> torch.Tensor:
-        mask = torch.zeros_like(scores)
-        if k > 0:
-            flat = mask.view(-1)
-            flat[torch.topk(scores.reshape(-1), k, sorted=False).indices] = 1.0
-        return mask
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad, None
+def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """Value of ``hard`` in the forward pass, gradient of ``soft`` in the backward pass."""
+    return hard + (soft - soft.detach())
 
 
-class _Threshold(torch.autograd.Function):
-    """``1[x > threshold]``; straight-through gradient."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, threshold: float) -> torch.Tensor:
-        return (x > threshold).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad, None
+def topk_hard(values: torch.Tensor, k: int) -> torch.Tensor:
+    """A {0, 1} tensor marking the ``k`` largest entries of ``values`` (ties broken by position)."""
+    mask = torch.zeros_like(values)
+    if k >= values.numel():
+        return mask.fill_(1.0)
+    if k > 0:
+        mask.view(-1)[torch.topk(values.detach().reshape(-1), k, sorted=False).indices] = 1.0
+    return mask
 
 
 def kept_count(n: int, density: float) -> int:
@@ -145,20 +132,24 @@ def get_method(name: str) -> Method:
 @register_method("topk", learned=True)
 def topk_mask(scores: torch.Tensor, density: float, threshold: float) -> torch.Tensor:
     """Hard movement pruning: keep the ``density`` fraction of blocks with the highest scores."""
-    return _TopK.apply(scores, kept_count(scores.numel(), density))
+    return straight_through(topk_hard(scores, kept_count(scores.numel(), density)), scores)
 
 
 @register_method("sigmoid_threshold", learned=True, regularized=True)
 def sigmoid_threshold_mask(scores: torch.Tensor, density: float, threshold: float) -> torch.Tensor:
     """Soft movement pruning: keep blocks whose ``sigmoid(score)`` exceeds ``threshold``.
 
-    The gradient flows through the sigmoid, so the L1 penalty and the task loss both move the scores.
-    ``density`` is not used here: the regularization weight steers the sparsity.
+    ``density`` caps how many blocks survive: the :class:`~blockprune.pruner.Pruner` allocates it
+    across all soft groups of a kind from one global ranking of the scores, so the scheduled sparsity
+    is met globally while each matrix ends up with the density its scores earned. The gradient flows
+    through the sigmoid, so the L1 penalty and the task loss both move the scores.
     """
-    return _Threshold.apply(torch.sigmoid(scores), threshold)
+    probs = torch.sigmoid(scores)
+    hard = topk_hard(probs, kept_count(scores.numel(), density)) * (probs.detach() > threshold)
+    return straight_through(hard, probs)
 
 
 @register_method("magnitude", learned=False)
 def magnitude_mask(scores: torch.Tensor, density: float, threshold: float) -> torch.Tensor:
     """Baseline: ``scores`` hold block magnitudes; keep the largest ``density`` fraction (no gradient)."""
-    return _TopK.apply(scores.detach(), kept_count(scores.numel(), density))
+    return topk_hard(scores.detach(), kept_count(scores.numel(), density))

@@ -9,9 +9,12 @@ The life of a pruning run (vocabulary after torch.ao.pruning: prepare → step �
    and adds ``pruner.regularization()`` to the loss;
 3. ``pruner.finalize()`` bakes the masks into plain ``nn.Linear`` weights and returns the stock model.
 
-Soft movement (``sigmoid_threshold``) has no direct handle on the sparsity; its L1 weight λ is therefore
-adapted each step by a multiplicative controller on the measured density, so that it follows the same
-cubic schedule as ``topk`` and lands on the target instead of making the user sweep λ.
+Soft movement (``sigmoid_threshold``) keeps blocks whose ``sigmoid(score)`` is above the threshold, and
+at most as many as the schedule allows: the allowance of each kind (attention, FFN) is shared among all
+its matrices by one global ranking of the scores (:func:`allocate_global_density`), so matrices end up
+with uneven densities while the total follows the schedule and lands on the target without a λ sweep.
+The L1 weight λ ramps up with the schedule; a controller backs it off whenever the penalty alone pushes
+the density below the schedule (all blocks under the threshold), so the result does not overshoot.
 
 Example:
     >>> pruner = Pruner(model, PruningConfig.preset("struct", sparsity=0.5))   # doctest: +SKIP
@@ -34,9 +37,13 @@ from .arch import find_blocks, get_arch, get_path, head_dim, set_path
 from .config import HEAD, NEURON, PruningConfig
 from .layers import Layout, MaskedLinear, ScoreGroup
 from .masks import grid_shape
-from .schedule import phase_bounds, sparsity_at
+from .schedule import ramp_progress, sparsity_at
 
 STATE_NAME = "blockprune"
+UNDERSHOOT_TOLERANCE = 0.01
+"""λ backs off while the soft groups are sparser than scheduled by more than this (density points)."""
+TARGET_TOLERANCE = 0.05
+"""Soft movement never ends more than this fraction below the scheduled density."""
 
 
 class PatchError(ValueError):
@@ -51,6 +58,32 @@ class PrunerState(nn.Module):
         self.groups = nn.ModuleList()
         self.register_buffer("log_lambda_scale", torch.zeros(()))
         self.register_buffer("last_step", torch.full((), -1, dtype=torch.long))
+
+
+@torch.no_grad()
+def allocate_global_density(groups: list[ScoreGroup], density: float, threshold: float) -> None:
+    """Share a density allowance among soft-movement ``groups`` by one global ranking of their scores.
+
+    Blocks are taken from the highest score down until they cover ``density`` of the groups' weights
+    (each block weighs the number of weights it covers); each group's ``density`` is set to the fraction
+    of its blocks taken. The sigmoid ``threshold`` then drops taken blocks below it — unless that would
+    leave less than ``1 - TARGET_TOLERANCE`` of the allowance, in which case the threshold is suspended
+    (set to 0) for this step so the density never collapses below the schedule.
+    """
+    if not groups:
+        return
+    scores = torch.cat([g.scores.detach().reshape(-1).float().cpu() for g in groups])
+    weights = torch.cat([torch.full((g.scores.numel(),), float(g.weights_per_block)) for g in groups])
+    owner = torch.cat([torch.full((g.scores.numel(),), i) for i, g in enumerate(groups)])
+    order = torch.argsort(scores, descending=True, stable=True)
+    budget = density * float(weights.sum())
+    taken = torch.cumsum(weights[order], 0) <= budget + 1e-6
+    counts = torch.bincount(owner[order][taken], minlength=len(groups))
+    above = torch.sigmoid(scores[order][taken]) > threshold
+    keep_threshold = float(weights[order][taken][above].sum()) >= (1.0 - TARGET_TOLERANCE) * budget
+    for group, count in zip(groups, counts.tolist(), strict=True):
+        group.density = count / group.scores.numel()
+        group.threshold = threshold if keep_threshold else 0.0
 
 
 def is_patched(model: nn.Module) -> bool:
@@ -161,15 +194,16 @@ class Pruner:
         for group in self.state.groups:
             group.density = self._target[group.kind]
         regularized = self._regularized()
-        ramp_start, _ = phase_bounds(total_steps, cfg.warmup, cfg.cooldown)
-        if regularized and step >= ramp_start:
-            last = int(self.state.last_step)
-            if step > last:  # each step updates the controller once, also after a resume
+        for kind in ("attention", "ffn"):
+            allocate_global_density([g for g in regularized if g.kind == kind], self._target[kind], cfg.threshold)
+        progress = ramp_progress(step, total_steps, cfg.warmup, cfg.cooldown)
+        if regularized and progress > 0.0:
+            if step > int(self.state.last_step):  # each step updates the controller once, also after a resume
                 error = self._density(regularized) - self._target_density(regularized)
-                scale = self.state.log_lambda_scale + self.controller_gain * error
-                self.state.log_lambda_scale.fill_(float(scale.clamp(-12.0, 12.0)))
+                scale = float(self.state.log_lambda_scale) + self.controller_gain * (error + UNDERSHOOT_TOLERANCE)
+                self.state.log_lambda_scale.fill_(min(0.0, max(-12.0, scale)))
                 self.state.last_step.fill_(step)
-            self._lambda = cfg.regularization * math.exp(float(self.state.log_lambda_scale))
+            self._lambda = cfg.regularization * progress * math.exp(float(self.state.log_lambda_scale))
         else:
             self._lambda = 0.0
         return self.log_values()
