@@ -1,0 +1,571 @@
+"""How big and how fast a model is: parameters, FLOPs per token, latency, and speedup between two models.
+
+Everything is read from the *modules* through the architecture table (:mod:`blockprune.arch`), never from
+``config``: after :func:`blockprune.shrink.shrink` the config still states the original sizes, while the
+linears carry the real ones. Heads per layer are ``Q.out_features // head_dim`` (0 when the attention was
+replaced by :class:`~blockprune.arch.EmptyAttention`), FFN width is ``up.out_features``.
+
+A model whose pruned weights are merely zero keeps its full shapes, so its FLOPs (and latency) are those of
+the dense model; only shrinking makes it smaller and faster. :func:`speedup` shows both numbers side by side:
+the *theoretical* speedup (ratio of block-linear + attention FLOPs) and the *measured* one (ratio of median
+latencies, timed alternately so that drift on a shared machine hits both models alike).
+
+This module never imports the training side; it works on any supported model, masked models included
+(a wrapper exposing ``base_layer`` is looked through).
+
+Example:
+    >>> report = measure(model, seq_len=128, batch_sizes=(1,))     # doctest: +SKIP
+    >>> print(report.to_markdown())                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .arch import ArchSpec, AttentionSpec, UnsupportedModelError, find_blocks, get_arch, get_path, head_dim
+
+__all__ = [
+    "MeasureReport",
+    "block_linears",
+    "count_params",
+    "ffn_per_layer",
+    "flops_per_token",
+    "heads_per_layer",
+    "measure",
+    "measure_latency",
+    "random_inputs",
+    "speedup",
+]
+
+
+# --------------------------------------------------------------------------------------------- structure
+
+
+def _linear_weight(module: nn.Module, where: str) -> torch.Tensor:
+    """The 2-D ``(out, in)`` weight of a linear, looking through wrappers that expose ``base_layer``."""
+    seen = 0
+    while not isinstance(module, nn.Linear) and hasattr(module, "base_layer") and seen < 8:
+        module = module.base_layer
+        seen += 1
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise UnsupportedModelError(
+            f"{where} is a {type(module).__name__} without a 2-D weight; blockprune expects an nn.Linear there "
+            "(or a wrapper with a base_layer). Check the ArchSpec entry for this model_type."
+        )
+    return weight
+
+
+def _optional(block: nn.Module, path: str | None) -> nn.Module | None:
+    """The module at ``path`` under ``block``, or ``None`` when it is absent (e.g. inside an EmptyAttention)."""
+    if path is None:
+        return None
+    try:
+        return get_path(block, path)
+    except AttributeError:
+        return None
+
+
+def _layer_linears(block: nn.Module, spec: ArchSpec, layer: int) -> dict[str, torch.Tensor]:
+    """Weights of the prunable linears of one block, keyed by their dotted path (absent ones skipped)."""
+    paths: list[str] = []
+    for attn in spec.attention:
+        paths += [attn.q, attn.k, attn.v, attn.o]
+    paths += [p for p in (spec.ffn.up, spec.ffn.gate, spec.ffn.down) if p is not None]
+    weights: dict[str, torch.Tensor] = {}
+    for path in dict.fromkeys(paths):
+        module = _optional(block, path)
+        if module is not None:
+            weights[path] = _linear_weight(module, f"layer {layer} '{path}'")
+    return weights
+
+
+def block_linears(model: nn.Module) -> list[dict[str, torch.Tensor]]:
+    """The weights of every prunable transformer-block linear, one ``{path: weight}`` dict per layer.
+
+    Linears that no longer exist (Q/K/V of a layer whose attention became an ``EmptyAttention``) are left out.
+
+    Example:
+        >>> [sorted(layer) for layer in block_linears(model)][0][:2]      # doctest: +SKIP
+        ['attention.output.dense', 'attention.self.key']
+    """
+    spec = get_arch(model)
+    return [_layer_linears(block, spec, i) for i, block in enumerate(find_blocks(model, spec))]
+
+
+def _heads(block: nn.Module, attn: AttentionSpec) -> int:
+    """Heads of one attention: ``Q.out_features // head_dim``, or 0 when Q is gone."""
+    q = _optional(block, attn.q)
+    if q is None:
+        return 0
+    return _linear_weight(q, attn.q).shape[0] // head_dim(block, attn)
+
+
+def heads_per_layer(model: nn.Module) -> list[int]:
+    """Number of attention heads each layer really has (read from the Q projection, not from config).
+
+    Example:
+        >>> heads_per_layer(shrunk_bert)          # doctest: +SKIP
+        [12, 7, 0, 12, 3, 9]
+    """
+    spec = get_arch(model)
+    return [sum(_heads(block, attn) for attn in spec.attention) for block in find_blocks(model, spec)]
+
+
+def ffn_per_layer(model: nn.Module) -> list[int]:
+    """Number of FFN neurons each layer really has (``up.out_features``; 0 when every neuron was removed).
+
+    Example:
+        >>> ffn_per_layer(shrunk_bert)            # doctest: +SKIP
+        [1536, 801, 0, 1200, 64, 700]
+    """
+    spec = get_arch(model)
+    return [
+        _linear_weight(get_path(block, spec.ffn.up), spec.ffn.up).shape[0] for block in find_blocks(model, spec)
+    ]
+
+
+# --------------------------------------------------------------------------------------------- counts
+
+
+def count_params(model: nn.Module) -> dict[str, int]:
+    """Count parameters.
+
+    Returns:
+        ``total`` (each shared tensor once), ``embedding`` (all ``nn.Embedding`` tables), ``non_embedding``,
+        ``linear`` (weight elements of the prunable block linears: Q, K, V, O, up, gate, down; biases not
+        included) and ``linear_nonzero`` (how many of those weights are non-zero: the density of a model whose
+        masks were baked in as zeros).
+
+    Example:
+        >>> count_params(model)["linear"]        # doctest: +SKIP
+        21233664
+    """
+    unique = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() for p in unique.values())
+    embedding_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    embedding = sum(unique[i].numel() for i in embedding_ids if i in unique)
+    weights = [w for layer in block_linears(model) for w in layer.values()]
+    return {
+        "total": total,
+        "embedding": embedding,
+        "non_embedding": total - embedding,
+        "linear": sum(w.numel() for w in weights),
+        "linear_nonzero": int(sum(int(torch.count_nonzero(w.detach())) for w in weights)),
+    }
+
+
+def flops_per_token(model: nn.Module, seq_len: int) -> dict[str, Any]:
+    """FLOPs (2 × multiply-accumulates) per token of the transformer blocks at sequence length ``seq_len``.
+
+    ``linear`` counts ``2 * in * out`` for each block linear; ``attention`` counts the score (``Q K^T``) and
+    context (``P V``) matmuls, ``2 * seq_len * heads * head_dim`` each, per layer. Embeddings, norms,
+    activations, softmax and task heads are not counted. Shapes are read from the modules, so a model with
+    zeros still counts as dense.
+
+    Returns:
+        ``linear``, ``attention``, ``total`` (their sum), ``total_per_sequence`` (``total * seq_len``),
+        ``linear_per_layer``, ``attention_per_layer`` and ``seq_len``.
+
+    Example:
+        >>> flops_per_token(model, 128)["total"]          # doctest: +SKIP
+        45613056
+    """
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    spec = get_arch(model)
+    linear_per_layer: list[int] = []
+    attention_per_layer: list[int] = []
+    for i, block in enumerate(find_blocks(model, spec)):
+        weights = _layer_linears(block, spec, i)
+        linear_per_layer.append(sum(2 * w.shape[0] * w.shape[1] for w in weights.values()))
+        width = sum(_heads(block, attn) * head_dim(block, attn) for attn in spec.attention)
+        attention_per_layer.append(2 * 2 * seq_len * width)
+    linear, attention = sum(linear_per_layer), sum(attention_per_layer)
+    return {
+        "seq_len": seq_len,
+        "linear": linear,
+        "attention": attention,
+        "total": linear + attention,
+        "total_per_sequence": (linear + attention) * seq_len,
+        "linear_per_layer": linear_per_layer,
+        "attention_per_layer": attention_per_layer,
+    }
+
+
+# --------------------------------------------------------------------------------------------- latency
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _vocab_size(model: nn.Module) -> int:
+    get_emb = getattr(model, "get_input_embeddings", None)
+    emb = get_emb() if callable(get_emb) else None
+    if isinstance(emb, nn.Embedding):
+        return emb.num_embeddings
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if not size:
+        raise UnsupportedModelError(f"{type(model).__name__} has no input embedding nor config.vocab_size")
+    return int(size)
+
+
+def random_inputs(
+    model: nn.Module, batch_size: int, seq_len: int, device: str | torch.device = "cpu", seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Random token ids (below the vocabulary size) and an all-ones attention mask, on ``device``."""
+    if batch_size < 1 or seq_len < 1:
+        raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, _vocab_size(model), (batch_size, seq_len), generator=gen)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device)}
+
+
+@contextlib.contextmanager
+def _num_threads(threads: int | None) -> Iterator[int]:
+    """Set torch's intra-op thread count for the duration (``None``: leave it), yielding the count in use."""
+    old = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {threads}")
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old)
+
+
+def _timer(model: nn.Module, inputs: dict[str, torch.Tensor], device: torch.device) -> Callable[[], float]:
+    """A closure running one forward pass and returning its wall time in milliseconds."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def run() -> float:
+        sync()
+        start = time.perf_counter()
+        model(**inputs)
+        sync()
+        return (time.perf_counter() - start) * 1000.0
+
+    return run
+
+
+def _summary(times_ms: Sequence[float]) -> dict[str, float]:
+    arr = np.asarray(times_ms, dtype=float)
+    return {
+        "median_ms": float(np.median(arr)),
+        "p90_ms": float(np.percentile(arr, 90)),
+        "mean_ms": float(arr.mean()),
+        "min_ms": float(arr.min()),
+    }
+
+
+def _progress(iterable: range, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False)
+
+
+def _prepare(model: nn.Module, device: str | torch.device) -> tuple[torch.device, bool]:
+    """Move ``model`` to ``device`` and switch it to eval; return the device and the old training flag."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+    was_training = model.training
+    model.to(dev).eval()
+    return dev, was_training
+
+
+def measure_latency(
+    model: nn.Module,
+    batch_size: int,
+    seq_len: int,
+    device: str | torch.device = "cpu",
+    warmup: int = 3,
+    repeats: int = 10,
+    threads: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Time the forward pass on random token ids with an all-ones attention mask.
+
+    The model is moved to ``device`` (in place) and run in eval mode under ``torch.inference_mode``; on
+    CUDA every pass is bracketed by ``torch.cuda.synchronize``. Its training flag is restored afterwards.
+
+    Args:
+        model: any supported model.
+        batch_size: sequences per forward pass.
+        seq_len: tokens per sequence.
+        device: ``"cpu"``, ``"cuda"``, ...
+        warmup: untimed passes first.
+        repeats: timed passes.
+        threads: torch intra-op threads to use (``None``: the current setting); restored afterwards.
+        progress: show a tqdm bar over the timed passes.
+
+    Returns:
+        ``median_ms``, ``p90_ms``, ``mean_ms``, ``min_ms`` plus ``batch_size``, ``seq_len``, ``device``,
+        ``threads`` (``torch.get_num_threads()`` during the run), ``warmup`` and ``repeats``.
+
+    Example:
+        >>> measure_latency(model, batch_size=1, seq_len=128, threads=1)["median_ms"]   # doctest: +SKIP
+        11.8
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    dev, was_training = _prepare(model, device)
+    inputs = random_inputs(model, batch_size, seq_len, dev)
+    run = _timer(model, inputs, dev)
+    try:
+        with _num_threads(threads) as used, torch.inference_mode():
+            for _ in range(warmup):
+                run()
+            times = [run() for _ in _progress(range(repeats), progress, f"latency b{batch_size}")]
+    finally:
+        model.train(was_training)
+    return {"batch_size": batch_size, "seq_len": seq_len, "device": str(dev), "threads": used,
+            "warmup": warmup, "repeats": repeats, **_summary(times)}
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    return {"torch_version": torch.__version__, "transformers_version": transformers.__version__}
+
+
+def _machine() -> str:
+    return f"{platform.machine()} {platform.processor() or 'unknown cpu'}, {os.cpu_count()} cpus, {platform.system()}"
+
+
+@dataclass
+class MeasureReport:
+    """Size and speed of one model; JSON round-trips through :meth:`to_json` / :meth:`from_json`.
+
+    Attributes:
+        model_type: ``config.model_type``.
+        model_class: class name of the model.
+        seq_len: sequence length used for FLOPs and latency.
+        params: :func:`count_params`.
+        flops: :func:`flops_per_token`.
+        heads_per_layer: real heads per layer.
+        ffn_per_layer: real FFN neurons per layer.
+        latency: one :func:`measure_latency` dict per batch size (empty when latency was not measured).
+        device: where latency was measured.
+        threads: torch intra-op threads during the measurement.
+        torch_version / transformers_version: library versions.
+        machine: processor, cpu count and OS.
+    """
+
+    model_type: str
+    model_class: str
+    seq_len: int
+    params: dict[str, int]
+    flops: dict[str, Any]
+    heads_per_layer: list[int]
+    ffn_per_layer: list[int]
+    latency: list[dict[str, Any]] = field(default_factory=list)
+    device: str = "cpu"
+    threads: int = 1
+    torch_version: str = ""
+    transformers_version: str = ""
+    machine: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain JSON-ready dict."""
+        return asdict(self)
+
+    def to_json(self, indent: int = 2) -> str:
+        """Sorted, indented JSON text."""
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MeasureReport:
+        """Rebuild a report from :meth:`to_dict` output (unknown keys are an error)."""
+        names = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"MeasureReport got unknown keys {unknown}; expected a subset of {sorted(names)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> MeasureReport:
+        """Rebuild a report from :meth:`to_json` output."""
+        return cls.from_dict(json.loads(text))
+
+    def to_markdown(self) -> str:
+        """A human-readable Markdown summary (tables of sizes, FLOPs, shapes and latency)."""
+        p, f = self.params, self.flops
+        density = p["linear_nonzero"] / p["linear"] if p["linear"] else 0.0
+        lines = [
+            f"## {self.model_class} ({self.model_type})",
+            "",
+            "| quantity | value |",
+            "|---|---|",
+            f"| parameters (total) | {p['total']:,} |",
+            f"| parameters (embedding) | {p['embedding']:,} |",
+            f"| parameters (non-embedding) | {p['non_embedding']:,} |",
+            f"| block-linear weights | {p['linear']:,} |",
+            f"| block-linear non-zero | {p['linear_nonzero']:,} ({density:.1%}) |",
+            f"| FLOPs/token @ seq {self.seq_len} (linear) | {f['linear']:,} |",
+            f"| FLOPs/token @ seq {self.seq_len} (attention) | {f['attention']:,} |",
+            f"| FLOPs/token @ seq {self.seq_len} (total) | {f['total']:,} |",
+            f"| heads per layer | {' '.join(map(str, self.heads_per_layer))} |",
+            f"| FFN width per layer | {' '.join(map(str, self.ffn_per_layer))} |",
+        ]
+        if self.latency:
+            lines += ["", f"Latency on {self.device}, {self.threads} thread(s), seq {self.seq_len}:", "",
+                      "| batch | median ms | p90 ms | mean ms | repeats |", "|---|---|---|---|---|"]
+            lines += [f"| {r['batch_size']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} | {r['mean_ms']:.3f} | "
+                      f"{r['repeats']} |" for r in self.latency]
+        lines += ["", f"torch {self.torch_version}, transformers {self.transformers_version}; {self.machine}", ""]
+        return "\n".join(lines)
+
+
+def measure(
+    model: nn.Module,
+    seq_len: int = 128,
+    batch_sizes: Sequence[int] = (1, 32),
+    device: str | torch.device = "cpu",
+    warmup: int = 3,
+    repeats: int = 10,
+    threads: int | None = None,
+    latency: bool = True,
+    progress: bool = False,
+) -> MeasureReport:
+    """Measure size, FLOPs, per-layer shapes and (optionally) latency of ``model``.
+
+    Example:
+        >>> report = measure(model, seq_len=128, batch_sizes=(1, 32), repeats=10)   # doctest: +SKIP
+        >>> report.latency[0]["median_ms"]                                           # doctest: +SKIP
+        11.8
+    """
+    get_arch(model)  # an unsupported model fails here, before any timing
+    runs: list[dict[str, Any]] = []
+    used = torch.get_num_threads() if threads is None else threads
+    if latency:
+        runs = [measure_latency(model, b, seq_len, device, warmup, repeats, threads, progress) for b in batch_sizes]
+        used = runs[0]["threads"] if runs else used
+    config = getattr(model, "config", None)
+    return MeasureReport(
+        model_type=str(getattr(config, "model_type", "")),
+        model_class=type(model).__name__,
+        seq_len=seq_len,
+        params=count_params(model),
+        flops=flops_per_token(model, seq_len),
+        heads_per_layer=heads_per_layer(model),
+        ffn_per_layer=ffn_per_layer(model),
+        latency=runs,
+        device=str(torch.device(device)),
+        threads=used,
+        machine=_machine(),
+        **_versions(),
+    )
+
+
+# --------------------------------------------------------------------------------------------- speedup
+
+
+def _interleaved(
+    reference: nn.Module, model: nn.Module, batch_size: int, seq_len: int, dev: torch.device,
+    warmup: int, repeats: int, progress: bool,
+) -> tuple[list[float], list[float]]:
+    """Time both models alternately (ABBA order) so slow drift of the machine affects both alike."""
+    inputs = random_inputs(reference, batch_size, seq_len, dev)
+    run_ref, run_model = _timer(reference, inputs, dev), _timer(model, inputs, dev)
+    for _ in range(warmup):
+        run_ref()
+        run_model()
+    ref_times: list[float] = []
+    model_times: list[float] = []
+    for i in _progress(range(repeats), progress, f"speedup b{batch_size}"):
+        if i % 2 == 0:
+            ref_times.append(run_ref())
+            model_times.append(run_model())
+        else:
+            model_times.append(run_model())
+            ref_times.append(run_ref())
+    return ref_times, model_times
+
+
+def speedup(
+    reference: nn.Module,
+    model: nn.Module,
+    seq_len: int = 128,
+    batch_sizes: Sequence[int] = (1, 32),
+    device: str | torch.device = "cpu",
+    warmup: int = 3,
+    repeats: int = 10,
+    threads: int | None = None,
+    latency: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Measured and theoretical speedup of ``model`` over ``reference``, side by side.
+
+    The theoretical speedup is the ratio of block FLOPs per token (block linears + attention matmuls) at
+    ``seq_len``; the measured one is the ratio of median latencies, timed alternately per batch size. Both
+    models must take the same inputs (same vocabulary).
+
+    Returns:
+        ``theoretical`` (total FLOPs ratio), ``theoretical_linear`` (block linears only), ``params_ratio``
+        (total parameters reference / model), ``linear_params_ratio``, ``seq_len``, ``device``, ``threads`` and
+        ``batches``: one dict per batch size with ``batch_size``, ``reference_ms``, ``model_ms`` (medians),
+        ``measured`` (reference_ms / model_ms), ``theoretical`` and ``efficiency`` (measured / theoretical).
+
+    Example:
+        >>> s = speedup(dense, shrunk, batch_sizes=(32,), repeats=10)    # doctest: +SKIP
+        >>> s["batches"][0]["measured"], s["theoretical"]                # doctest: +SKIP
+        (1.83, 1.95)
+    """
+    ref_flops, model_flops = flops_per_token(reference, seq_len), flops_per_token(model, seq_len)
+    ref_params, model_params = count_params(reference), count_params(model)
+    theoretical = ref_flops["total"] / model_flops["total"] if model_flops["total"] else float("inf")
+    theoretical_linear = ref_flops["linear"] / model_flops["linear"] if model_flops["linear"] else float("inf")
+    result: dict[str, Any] = {
+        "seq_len": seq_len,
+        "theoretical": theoretical,
+        "theoretical_linear": theoretical_linear,
+        "params_ratio": ref_params["total"] / model_params["total"],
+        "linear_params_ratio": ref_params["linear"] / model_params["linear"] if model_params["linear"] else float("inf"),
+        "reference_flops_per_token": ref_flops["total"],
+        "model_flops_per_token": model_flops["total"],
+        "device": str(torch.device(device)),
+        "threads": torch.get_num_threads() if threads is None else threads,
+        "batches": [],
+    }
+    if not latency:
+        return result
+    if _vocab_size(reference) != _vocab_size(model):
+        raise ValueError("speedup needs two models with the same vocabulary (they are fed the same token ids)")
+    dev, ref_training = _prepare(reference, device)
+    _, model_training = _prepare(model, device)
+    try:
+        with _num_threads(threads) as used, torch.inference_mode():
+            result["threads"] = used
+            for b in batch_sizes:
+                ref_times, model_times = _interleaved(reference, model, b, seq_len, dev, warmup, repeats, progress)
+                ref_ms, model_ms = statistics.median(ref_times), statistics.median(model_times)
+                measured = ref_ms / model_ms
+                result["batches"].append({
+                    "batch_size": b, "reference_ms": ref_ms, "model_ms": model_ms, "measured": measured,
+                    "theoretical": theoretical, "efficiency": measured / theoretical, "repeats": repeats,
+                })
+    finally:
+        reference.train(ref_training)
+        model.train(model_training)
+    return result
