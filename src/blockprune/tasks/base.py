@@ -1,0 +1,204 @@
+"""What every task offers the pipeline: tokenized datasets, a collator, a model class and ``evaluate``.
+
+The pipeline never looks inside a dataset; it asks a :class:`Task` for tokenized features (unpadded, so each
+batch is padded only to its longest member by :meth:`Task.collate`), builds the model with
+:meth:`Task.model_class` and :meth:`Task.model_kwargs`, and scores it with :meth:`Task.evaluate`, whose result
+always holds the task's primary metric under :attr:`Task.metric_name`.
+
+Example:
+    >>> from blockprune.tasks import load_task
+    >>> task = load_task()                        # doctest: +SKIP
+    >>> task.name, task.metric_name               # doctest: +SKIP
+    ('text-classification', 'accuracy')
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import torch
+from torch.utils.data import Dataset
+
+T = TypeVar("T")
+
+# Keys a collator passes to the model besides the tokenizer's own inputs.
+TARGET_KEYS = ("labels", "start_positions", "end_positions")
+
+
+class DataError(ValueError):
+    """Bad task input (file, column, label, ...). The message names the thing and the fix."""
+
+
+class FeatureDataset(Dataset):
+    """A list of tokenized features (one dict per model input row), as a torch ``Dataset``.
+
+    Example:
+        >>> ds = FeatureDataset([{"input_ids": [101, 102], "labels": 1}])
+        >>> len(ds), ds[0]["labels"]
+        (1, 1)
+    """
+
+    def __init__(self, features: list[dict[str, Any]]) -> None:
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.features[index]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.features)
+
+
+class PaddingCollator:
+    """Pads a batch to its longest member, keeping only model inputs and targets.
+
+    Extra keys (QA offsets, example ids) stay in the dataset for post-processing and never reach the model.
+
+    Example:
+        >>> collate = PaddingCollator(tokenizer)      # doctest: +SKIP
+        >>> batch = collate([ds[0], ds[1]])           # doctest: +SKIP
+    """
+
+    def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None) -> None:
+        from transformers import DataCollatorWithPadding
+
+        self.keep = set(tokenizer.model_input_names) | set(TARGET_KEYS)
+        self.pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt")
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return self.pad([{k: v for k, v in f.items() if k in self.keep} for f in features])
+
+
+def subsample(items: list[T], limit: int | None, seed: int) -> list[T]:
+    """Return at most ``limit`` items, chosen deterministically from ``seed``, in their original order.
+
+    Example:
+        >>> subsample(list(range(10)), 3, seed=0) == subsample(list(range(10)), 3, seed=0)
+        True
+    """
+    if limit is None or limit >= len(items):
+        return list(items)
+    if limit < 1:
+        raise DataError(f"max samples must be a positive integer, got {limit}; pass None to keep everything.")
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]
+
+
+def check_metric(metric: str | None, allowed: Sequence[str]) -> str:
+    """Return ``metric`` (default: the first allowed one) after checking it is one of ``allowed``."""
+    if metric is None:
+        return allowed[0]
+    if metric not in allowed:
+        raise DataError(f"Unknown metric {metric!r} for this task; choose one of {list(allowed)}.")
+    return metric
+
+
+class Task(ABC):
+    """A fine-tuning task the pipeline can train on and evaluate.
+
+    Attributes:
+        name: ``"text-classification"`` or ``"question-answering"``.
+        metric_name: key of the primary metric in :meth:`evaluate`'s result (higher is better).
+        max_length: default token length of one feature.
+        source: human-readable origin of the data, for reports.
+        train_examples, eval_examples: the raw examples (after any subsampling), one per question/text.
+    """
+
+    train_examples: list[Any]
+    eval_examples: list[Any]
+    name: str
+    metric_name: str
+    max_length: int
+    source: str
+
+    @property
+    @abstractmethod
+    def num_train(self) -> int:
+        """Number of training examples (after any subsampling)."""
+
+    @property
+    @abstractmethod
+    def num_eval(self) -> int:
+        """Number of evaluation examples (after any subsampling)."""
+
+    @abstractmethod
+    def model_class(self) -> type:
+        """The ``transformers`` auto class that builds a model with the right head for this task."""
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``model_class().from_pretrained`` (e.g. ``num_labels``)."""
+        return {}
+
+    @abstractmethod
+    def train_dataset(self, tokenizer: Any, max_length: int | None = None) -> FeatureDataset:
+        """Tokenized, unpadded training features with their targets."""
+
+    @abstractmethod
+    def eval_dataset(self, tokenizer: Any, max_length: int | None = None) -> FeatureDataset:
+        """Tokenized, unpadded evaluation features."""
+
+    def collate(self, tokenizer: Any) -> Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]]:
+        """A data collator that pads each batch to its longest member."""
+        return PaddingCollator(tokenizer)
+
+    @abstractmethod
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        batch_size: int = 64,
+        max_length: int | None = None,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+    ) -> dict[str, float]:
+        """Run ``model`` on the evaluation set and return its metrics (``metric_name`` among them)."""
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready summary for reports: task, source, sizes, metric."""
+        return {
+            "task": self.name,
+            "source": self.source,
+            "num_train": self.num_train,
+            "num_eval": self.num_eval,
+            "metric": self.metric_name,
+            "max_length": self.max_length,
+        }
+
+
+def run_model(
+    model: torch.nn.Module,
+    dataset: FeatureDataset,
+    collate: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]],
+    batch_size: int,
+    device: str | torch.device,
+    progress: bool,
+    desc: str,
+) -> list[Any]:
+    """Run ``model`` over ``dataset`` in order, in inference mode; return each batch's output (moved to CPU).
+
+    The model's train/eval mode is restored afterwards.
+    """
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    was_training = model.training
+    model.eval()
+    outputs = []
+    try:
+        with torch.inference_mode():
+            for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+                out = model(**{k: v.to(device) for k, v in batch.items()})
+                outputs.append(_to_cpu(out))
+    finally:
+        model.train(was_training)
+    return outputs
+
+
+def _to_cpu(output: Any) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().cpu() for k, v in output.items() if isinstance(v, torch.Tensor)}

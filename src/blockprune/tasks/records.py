@@ -1,0 +1,162 @@
+"""Reading raw records (one dict per example) from local CSV/TSV/JSON/JSONL files or a Hugging Face dataset.
+
+Only the standard library reads local files, so the offline default needs no ``pandas`` or ``datasets``.
+Every problem becomes one :class:`~blockprune.tasks.base.DataError` naming the file and the fix, raised
+before any tokenization or training starts.
+
+Example:
+    >>> rows = read_records("train.csv")          # doctest: +SKIP
+    >>> rows[0]["text"], rows[0]["label"]         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .base import DataError
+
+Record = dict[str, Any]
+MAX_LISTED = 10
+
+
+def read_records(path: str | os.PathLike[str]) -> list[Record]:
+    """Read a ``.csv``/``.tsv`` (header row) or ``.json``/``.jsonl`` (records) file into a list of dicts.
+
+    A ``.json`` file may hold a list of records, an object with one list of records (e.g. ``{"data": [...]}``),
+    or JSON lines.
+
+    Raises:
+        DataError: missing, unreadable or empty file, or an unknown extension.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Data file not found: {path}. Check the path (train_file / validation_file).")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        records = _read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
+    elif suffix in (".json", ".jsonl"):
+        records = _read_json(path)
+    else:
+        raise DataError(f"Unsupported data file type {path.suffix!r} for {path}; use .csv, .tsv, .json or .jsonl.")
+    if not records:
+        raise DataError(f"Data file {path} holds no examples; give a file with at least one row.")
+    return records
+
+
+def _read_csv(path: Path, delimiter: str) -> list[Record]:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        if not reader.fieldnames:
+            raise DataError(f"Data file {path} is empty; it needs a header row and at least one example.")
+        return [dict(row) for row in reader]
+
+
+def _read_json(path: Path) -> list[Record]:
+    text = path.read_text(encoding="utf-8-sig")
+    if not text.strip():
+        raise DataError(f"Data file {path} is empty; give a list of records or one JSON object per line.")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return _read_json_lines(path, text)
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DataError(f"{path} is a JSON object; expected a list of records (or one key holding that list).")
+        data = lists[0]
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise DataError(f"{path} must hold JSON records (objects with named fields), one per example.")
+    return data
+
+
+def _read_json_lines(path: Path, text: str) -> list[Record]:
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} line {number} is not valid JSON ({err.msg}); fix or remove that line.") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path} line {number} is not a JSON object; each line must be one record.")
+        records.append(record)
+    return records
+
+
+def columns_of(records: list[Record]) -> list[str]:
+    """All field names, in first-seen order."""
+    seen: dict[str, None] = {}
+    for record in records:
+        seen.update(dict.fromkeys(record))
+    return list(seen)
+
+
+def require_columns(records: list[Record], columns: dict[str, str | None], where: str) -> None:
+    """Check that each named column exists; ``columns`` maps an option name (e.g. ``text_column``) to a column.
+
+    Raises:
+        DataError: listing the missing columns, the available ones and the option to change.
+    """
+    available = columns_of(records)
+    missing = {opt: col for opt, col in columns.items() if col is not None and col not in available}
+    if missing:
+        wanted = ", ".join(f"{col!r} ({opt})" for opt, col in missing.items())
+        raise DataError(
+            f"{where} has no column {wanted}. Available columns: {available}. "
+            f"Pass the right name with {' / '.join(missing)}."
+        )
+
+
+def is_missing(value: Any) -> bool:
+    """True for ``None``, NaN and blank strings."""
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def check_not_missing(records: list[Record], column: str, where: str) -> None:
+    """Raise one :class:`DataError` listing the rows (1-based, header excluded) whose ``column`` is missing."""
+    rows = [i for i, r in enumerate(records, start=1) if is_missing(r.get(column))]
+    if rows:
+        raise DataError(
+            f"{where}: column {column!r} is empty or NaN in {len(rows)} row(s) (1-based, header excluded): "
+            f"{format_rows(rows)}. Fill or drop those rows."
+        )
+
+
+def format_rows(rows: list[int]) -> str:
+    """``[3, 7, ...]`` showing at most a few row numbers."""
+    shown = ", ".join(map(str, rows[:MAX_LISTED]))
+    return f"[{shown}{', ...' if len(rows) > MAX_LISTED else ''}]"
+
+
+def load_hub_split(dataset: str, config: str | None, split: str) -> list[Record]:
+    """Load one split of a Hugging Face hub dataset as records (needs the ``datasets`` package and a network).
+
+    Raises:
+        DataError: ``datasets`` is not installed, or the dataset/split cannot be loaded (e.g. offline).
+    """
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            f"Loading dataset={dataset!r} from the Hugging Face hub needs the 'datasets' package "
+            "(pip install datasets) and a network connection. Offline, pass local files instead: "
+            "train_file=... and validation_file=... (CSV/JSON/JSONL, or SQuAD JSON for question answering)."
+        ) from None
+    try:
+        loaded = datasets.load_dataset(dataset, config, split=split)
+    except Exception as err:  # noqa: BLE001 - any hub failure becomes one clear message
+        raise DataError(
+            f"Could not load split {split!r} of dataset {dataset!r} (config {config!r}): {err}. "
+            "Check the name, config and split, and that you are online; or pass local train_file / validation_file."
+        ) from err
+    return [dict(row) for row in loaded]
