@@ -183,6 +183,7 @@ def _empty_attention(block: nn.Module, attn: AttentionSpec, d: int, new_o: nn.Li
     empty = EmptyAttention(attn.heads_attr, attn.head_dim_attr, d, out_name=inner, out=new_o if inner else None)
     for name in attn.size_attrs:
         setattr(empty, name, 0)
+    empty.train(get_path(block, attn.module).training)
     set_path(block, attn.module, empty)
     if inner is None:
         set_path(block, attn.o, new_o)
