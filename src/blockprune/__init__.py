@@ -1,38 +1,46 @@
 """blockprune: block movement pruning for transformers, then exact shrinking into a smaller dense model.
 
-Public API (everything else is internal):
+Public API (everything else is internal). Names are imported on first use, so ``import blockprune.shrink``
+or ``blockprune.load_pruned`` never loads the training side.
 
->>> from blockprune import PruningConfig, Pruner          # doctest: +SKIP
+>>> from blockprune import PruningConfig, Pruner              # doctest: +SKIP
 >>> pruner = Pruner(model, PruningConfig.preset("hybrid", sparsity=0.6))   # doctest: +SKIP
 """
 
-from .arch import ARCHITECTURES, ArchSpec, AttentionSpec, FFNSpec, UnsupportedModelError, get_arch
-from .config import PRESETS, ConfigError, PruningConfig
-from .masks import METHODS, BlockShapeError, register_method
-from .pruner import PatchError, Pruner
-from .schedule import sparsity_at
-from .trainer import PruningCallback, PruningObjective, distillation_loss, make_optimizer
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ARCHITECTURES",
-    "ArchSpec",
-    "AttentionSpec",
-    "BlockShapeError",
-    "ConfigError",
-    "FFNSpec",
-    "METHODS",
-    "PRESETS",
-    "PatchError",
-    "Pruner",
-    "PruningCallback",
-    "PruningConfig",
-    "PruningObjective",
-    "UnsupportedModelError",
-    "distillation_loss",
-    "get_arch",
-    "make_optimizer",
-    "register_method",
-    "sparsity_at",
-]
+_EXPORTS = {
+    "arch": ["ARCHITECTURES", "ArchSpec", "AttentionSpec", "FFNSpec", "UnsupportedModelError", "get_arch"],
+    "config": ["PRESETS", "ConfigError", "PruningConfig"],
+    "masks": ["METHODS", "BlockShapeError", "register_method"],
+    "schedule": ["sparsity_at"],
+    "pruner": ["PatchError", "Pruner"],
+    "trainer": ["PruningCallback", "PruningObjective", "distillation_loss", "make_optimizer"],
+    "shrink": ["ShrinkResult", "shrink"],
+    "saving": ["PrunedModelError", "load_pruned", "save_pruned"],
+    "measure": ["MeasureReport", "measure", "speedup"],
+    "export": ["check_onnx", "export_onnx"],
+    "tasks": ["DataError", "Task", "load_task", "embedded_model_path"],
+    "pipeline": ["RunError", "RunOptions", "run"],
+    "report": ["render_report"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'blockprune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,246 @@
+"""The ``blockprune`` command: ``prune | shrink | eval | bench | report``.
+
+``blockprune prune`` with no flags runs the embedded default offline (MiniLM-L6 on Rotten Tomatoes
+snippets). Every error a user can fix ends the command with one line naming the fix (exit code 2).
+
+Example:
+    $ blockprune prune --preset hybrid-filled --target-speedup 2.5 --output-dir runs/h25
+    $ blockprune bench runs/h25/model --reference runs/h25/teacher/model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+from .config import PRESETS
+
+EXIT_USAGE = 2
+
+
+def _key_values(items: list[str], flag: str) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` pairs; values are read as JSON when they parse (numbers, true, lists), else text."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"blockprune: error: {flag} takes KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _data_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data (default: the embedded Rotten Tomatoes snippets)")
+    group.add_argument("--task", default="text-classification", choices=["text-classification", "question-answering"])
+    group.add_argument("--dataset", help="Hugging Face hub dataset name (needs the `datasets` package and network)")
+    group.add_argument("--train-file", help="local CSV/TSV/JSON/JSONL (SQuAD JSON for question answering)")
+    group.add_argument("--validation-file", help="local evaluation file (default: a seeded 10%% of --train-file)")
+    group.add_argument("--text-column", help="text column (default: text)")
+    group.add_argument("--text-pair-column", help="second text column for sentence pairs")
+    group.add_argument("--label-column", help="label column (default: label)")
+    group.add_argument("--max-train-samples", type=int, help="use a seeded subset of the training data")
+    group.add_argument("--max-eval-samples", type=int, help="use a seeded subset of the evaluation data")
+    group.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
+    group.add_argument("--seed", type=int, default=42)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``blockprune`` command."""
+    parser = argparse.ArgumentParser(
+        prog="blockprune",
+        description="Prune a transformer while fine-tuning it, then shrink it into a smaller, faster dense model.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    prune = sub.add_parser("prune", help="teacher → prune → shrink → (fill) → evaluate → bench → report",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    prune.add_argument("--model", help="local model folder or hub name (default: the embedded MiniLM-L6)")
+    _data_flags(prune)
+    prune.add_argument("--preset", default="struct", choices=sorted(PRESETS))
+    target = prune.add_mutually_exclusive_group()
+    target.add_argument("--target-speedup", type=float,
+                        help="theoretical FLOPs speedup of the transformer layers (default 2.0)")
+    target.add_argument("--sparsity", type=float, help="fraction of the pruned linears' weights removed")
+    prune.add_argument("--teacher", help="a fine-tuned model folder to distill from (default: fine-tune --model)")
+    prune.add_argument("--epochs", type=float, default=1.0, help="epochs of the pruning stage")
+    prune.add_argument("--teacher-epochs", type=float, default=1.0, help="epochs to fine-tune the teacher")
+    prune.add_argument("--fill-epochs", type=float, default=1.0, help="epochs of the fill stage (-filled presets)")
+    prune.add_argument("--learning-rate", type=float, default=5e-5)
+    prune.add_argument("--teacher-learning-rate", type=float, default=5e-5)
+    prune.add_argument("--batch-size", type=int, default=32)
+    prune.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation loss")
+    prune.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
+    prune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a PruningConfig field, e.g. --set score_lr=0.02 --set warmup=0.05")
+    prune.add_argument("--training-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a transformers TrainingArguments field, e.g. --training-arg bf16=true")
+    prune.add_argument("--bench-repeats", type=int, default=10)
+    prune.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    prune.add_argument("--no-progress", action="store_true", help="no progress bars")
+    prune.add_argument("--output-dir", default="runs/demo")
+
+    shrink = sub.add_parser("shrink", help="remove empty heads and FFN neurons from a pruned model (exact)")
+    shrink.add_argument("input", help="model folder saved with save_pretrained (zeros where pruned)")
+    shrink.add_argument("output", help="folder for the shrunk model (load it with blockprune.load_pruned)")
+
+    evaluate = sub.add_parser("eval", help="evaluate a model (pruned or not) on a task")
+    evaluate.add_argument("model", help="model folder (save_pruned or save_pretrained format)")
+    _data_flags(evaluate)
+    evaluate.add_argument("--batch-size", type=int, default=64)
+
+    bench = sub.add_parser("bench", help="measure parameters, FLOPs and latency; speedup against --reference")
+    bench.add_argument("model")
+    bench.add_argument("--reference", help="a model to compare against (e.g. the dense teacher)")
+    bench.add_argument("--seq-len", type=int, default=128)
+    bench.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes")
+    bench.add_argument("--repeats", type=int, default=10)
+    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+
+    report = sub.add_parser("report", help="render report.md / report.html / plots of a run directory again")
+    report.add_argument("run_dir")
+    return parser
+
+
+def load_model(path: str, task_class: type | None = None) -> nn.Module:
+    """Load a model folder in either format: ``save_pruned`` (has ``pruned_shapes.json``) or ``save_pretrained``."""
+    from .saving import SHAPES_FILE, load_pruned
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {path} does not exist")
+    if (folder / SHAPES_FILE).is_file():
+        return load_pruned(folder, model_class=task_class)
+    config = transformers.AutoConfig.from_pretrained(folder)
+    names = getattr(config, "architectures", None) or []
+    cls = task_class or (getattr(transformers, names[0], None) if names else None) or transformers.AutoModel
+    return cls.from_pretrained(folder).eval()
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .pipeline import RunOptions, run
+
+    options = RunOptions(
+        model=args.model, task=args.task, dataset=args.dataset, train_file=args.train_file,
+        validation_file=args.validation_file, text_column=args.text_column, text_pair_column=args.text_pair_column,
+        label_column=args.label_column, preset=args.preset, target_speedup=args.target_speedup,
+        sparsity=args.sparsity, teacher=args.teacher, epochs=args.epochs, teacher_epochs=args.teacher_epochs,
+        fill_epochs=args.fill_epochs, max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples, max_length=args.max_length, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, teacher_learning_rate=args.teacher_learning_rate, alpha=args.alpha,
+        temperature=args.temperature, seed=args.seed, pruning=_key_values(args.set, "--set"),
+        training_args=_key_values(args.training_arg, "--training-arg"), trust_remote_code=args.trust_remote_code,
+        output_dir=args.output_dir, bench_repeats=args.bench_repeats, progress=not args.no_progress,
+        command="blockprune " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    report = run(options)
+    drop = (report["teacher"]["metric"] - report["final"]["metric"]) * 100
+    print(
+        f"\n{report['metric_name']}: teacher {report['teacher']['metric']:.4f} → final {report['final']['metric']:.4f} "
+        f"({-drop:+.2f} points); speedup measured {report['speedup']['measured']:.2f}x "
+        f"(theoretical {report['speedup']['theoretical']:.2f}x)\n"
+        f"model: {Path(options.output_dir) / 'model'}   report: {Path(options.output_dir) / 'report.html'}"
+    )
+    return 0
+
+
+def cmd_shrink(args: argparse.Namespace) -> int:
+    from .measure import random_inputs
+    from .saving import save_pruned
+    from .shrink import shrink
+
+    model = load_model(args.input).eval()
+    inputs = random_inputs(model, 2, 16, torch.device("cpu"))
+    with torch.inference_mode():
+        before = model(**inputs)
+    result = shrink(model)
+    with torch.inference_mode():
+        after = model(**inputs)
+    diff = max(float((b - a).abs().max()) for b, a in zip(before.values(), after.values(), strict=True)
+               if isinstance(b, torch.Tensor))
+    tokenizer = None
+    if (Path(args.input) / "tokenizer_config.json").is_file():
+        tokenizer = transformers.AutoTokenizer.from_pretrained(args.input)
+    save_pruned(model, args.output, tokenizer, result=result)
+    print(f"heads kept per layer: {result.heads_per_layer}\nFFN width per layer: {result.ffn_per_layer}\n"
+          f"parameters: {result.params_before:,} → {result.params_after:,}; max output change {diff:.2e}\n"
+          f"saved to {args.output}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .tasks import load_task
+
+    task = load_task(args.task, dataset=args.dataset, train_file=args.train_file,
+                     validation_file=args.validation_file, text_column=args.text_column,
+                     text_pair_column=args.text_pair_column, label_column=args.label_column, seed=args.seed,
+                     max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
+                     max_length=args.max_length)
+    model = load_model(args.model, task.model_class())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
+    metrics = task.evaluate(model, tokenizer, batch_size=args.batch_size)
+    print(json.dumps(metrics, indent=1, sort_keys=True))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .measure import measure, speedup
+
+    try:
+        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    except ValueError:
+        raise SystemExit(f"blockprune: error: --batch-sizes takes comma-separated integers, got {args.batch_sizes!r}") from None
+    model = load_model(args.model)
+    common = dict(seq_len=args.seq_len, batch_sizes=batch_sizes, device=args.device, repeats=args.repeats,
+                  threads=args.threads, progress=True)
+    if args.reference:
+        result = speedup(load_model(args.reference), model, **common)
+        if args.json:
+            print(json.dumps(result, indent=1, sort_keys=True))
+        else:
+            print(f"theoretical speedup {result['theoretical']:.2f}x (seq {args.seq_len}), threads {result['threads']}")
+            print("| batch | reference ms | model ms | measured | measured/theoretical |\n|---|---|---|---|---|")
+            for b in result["batches"]:
+                print(f"| {b['batch_size']} | {b['reference_ms']:.1f} | {b['model_ms']:.1f} | {b['measured']:.2f}x "
+                      f"| {b['efficiency']:.2f} |")
+        return 0
+    report = measure(model, **common)
+    print(report.to_json() if args.json else report.to_markdown())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import render_report
+
+    for path in render_report(args.run_dir).values():
+        print(path)
+    return 0
+
+
+COMMANDS = {"prune": cmd_prune, "shrink": cmd_shrink, "eval": cmd_eval, "bench": cmd_bench, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``blockprune`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"blockprune {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
