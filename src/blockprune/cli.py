@@ -143,7 +143,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         temperature=args.temperature, seed=args.seed, pruning=_key_values(args.set, "--set"),
         training_args=_key_values(args.training_arg, "--training-arg"), trust_remote_code=args.trust_remote_code,
         output_dir=args.output_dir, bench_repeats=args.bench_repeats, progress=not args.no_progress,
-        command="blockprune " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        command="blockprune " + shlex.join(args.argv),
     )
     report = run(options)
     drop = (report["teacher"]["metric"] - report["final"]["metric"]) * 100
@@ -234,7 +234,9 @@ COMMANDS = {"prune": cmd_prune, "shrink": cmd_shrink, "eval": cmd_eval, "bench":
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``blockprune`` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as err:

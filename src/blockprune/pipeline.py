@@ -25,9 +25,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shlex
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -459,7 +457,7 @@ class Run:
             "ffn_width": shrunk["ffn_width"],
             "ffn_total": [self._ffn_total()] * len(heads),
             "stages": {name: {"seconds": round(s.get("seconds", 0.0), 1)} for name, s in stages.items()},
-            "command": o.command or "blockprune prune " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "command": o.command or "blockprune.run(RunOptions(...)) from Python",
             "versions": versions(),
             "machine": machine(),
             "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -84,6 +84,7 @@ def training_arguments(out_dir: Path, settings: TrainSettings, steps_per_epoch: 
         label_names=["labels"],
         disable_tqdm=not settings.progress,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     values.update(settings.overrides)
     return transformers.TrainingArguments(**values)

@@ -1,0 +1,280 @@
+"""Accuracy vs measured speedup on the embedded task, for every preset and the magnitude baselines.
+
+Every point is one real `blockprune prune` run (a subprocess, so its command line is exactly what a user
+would type), all distilled from one shared dense teacher, all with the same training budget. Runs are
+resumable: a finished run (its report.json exists) is skipped; an interrupted one resumes its stages.
+After each run the records, docs/RESULTS.md and the Pareto plot are written again, so partial results
+are never lost.
+
+Usage:
+    python benchmarks/frontier.py            # the full frontier (hours on a 2-core CPU)
+    python benchmarks/frontier.py --quick    # a small version (subsampled data, 2 targets): < 20 min
+    python benchmarks/frontier.py --only struct-2.0,hybrid-filled-2.0
+
+Outputs: benchmarks/results/frontier.json (records), docs/RESULTS.md, docs/frontier.png
+(--quick writes frontier_quick.json / RESULTS_quick.md / frontier_quick.png instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = ROOT / "docs"
+
+MAGNITUDE = ["--set", "attention_method=magnitude", "--set", "ffn_method=magnitude"]
+ONE_SHOT = MAGNITUDE + ["--set", "warmup=0.0", "--set", "cooldown=0.98"]
+
+
+@dataclass
+class Point:
+    """One run of the frontier."""
+
+    name: str
+    preset: str
+    target: float
+    target_kind: str = "speedup"
+    extra: list[str] = field(default_factory=list)
+    label: str = ""
+
+    def flags(self) -> list[str]:
+        target = ["--target-speedup" if self.target_kind == "speedup" else "--sparsity", str(self.target)]
+        return ["--preset", self.preset, *target, *self.extra]
+
+
+def plan(quick: bool) -> list[Point]:
+    """The runs: three presets at several targets, two baselines, and unstructured/block for contrast."""
+    targets = [2.0, 3.0] if quick else [1.5, 2.0, 3.0]
+    points: list[Point] = []
+    for preset in ("struct", "hybrid", "hybrid-filled"):
+        points += [Point(f"{preset}-{t}", preset, t, label=preset) for t in targets]
+    for t in targets:
+        points.append(Point(f"magnitude-oneshot-{t}", "struct", t, extra=ONE_SHOT, label="one-shot magnitude + fine-tune"))
+        points.append(Point(f"magnitude-gradual-{t}", "struct", t, extra=MAGNITUDE, label="gradual magnitude"))
+    if not quick:
+        points.append(Point("unstructured-0.5", "unstructured", 0.5, "sparsity", label="unstructured"))
+        points.append(Point("block-0.5", "block", 0.5, "sparsity", label="block 32x32"))
+    return points
+
+
+def run_point(point: Point, runs: Path, common: list[str], teacher: Path | None) -> dict[str, Any] | None:
+    """Run (or resume) one point; return its record, or None if it failed."""
+    out = runs / point.name
+    command = ["blockprune", "prune", *point.flags(), *common, "--output-dir", str(out)]
+    if teacher is not None:
+        command += ["--teacher", str(teacher)]
+    if not (out / "report.json").is_file():
+        log = runs / f"{point.name}.log"
+        print(f"[frontier] {point.name}: {shlex.join(command)}  (log: {log})", flush=True)
+        start = time.perf_counter()
+        with open(log, "a") as handle:
+            code = subprocess.call([sys.executable, "-m", "blockprune.cli", *command[1:]], stdout=handle,
+                                   stderr=subprocess.STDOUT, cwd=ROOT)
+        if code != 0:
+            print(f"[frontier] {point.name} failed (exit {code}); see {log}", flush=True)
+            return None
+        print(f"[frontier] {point.name} done in {time.perf_counter() - start:.0f} s", flush=True)
+    report = json.loads((out / "report.json").read_text())
+    by_batch = report["speedup"]["measured_by_batch"]
+    return {
+        "name": point.name,
+        "label": point.label,
+        "preset": point.preset,
+        "target": point.target,
+        "target_kind": point.target_kind,
+        "achieved": report["target"]["achieved"],
+        "metric_name": report["metric_name"],
+        "metric": report["final"]["metric"],
+        "teacher_metric": report["teacher"]["metric"],
+        "drop_points": round((report["teacher"]["metric"] - report["final"]["metric"]) * 100, 2),
+        "speedup_measured_b32": by_batch.get("32"),
+        "speedup_measured_b1": by_batch.get("1"),
+        "speedup_theoretical": report["speedup"]["theoretical"],
+        "efficiency_b32": by_batch.get("32", 0) / report["speedup"]["theoretical"],
+        "params_linear": report["params"]["linear"]["after"],
+        "params_linear_dense": report["params"]["linear"]["before"],
+        "heads_kept": report["heads_kept"],
+        "ffn_width": report["ffn_width"],
+        "wall_seconds": round(sum(s["seconds"] for s in report["stages"].values()), 1),
+        "train_step_ratio": None,
+        "command": report["command"],
+        "versions": report["versions"],
+        "machine": report["machine"],
+    }
+
+
+def train_step_ratio() -> float | None:
+    """The masked/dense training-step ratio from benchmarks/train_step.py, if it was run."""
+    path = RESULTS / "train_step.json"
+    return json.loads(path.read_text())["ratio"] if path.is_file() else None
+
+
+def best(records: list[dict[str, Any]], max_drop: float) -> dict[str, Any] | None:
+    ok = [r for r in records if r["drop_points"] <= max_drop and r["speedup_measured_b32"]]
+    return max(ok, key=lambda r: r["speedup_measured_b32"], default=None)
+
+
+def goals(records: list[dict[str, Any]]) -> list[str]:
+    """The goals of the frontier, each with whether this run reached it."""
+    lines = []
+    for speed, drop in ((2.0, 1.0), (3.0, 2.5)):
+        b = best(records, drop)
+        if b is None:
+            lines.append(f"- ≥{speed}x measured (b32) with ≤{drop} points drop: **no run within {drop} points yet**")
+            continue
+        reached = "reached" if b["speedup_measured_b32"] >= speed else (
+            f"**not reached** (best {b['speedup_measured_b32']:.2f}x, short by {speed - b['speedup_measured_b32']:.2f}x)")
+        lines.append(f"- ≥{speed}x measured (b32) with ≤{drop} points drop: {reached} — {b['name']}: "
+                     f"{b['speedup_measured_b32']:.2f}x at {b['drop_points']:+.2f} points")
+    filled = {r["target"]: r for r in records if r["preset"] == "hybrid-filled"}
+    baselines = [r for r in records if r["name"].startswith("magnitude-")]
+    verdicts = []
+    for r in baselines:
+        f = filled.get(r["target"])
+        if f is not None:
+            verdicts.append(f"{r['name']}: hybrid-filled {f['metric']:.4f} vs {r['metric']:.4f} "
+                            f"({'≥' if f['metric'] >= r['metric'] else '<'})")
+    if verdicts:
+        all_ok = all("≥" in v for v in verdicts)
+        lines.append(f"- hybrid-filled at or above the magnitude baselines at every target: "
+                     f"{'reached' if all_ok else '**not reached**'} ({'; '.join(verdicts)})")
+    shrunk = [r for r in records if r["preset"] not in ("unstructured", "block")]
+    if shrunk:
+        worst = min(shrunk, key=lambda r: r["efficiency_b32"])
+        lines.append(f"- measured/theoretical ≥ 0.9 for every shrunk model: "
+                     f"{'reached' if worst['efficiency_b32'] >= 0.9 else '**not reached**'} "
+                     f"(lowest {worst['efficiency_b32']:.2f}, {worst['name']})")
+    ratio = train_step_ratio()
+    if ratio is not None:
+        lines.append(f"- pruning training step ≤ 1.25x a dense step: {'reached' if ratio <= 1.25 else '**not reached**'}"
+                     f" ({ratio:.2f}x, benchmarks/train_step.py)")
+    return lines
+
+
+def plot(records: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    if records:
+        teacher = records[0]["teacher_metric"]
+        ax.axhline(teacher * 100, color="black", linestyle="--", linewidth=1, label=f"dense teacher ({teacher:.2%})")
+        ax.axhline((teacher - 0.01) * 100, color="grey", linestyle=":", linewidth=1, label="teacher − 1 point")
+    for label in dict.fromkeys(r["label"] for r in records):
+        pts = sorted((r for r in records if r["label"] == label), key=lambda r: r["speedup_measured_b32"] or 0)
+        xs = [r["speedup_measured_b32"] for r in pts]
+        ys = [r["metric"] * 100 for r in pts]
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xlabel("measured CPU speedup, batch 32 × seq 128 (x)")
+    ax.set_ylabel(f"dev {records[0]['metric_name'] if records else 'metric'} (%)")
+    ax.set_title("blockprune on MiniLM-L6 / Rotten Tomatoes: accuracy vs measured speedup")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_outputs(records: list[dict[str, Any]], quick: bool, common: list[str], started: str) -> None:
+    from blockprune.atomic import write_text
+
+    suffix = "_quick" if quick else ""
+    ratio = train_step_ratio()
+    for r in records:
+        r["train_step_ratio"] = ratio if r["preset"] == "hybrid" else None
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_text(RESULTS / f"frontier{suffix}.json", json.dumps(records, indent=1) + "\n")
+    plot(records, DOCS / f"frontier{suffix}.png")
+    rows = [
+        "| run | preset | target | achieved (theor.) | dev acc | drop (pts) | speedup b32 | speedup b1 | theoretical "
+        "| meas/theor | linear params | heads kept | wall (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        rows.append(
+            f"| {r['name']} | {r['preset']} | {r['target']} {'x' if r['target_kind'] == 'speedup' else 'sparsity'} "
+            f"| {r['achieved']:.2f} | {r['metric']:.4f} | {r['drop_points']:+.2f} | {r['speedup_measured_b32']:.2f}x "
+            f"| {r['speedup_measured_b1']:.2f}x | {r['speedup_theoretical']:.2f}x | {r['efficiency_b32']:.2f} "
+            f"| {r['params_linear'] / 1e6:.2f}M / {r['params_linear_dense'] / 1e6:.2f}M | {sum(r['heads_kept'])} "
+            f"| {r['wall_seconds']:.0f} |"
+        )
+    versions = records[0]["versions"] if records else {}
+    machine = records[0]["machine"] if records else {}
+    commands = "\n".join(f"    {r['command']}" for r in records)
+    text = f"""# Results{' (quick)' if quick else ''}: accuracy vs measured speedup
+
+Embedded task: MiniLM-L6 (all-MiniLM-L6-v2, 6 layers, 12 heads, FFN 1536) on Rotten Tomatoes snippets
+(fresh/rotten, split by movie: 10,824 train / 1,928 dev). Every run distils from the same dense teacher
+(fine-tuned once) with the same training budget; speedups are CPU latency of the final model vs the dense
+teacher (median of alternating runs, seq 128), theoretical = FLOPs ratio of the transformer layers.
+
+Produced by `python benchmarks/frontier.py{' --quick' if quick else ''}` (started {started}); common flags:
+`{shlex.join(common)}`. Machine: {machine.get('processor') or machine.get('platform')}, {machine.get('cpu_count')} CPUs,
+{machine.get('threads')} torch threads; versions: {', '.join(f'{k} {v}' for k, v in versions.items())}.
+
+![frontier](frontier{suffix}.png)
+
+{chr(10).join(rows)}
+
+## Goals
+
+{chr(10).join(goals(records)) or '- no finished runs yet'}
+
+## Commands
+
+{commands}
+"""
+    write_text(DOCS / f"RESULTS{suffix}.md", text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small version: 2000 training examples, 2 targets")
+    parser.add_argument("--only", help="comma-separated run names")
+    parser.add_argument("--runs-dir", default=str(ROOT / "benchmarks" / "runs"))
+    parser.add_argument("--epochs", type=float, default=1.0)
+    args = parser.parse_args()
+    runs = Path(args.runs_dir) / ("quick" if args.quick else "full")
+    runs.mkdir(parents=True, exist_ok=True)
+    common = ["--epochs", str(args.epochs), "--fill-epochs", str(args.epochs), "--no-progress"]
+    if args.quick:
+        common += ["--max-train-samples", "2000", "--bench-repeats", "4"]
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+    from blockprune.pipeline import Run, RunOptions
+
+    teacher_opts = RunOptions(output_dir=str(runs / "teacher"), progress=False, teacher_epochs=1.0,
+                              max_train_samples=2000 if args.quick else None)
+    teacher_run = Run(teacher_opts)
+    teacher_run.check_run_dir()
+    print("[frontier] teacher: fine-tuning the dense model once for all runs", flush=True)
+    teacher = Path(teacher_run.stage_teacher()["model"])
+    points = plan(args.quick)
+    if args.only:
+        wanted = set(args.only.split(","))
+        points = [p for p in points if p.name in wanted]
+    records = []
+    for point in points:
+        record = run_point(point, runs, common, teacher)
+        if record is not None:
+            records.append(record)
+            write_outputs(records, args.quick, common, started)
+    print(f"[frontier] {len(records)}/{len(points)} runs done; see docs/RESULTS{'_quick' if args.quick else ''}.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The `blockprune` CLI end to end on a tiny BERT (with the embedded tokenizer) and a small CSV dataset."""
+
+import csv
+import json
+import random
+
+import pytest
+import torch
+import transformers
+
+from blockprune import load_pruned
+from blockprune.cli import main
+from blockprune.tasks import embedded_model_path
+
+WORDS_POS = ["great", "wonderful", "moving", "sharp", "funny", "brilliant"]
+WORDS_NEG = ["dull", "boring", "messy", "flat", "tedious", "awful"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny randomly initialised BERT that uses the embedded MiniLM tokenizer."""
+    path = tmp_path_factory.mktemp("tinybert")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, vocab_size=30522, max_position_embeddings=128)
+    transformers.BertForSequenceClassification(config).save_pretrained(path)
+    transformers.AutoTokenizer.from_pretrained(embedded_model_path()).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    rng = random.Random(0)
+    for name, n in (("train.csv", 96), ("dev.csv", 32)):
+        with open(folder / name, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["review", "sentiment"])
+            for _ in range(n):
+                label = rng.random() < 0.5
+                words = rng.choices(WORDS_POS if label else WORDS_NEG, k=5)
+                writer.writerow([" ".join(words), "pos" if label else "neg"])
+    return folder
+
+
+def prune_args(tiny_dir, data_files, out, *extra):
+    return ["prune", "--model", str(tiny_dir), "--train-file", str(data_files / "train.csv"),
+            "--validation-file", str(data_files / "dev.csv"), "--text-column", "review", "--label-column",
+            "sentiment", "--epochs", "1", "--teacher-epochs", "1", "--fill-epochs", "1", "--batch-size", "16",
+            "--learning-rate", "1e-3", "--teacher-learning-rate", "1e-3", "--bench-repeats", "2", "--no-progress",
+            "--max-length", "32", "--output-dir", str(out), *extra]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["struct", "hybrid-filled"])
+def test_prune_end_to_end_writes_model_and_report(tiny_dir, data_files, tmp_path, preset, capsys):
+    out = tmp_path / preset
+    extra = ["--sparsity", "0.5"] + (["--set", "attention_block=[8,8]"] if preset == "hybrid-filled" else [])
+    assert main(prune_args(tiny_dir, data_files, out, "--preset", preset, *extra)) == 0
+    assert "speedup measured" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    for key in ("task", "metric_name", "preset", "target", "command", "versions", "heads_kept", "ffn_width"):
+        assert key in report, key
+    assert report["preset"] == preset and report["metric_name"] == "accuracy"
+    assert report["command"].startswith("blockprune prune --model")
+    assert 0.0 <= report["final"]["metric"] <= 1.0 and 0.0 <= report["teacher"]["metric"] <= 1.0
+    assert report["params"]["linear"]["after"] < report["params"]["linear"]["before"]
+    assert report["speedup"]["theoretical"] > 1.0 and report["speedup"]["measured"] > 0
+    assert report["pruning"]["density"]["overall"] == pytest.approx(0.5, abs=0.05)
+    assert sum(report["ffn_width"]) <= 0.55 * 2 * 64
+    if preset == "struct":
+        assert report["heads_kept"] == [2, 2]
+    assert (out / "report.html").is_file() and (out / "report.md").is_file()
+    assert list((out / "plots").glob("*.png"))
+    if preset == "hybrid-filled":
+        assert (out / "fill" / "done.json").is_file()
+    # the final model loads at its small shapes and reproduces the evaluated accuracy
+    model = load_pruned(out / "model")
+    assert model.bert.encoder.layer[0].intermediate.dense.out_features == report["ffn_width"][0]
+    assert main(["eval", str(out / "model"), "--train-file", str(data_files / "train.csv"), "--validation-file",
+                 str(data_files / "dev.csv"), "--text-column", "review", "--label-column", "sentiment",
+                 "--max-length", "32"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["accuracy"] == pytest.approx(report["final"]["metric"])
+
+    # a second run of the same command skips every stage
+    done = {p: p.stat().st_mtime_ns for p in out.glob("*/done.json")}
+    assert main(prune_args(tiny_dir, data_files, out, "--preset", preset, *extra)) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/done.json")} == done
+    report = json.loads((out / "report.json").read_text())
+
+    # the same folder with other options is refused, nothing overwritten
+    assert main(prune_args(tiny_dir, data_files, out, "--preset", preset, "--sparsity", "0.3")) == 2
+    assert "sparsity" in capsys.readouterr().err
+    assert json.loads((out / "report.json").read_text()) == report
+
+
+def test_shrink_and_bench_commands(tiny_dir, tmp_path, capsys):
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(tiny_dir)
+    with torch.no_grad():
+        model.bert.encoder.layer[0].attention.self.value.weight[:8] = 0  # head 0 of layer 0
+        model.bert.encoder.layer[0].attention.self.value.bias[:8] = 0
+        model.bert.encoder.layer[1].output.dense.weight[:, :32] = 0  # half the neurons of layer 1
+    model.save_pretrained(tmp_path / "masked")
+    assert main(["shrink", str(tmp_path / "masked"), str(tmp_path / "small")]) == 0
+    out = capsys.readouterr().out
+    assert "[[3], [4]]" in out and "[64, 32]" in out
+    small = load_pruned(tmp_path / "small")
+    inputs = {"input_ids": torch.randint(5, 30000, (2, 10))}
+    with torch.no_grad():
+        assert torch.allclose(small(**inputs).logits, model.eval()(**inputs).logits, atol=1e-4)
+    assert main(["bench", str(tmp_path / "small"), "--reference", str(tiny_dir), "--batch-sizes", "1,2",
+                 "--repeats", "2", "--seq-len", "16"]) == 0
+    assert "theoretical speedup" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--target-speedup", "100"], "cannot be reached"),
+        (["--target-speedup", "0.5"], "greater than 1"),
+        (["--preset", "struct", "--set", "sparsity=2"], "sparsity"),
+        (["--label-column", "nope"], "nope"),
+        (["--teacher", "/does/not/exist"], "teacher"),
+    ],
+)
+def test_bad_input_fails_fast_with_one_clear_error(tiny_dir, data_files, tmp_path, extra, message, capsys):
+    args = prune_args(tiny_dir, data_files, tmp_path / "bad", *extra)
+    if "--label-column" in extra:  # replace the good label column
+        i = args.index("--label-column")
+        del args[i:i + 2]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("blockprune prune: error:")
+    assert not (tmp_path / "bad" / "teacher").exists()  # no long work started
+
+
+def test_missing_model_path_is_one_clear_error(data_files, tmp_path, capsys):
+    args = prune_args(tmp_path / "no-model", data_files, tmp_path / "out")
+    assert main(args) == 2
+    assert "does not exist" in capsys.readouterr().err
