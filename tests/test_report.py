@@ -43,8 +43,8 @@ REPORT: dict[str, Any] = {
     "flops_per_token": {"before": 40000, "after": 30000},
     "heads_kept": [HEADS - 1, HEADS], "heads_total": [HEADS, HEADS],
     "ffn_width": [FFN, FFN - len(ZERO_NEURONS)], "ffn_total": [FFN, FFN],
-    "stages": {"teacher": {"seconds": 230.1}, "prune": {"seconds": 1500.2}, "shrink": {"seconds": 2.3},
-               "evaluate": {"seconds": 12.0}, "bench": {"seconds": 60.5}},
+    "stages": {"bench": {"seconds": 60.5}, "evaluate": {"seconds": 12.0}, "prune": {"seconds": 1500.2},
+               "shrink": {"seconds": 2.3}, "teacher": {"seconds": 230.1}},  # sorted by name, as json sort_keys does
     "command": "blockprune prune --preset struct --target-speedup 2 --output runs/demo",
     "versions": {"blockprune": "0.1.0", "torch": "2.13.0", "transformers": "5.24.0", "python": "3.11.7"},
     "machine": {"platform": "Linux-x86_64", "cpu_count": 2},
@@ -122,6 +122,9 @@ def test_markdown_has_the_tables_and_links_the_plots(run_dir: Path) -> None:
     assert f"| 1 | {HEADS} | {HEADS} | 100% |" in text
     assert f"| 1 | {FFN - len(ZERO_NEURONS)} | {FFN} | 53% |" in text
     assert "| prune | 1500.2 | 25 min 00 s | 83% |" in text
+    stage_rows = [text.index(f"| {stage} | ") for stage in ("teacher", "prune", "shrink", "evaluate", "bench")]
+    assert stage_rows == sorted(stage_rows)  # pipeline order, not alphabetical
+    assert "| Data | embedded rotten_tomatoes (train 8,530, eval 1,066, max length 128) |" in text
     assert "| Change | \u22120.7 points |" in text
     for name in ("density_maps", "heads_per_layer", "ffn_width", "tradeoff"):
         assert f"(plots/{name}.png)" in text
@@ -189,6 +192,8 @@ def test_missing_optional_parts_are_skipped_with_a_note(tmp_path: Path) -> None:
     for key in ("heads_kept", "stages", "flops_per_token", "versions"):
         del report[key]
     del report["speedup"]["measured"]
+    report["speedup"]["threads"] = None
+    report["machine"] = "Linux-x86_64 (gpu: none)"
     write_report(tmp_path, report)  # and no prune/model folder at all
     paths = render_report(tmp_path)
     assert set(paths) == {"report.md", "report.html", "plots/ffn_width.png"}
@@ -198,6 +203,7 @@ def test_missing_optional_parts_are_skipped_with_a_note(tmp_path: Path) -> None:
     assert "Figure skipped: report.json lacks speedup.measured." in text
     assert "'heads_kept'" in text and "| 1 | 34 | 64 | 53% |" in text
     assert "**\u22120.7 points accuracy**" in text
+    assert "None" not in text and "| machine | Linux-x86_64 (gpu: none) |" in text
 
 
 def test_failed_plot_leaves_the_previous_report_intact(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

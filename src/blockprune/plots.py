@@ -315,15 +315,15 @@ def tradeoff_figure(teacher_metric: float, final_metric: float, speedup: float, 
         ax.scatter([theoretical], [final], s=70, facecolors="none", edgecolors="#2f6db5", zorder=3,
                    label=f"{label} (theoretical, from FLOPs)")
         xs.append(theoretical)
-    ax.annotate(f"teacher\n{_as_percent(teacher_metric, scale)}", (1.0, teacher), xytext=(10, -28),
-                textcoords="offset points", fontsize=9)
+    ax.annotate(f"dense teacher\n{_as_percent(teacher_metric, scale)}", (1.0, teacher), xytext=(-10, 10),
+                textcoords="offset points", ha="right", va="bottom", fontsize=9)
     drop = final - teacher
     points = f"{drop:+.1f}".replace("-", "\u2212")
     ax.annotate(f"{label}\n{speedup:.2f}\u00d7, {_as_percent(final_metric, scale)}\n({points} points)", (speedup, final),
-                xytext=(10, -40 if drop >= 0 else 8), textcoords="offset points", fontsize=9)
+                xytext=(10, -10), textcoords="offset points", ha="left", va="top", fontsize=9)
     span = max(abs(teacher - final), 0.5 if scale == 100 else 0.005)
     ax.set_ylim(min(teacher, final) - 2.2 * span, max(teacher, final) + 1.6 * span)
-    ax.set_xlim(0.6, max(xs) * 1.3)
+    ax.set_xlim(0.5, max(xs) * 1.3 + 0.2)
     ax.set_xlabel("speedup over the dense teacher (\u00d7)")
     ax.set_ylabel(f"{metric_name} (%)" if scale == 100 else metric_name)
     ax.set_title(f"{metric_name.capitalize()} vs speedup")

@@ -146,6 +146,7 @@ p{margin:8px 0}
 table{border-collapse:collapse;margin:8px 0 14px;font-size:14px}
 table.compact{display:inline-table;margin-right:28px;vertical-align:top}
 th,td{padding:5px 12px;border-bottom:1px solid #e6eaf0;text-align:left;vertical-align:top}
+td:first-child,th:first-child{white-space:nowrap}
 th{background:#f6f8fb;font-weight:600;color:#33404f}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 tbody tr:hover{background:#f8fafc}

@@ -106,6 +106,8 @@ def _points(report: dict[str, Any]) -> float | None:
 
 
 def _cell(value: Any) -> str:
+    if value is None:
+        return "\u2014"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, list | dict):
@@ -126,17 +128,25 @@ def headline(report: dict[str, Any]) -> str:
     return ", ".join(parts) or "Pruning report"
 
 
+def _present(mapping: Any) -> dict[str, Any]:
+    """The entries of a JSON object whose values are set (not null, not empty); ``{}`` for anything else."""
+    if not isinstance(mapping, dict):
+        return {}
+    return {str(k): v for k, v in mapping.items() if v is not None and v != ""}
+
+
 def _subline(report: dict[str, Any]) -> str:
     what = " \u00b7 ".join(str(report[k]) for k in ("preset", "model", "task") if report.get(k))
-    where = dig(report, "speedup")
+    where = _present(dig(report, "speedup"))
     batch = _measured_batch(report)
-    if isinstance(where, dict) and "device" in where:
-        context = ", ".join(x for x in (
-            f"batch {batch}" if batch else "",
-            f"sequence length {where['seq_len']}" if "seq_len" in where else "",
-            f"{where['threads']} threads" if "threads" in where else "",
-        ) if x)
-        what += f" \u2014 speedup measured at {context} on {where['device']}"
+    context = ", ".join(x for x in (
+        f"batch {batch}" if batch else "",
+        f"sequence length {where['seq_len']}" if "seq_len" in where else "",
+        f"{where['threads']} thread{'' if where['threads'] == 1 else 's'}" if "threads" in where else "",
+    ) if x)
+    if context:
+        device = f" on {where['device']}" if "device" in where else ""
+        what += f" \u2014 speedup measured at {context}{device}"
     return what
 
 
@@ -200,14 +210,23 @@ def _summary(report: dict[str, Any], tradeoff: Figure | Note) -> Section:
     return Section("Summary", [*parts, tradeoff])
 
 
+_DATA_LABELS = {"num_train": "train", "num_eval": "eval", "max_length": "max length"}
+_DATA_SKIP = {"source", "name", "task", "metric", "higher_is_better"}
+
+
 def _data_text(data: Any) -> str | None:
+    """``source (train 8,530, eval 1,066, max length 128, ...)`` from ``task.describe()``."""
     if not isinstance(data, dict):
         return None if data is None else str(data)
-    labels = {"num_train": "train", "num_eval": "eval", "max_length": "max length"}
     head = str(data.get("source", data.get("name", "")))
-    extra = [f"{labels.get(k, k.replace('_', ' '))} {v:,}" if isinstance(v, int) else f"{k.replace('_', ' ')} {v}"
-             for k, v in data.items() if k not in ("source", "name", "task", "metric") and isinstance(v, int | float | str)]
+    keys = [k for k in _DATA_LABELS if k in data] + sorted(k for k in data if k not in _DATA_LABELS)
+    extra = [f"{_DATA_LABELS.get(k, k.replace('_', ' '))} {_count(data[k])}" for k in keys
+             if k not in _DATA_SKIP and isinstance(data[k], int | float | str) and not isinstance(data[k], bool)]
     return f"{head} ({', '.join(extra)})" if extra else head or None
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def _target_text(target: Any, key: str) -> str | None:
@@ -230,7 +249,7 @@ def _latency(report: dict[str, Any]) -> Section:
         return Section("Latency", [Note("report.json has no latency measurements.")])
     rows = [[b, f"{teacher[b]:.2f}" if b in teacher else "", f"{final[b]:.2f}" if b in final else "",
              f"{speed[b]:.2f}\u00d7" if b in speed else ""] for b in batches]
-    where = dig(report, "speedup") or {}
+    where = _present(dig(report, "speedup"))
     setting = ", ".join(f"{k.replace('_', ' ')} {where[k]}" for k in ("seq_len", "threads", "device") if k in where)
     text = [f"Median latency per batch ({setting})." if setting else "Median latency per batch."]
     return Section("Latency", [*text, Table(["Batch", "Teacher (ms)", "Final (ms)", "Speedup"], rows)])
@@ -264,10 +283,15 @@ def _mapping_section(title: str, mapping: Any, key: str) -> Section:
     return Section(title, [Table(["Setting", "Value"], [[str(k), _cell(v)] for k, v in sorted(mapping.items())])])
 
 
+STAGE_ORDER = ("teacher", "prune", "shrink", "fill", "evaluate", "bench", "report")
+"""Pipeline order of the stages (report.json may store them sorted by name)."""
+
+
 def _stages(report: dict[str, Any]) -> Section:
     stages = report.get("stages")
     times = [(str(k), number(dig(v, "seconds"))) for k, v in stages.items()] if isinstance(stages, dict) else []
     times = [(k, s) for k, s in times if s is not None]
+    times.sort(key=lambda ks: STAGE_ORDER.index(ks[0]) if ks[0] in STAGE_ORDER else len(STAGE_ORDER))
     if not times:
         return Section("Stage timings", [Note("report.json has no stage timings.")])
     total = sum(s for _, s in times)
@@ -277,8 +301,13 @@ def _stages(report: dict[str, Any]) -> Section:
 
 
 def _environment(report: dict[str, Any]) -> Section:
-    rows = [[str(k), _cell(v)] for k, v in (report.get("versions") or {}).items()]
-    rows += [[str(k), _cell(v)] for k, v in (report.get("machine") or {}).items()]
+    rows = []
+    for key in ("versions", "machine"):
+        value = report.get(key)
+        if isinstance(value, dict):
+            rows += [[k, _cell(v)] for k, v in _present(value).items()]
+        elif value:
+            rows.append([key, str(value)])
     if report.get("created"):
         rows.append(["report created", str(report["created"])])
     if not rows:
