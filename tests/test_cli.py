@@ -139,3 +139,9 @@ def test_missing_model_path_is_one_clear_error(data_files, tmp_path, capsys):
     args = prune_args(tmp_path / "no-model", data_files, tmp_path / "out")
     assert main(args) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_export_command_checks_parity(tiny_dir, tmp_path, capsys):
+    assert main(["export", str(tiny_dir), str(tmp_path / "m.onnx"), "--seq-len", "16", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "m.onnx").is_file() and "max |ONNX - PyTorch|" in out

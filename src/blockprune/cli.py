@@ -1,4 +1,4 @@
-"""The ``blockprune`` command: ``prune | shrink | eval | bench | report``.
+"""The ``blockprune`` command: ``prune | shrink | eval | bench | export | report``.
 
 ``blockprune prune`` with no flags runs the embedded default offline (MiniLM-L6 on Rotten Tomatoes
 snippets). Every error a user can fix ends the command with one line naming the fix (exit code 2).
@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     bench.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+
+    export = sub.add_parser("export", help="export a model to ONNX, check it against PyTorch, time ONNX Runtime")
+    export.add_argument("model")
+    export.add_argument("output", help="the .onnx file to write")
+    export.add_argument("--seq-len", type=int, default=128, help="sequence length of the ORT timing")
+    export.add_argument("--batch-size", type=int, default=1, help="batch size of the ORT timing")
+    export.add_argument("--repeats", type=int, default=10)
 
     report = sub.add_parser("report", help="render report.md / report.html / plots of a run directory again")
     report.add_argument("run_dir")
@@ -221,6 +228,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import check_onnx, export_onnx, measure_onnx_latency
+
+    model = load_model(args.model)
+    path = export_onnx(model, args.output)
+    diff = check_onnx(model, path)
+    latency = measure_onnx_latency(path, args.batch_size, args.seq_len, repeats=args.repeats)
+    print(f"wrote {path}; max |ONNX - PyTorch| = {diff:.2e}; ONNX Runtime batch {args.batch_size} x seq "
+          f"{args.seq_len}: median {latency['median_ms']:.1f} ms ({latency['threads']} threads)")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import render_report
 
@@ -229,7 +248,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"prune": cmd_prune, "shrink": cmd_shrink, "eval": cmd_eval, "bench": cmd_bench, "report": cmd_report}
+COMMANDS = {"prune": cmd_prune, "shrink": cmd_shrink, "eval": cmd_eval, "bench": cmd_bench, "export": cmd_export,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
