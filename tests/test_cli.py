@@ -145,3 +145,32 @@ def test_export_command_checks_parity(tiny_dir, tmp_path, capsys):
     assert main(["export", str(tiny_dir), str(tmp_path / "m.onnx"), "--seq-len", "16", "--repeats", "2"]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "m.onnx").is_file() and "max |ONNX - PyTorch|" in out
+
+
+@pytest.mark.slow
+def test_prune_question_answering_end_to_end(tiny_dir, tmp_path):
+    contexts = [
+        ("The Eiffel Tower is in Paris and was finished in 1889.", "Where is the Eiffel Tower?", "Paris"),
+        ("Marie Curie won two Nobel prizes, in physics and in chemistry.", "How many Nobel prizes?", "two"),
+        ("The river Nile flows north through Egypt into the sea.", "Which way does the Nile flow?", "north"),
+        ("Mount Fuji is the highest mountain in Japan at 3776 metres.", "How high is Mount Fuji?", "3776 metres"),
+    ]
+    articles = [{"title": f"t{i}", "paragraphs": [{"context": c, "qas": [
+        {"id": f"q{i}", "question": q, "answers": [{"text": a, "answer_start": c.index(a)}]}]}]}
+        for i, (c, q, a) in enumerate(contexts * 4)]
+    for i, article in enumerate(articles):
+        article["paragraphs"][0]["qas"][0]["id"] = f"q{i}"
+    squad = tmp_path / "squad.json"
+    squad.write_text(json.dumps({"version": "1.1", "data": articles}))
+    out = tmp_path / "qa"
+    args = ["prune", "--model", str(tiny_dir), "--task", "question-answering", "--train-file", str(squad),
+            "--validation-file", str(squad), "--preset", "struct", "--sparsity", "0.5", "--epochs", "1",
+            "--teacher-epochs", "1", "--batch-size", "8", "--max-length", "64", "--bench-repeats", "2",
+            "--no-progress", "--output-dir", str(out)]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "question-answering" and report["metric_name"] == "f1"
+    assert 0.0 <= report["final"]["metric"] <= 1.0 and "exact_match" in report["final"]["metrics"]
+    assert report["heads_kept"] == [2, 2]
+    model = load_pruned(out / "model")
+    assert type(model).__name__ == "BertForQuestionAnswering"

@@ -54,7 +54,7 @@ def load_report(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(run_dir) / REPORT_FILE
     if not path.is_file():
         raise MissingReportError(
-            f"{path} does not exist: run `blockprune prune ... --output {Path(run_dir)}` first, which writes it"
+            f"{path} does not exist: run `blockprune prune ... --output-dir {Path(run_dir)}` first, which writes it"
         )
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
