@@ -1,9 +1,11 @@
-"""What every task offers the pipeline: tokenized datasets, a collator, a model class and ``evaluate``.
+"""What every task offers the pipeline: a processor, datasets, a collator, a model class and ``evaluate``.
 
-The pipeline never looks inside a dataset; it asks a :class:`Task` for tokenized features (unpadded, so each
-batch is padded only to its longest member by :meth:`Task.collate`), builds the model with
-:meth:`Task.model_class` and :meth:`Task.model_kwargs`, and scores it with :meth:`Task.evaluate`, whose result
-always holds the task's primary metric under :attr:`Task.metric_name`.
+The pipeline never looks inside a dataset; it loads the model's input processor with
+:meth:`Task.load_processor` (a tokenizer for text, an image processor for images), asks the :class:`Task` for
+features (unpadded, so each batch is padded only to its longest member by :meth:`Task.collate`), builds the
+model with :meth:`Task.model_class` and :meth:`Task.model_kwargs`, and scores it with :meth:`Task.evaluate`,
+whose result always holds the task's primary metric under :attr:`Task.metric_name`; whether that metric is
+better high (accuracy) or low (perplexity) is :attr:`Task.higher_is_better`.
 
 Example:
     >>> from blockprune.tasks import load_task
@@ -14,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -102,9 +105,11 @@ class Task(ABC):
     """A fine-tuning task the pipeline can train on and evaluate.
 
     Attributes:
-        name: ``"text-classification"`` or ``"question-answering"``.
-        metric_name: key of the primary metric in :meth:`evaluate`'s result (higher is better).
-        max_length: default token length of one feature.
+        name: ``"text-classification"``, ``"question-answering"``, ``"causal-lm"`` or ``"image-classification"``.
+        metric_name: key of the primary metric in :meth:`evaluate`'s result.
+        higher_is_better: ``True`` when a larger primary metric is better (accuracy, F1); ``False`` for
+            perplexity. Compare runs with :meth:`better`.
+        max_length: default token length of one feature (unused by image tasks).
         source: human-readable origin of the data, for reports.
         train_examples, eval_examples: the raw examples (after any subsampling), one per question/text.
     """
@@ -113,6 +118,7 @@ class Task(ABC):
     eval_examples: list[Any]
     name: str
     metric_name: str
+    higher_is_better: bool = True
     max_length: int
     source: str
 
@@ -134,13 +140,35 @@ class Task(ABC):
         """Keyword arguments for ``model_class().from_pretrained`` (e.g. ``num_labels``)."""
         return {}
 
-    @abstractmethod
-    def train_dataset(self, tokenizer: Any, max_length: int | None = None) -> FeatureDataset:
-        """Tokenized, unpadded training features with their targets."""
+    def load_processor(self, model_path: str | os.PathLike[str], trust_remote_code: bool = False) -> Any:
+        """The input processor the other methods take as ``tokenizer``: here the model folder's tokenizer.
+
+        Image tasks override this to return an image processor. Whatever it returns has ``save_pretrained``,
+        so the pipeline saves it next to every model it writes.
+
+        Example:
+            >>> tokenizer = task.load_processor("runs/demo/teacher/model")     # doctest: +SKIP
+        """
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+
+    def better(self, a: float, b: float) -> bool:
+        """True when primary-metric value ``a`` is strictly better than ``b`` (follows :attr:`higher_is_better`).
+
+        Example:
+            >>> task.better(12.0, 15.0)    # perplexity: lower wins           # doctest: +SKIP
+            True
+        """
+        return a > b if self.higher_is_better else a < b
 
     @abstractmethod
-    def eval_dataset(self, tokenizer: Any, max_length: int | None = None) -> FeatureDataset:
-        """Tokenized, unpadded evaluation features."""
+    def train_dataset(self, tokenizer: Any, max_length: int | None = None) -> Dataset:
+        """Unpadded training features with their targets (a :class:`FeatureDataset` for text tasks)."""
+
+    @abstractmethod
+    def eval_dataset(self, tokenizer: Any, max_length: int | None = None) -> Dataset:
+        """Unpadded evaluation features, in the order of :attr:`eval_examples`' outputs."""
 
     def collate(self, tokenizer: Any) -> Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]]:
         """A data collator that pads each batch to its longest member."""
@@ -166,13 +194,14 @@ class Task(ABC):
             "num_train": self.num_train,
             "num_eval": self.num_eval,
             "metric": self.metric_name,
+            "higher_is_better": self.higher_is_better,
             "max_length": self.max_length,
         }
 
 
 def run_model(
     model: torch.nn.Module,
-    dataset: FeatureDataset,
+    dataset: Dataset,
     collate: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]],
     batch_size: int,
     device: str | torch.device,
