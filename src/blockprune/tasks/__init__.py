@@ -1,4 +1,5 @@
-"""Tasks: the data side of blockprune (text classification, extractive QA, the embedded offline default).
+"""Tasks: the data side of blockprune (text classification, extractive QA, causal language modelling, image
+classification, and the embedded offline default).
 
 The pipeline needs only :func:`load_task` and the :class:`Task` interface; the rest is public for tests and
 for users who build a task from their own records.
@@ -11,17 +12,24 @@ Example:
 """
 
 from .base import DataError, FeatureDataset, PaddingCollator, Task
+from .causal_lm import CausalLMCollator, CausalLMTask, group_blocks, read_documents
 from .classification import ClassificationTask, TextExample, accuracy, classification_task, macro_f1
 from .embedded import embedded_data_path, embedded_model_path, rotten_tomatoes_split
+from .images import ImageDataset, ImageExample, ImageTask, default_image_processor, scan_image_folder
 from .load import holdout, load_task
 from .qa import QATask, answer_tokens, postprocess, qa_features
 from .qa_data import QAExample, read_squad, squad_from_records
 from .qa_metrics import exact_match, f1, normalize_answer, squad_scores
 
 __all__ = [
+    "CausalLMCollator",
+    "CausalLMTask",
     "ClassificationTask",
     "DataError",
     "FeatureDataset",
+    "ImageDataset",
+    "ImageExample",
+    "ImageTask",
     "PaddingCollator",
     "QAExample",
     "QATask",
@@ -30,18 +38,22 @@ __all__ = [
     "accuracy",
     "answer_tokens",
     "classification_task",
+    "default_image_processor",
     "embedded_data_path",
     "embedded_model_path",
     "exact_match",
     "f1",
+    "group_blocks",
     "holdout",
     "load_task",
     "macro_f1",
     "normalize_answer",
     "postprocess",
     "qa_features",
+    "read_documents",
     "read_squad",
     "rotten_tomatoes_split",
+    "scan_image_folder",
     "squad_from_records",
     "squad_scores",
 ]

@@ -1,8 +1,8 @@
 """``load_task``: one entry point from user options to a validated :class:`~blockprune.tasks.base.Task`.
 
-Sources, in order of precedence: local files (``train_file`` [+ ``validation_file``]), a Hugging Face hub
-``dataset`` (needs ``datasets`` and a network), and, for text classification with nothing given, the
-embedded offline Rotten Tomatoes task. All reading and checking happens here, before any tokenization or
+Sources, in order of precedence: local files (``train_file`` [+ ``validation_file``]; image folders for
+image classification), a Hugging Face hub ``dataset`` (needs ``datasets`` and a network; text tasks only),
+and, for text classification with nothing given, the embedded offline Rotten Tomatoes task. All reading and checking happens here, before any tokenization or
 training, so bad input fails in seconds with one clear message.
 
 Example:
@@ -19,8 +19,10 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
 from .base import DataError, Task, subsample
-from .classification import ClassificationTask, TextExample, classification_task
+from .causal_lm import CausalLMTask, documents_from_records, read_documents
+from .classification import ClassificationTask, TextExample, classification_task, label_key, sorted_labels
 from .embedded import DATA_PIP, LABEL_NAMES, rotten_tomatoes_split
+from .images import ImageTask, folder_examples, scan_image_folder, verify_images
 from .qa import DEFAULT_DOC_STRIDE, QATask
 from .qa_data import read_squad, squad_from_records
 from .records import load_hub_split, read_records
@@ -34,6 +36,18 @@ TASK_ALIASES = {
     "sequence-classification": "text-classification",
     "question-answering": "question-answering",
     "qa": "question-answering",
+    "causal-lm": "causal-lm",
+    "clm": "causal-lm",
+    "language-modeling": "causal-lm",
+    "image-classification": "image-classification",
+    "image": "image-classification",
+}
+# Options that only some tasks read; giving one to another task is a mistake worth one clear error.
+TASK_OPTIONS = {
+    "text-classification": {"text_column", "text_pair_column", "label_column", "label_names"},
+    "question-answering": set(),
+    "causal-lm": {"text_column"},
+    "image-classification": {"label_names"},
 }
 HOLDOUT_FRACTION = 0.1
 
@@ -61,19 +75,25 @@ def load_task(
     """Load, check and wrap the data of one task.
 
     Args:
-        task: ``"text-classification"`` (alias ``"classification"``) or ``"question-answering"`` (``"qa"``).
+        task: ``"text-classification"`` (alias ``"classification"``), ``"question-answering"`` (``"qa"``),
+            ``"causal-lm"`` (``"clm"``) or ``"image-classification"`` (``"image"``).
         dataset: a Hugging Face hub dataset name (optional ``dataset_config``); needs ``datasets`` + network.
-        train_file, validation_file: local ``.csv``/``.tsv``/``.json``/``.jsonl`` files (SQuAD v1 JSON for QA).
-            Without a validation file, a seeded 10% of the training data is held out (by context for QA).
+        train_file, validation_file: local ``.csv``/``.tsv``/``.json``/``.jsonl`` files (SQuAD v1 JSON for QA;
+            also ``.txt``, one document per line, for causal-lm); image folders ``root/<label>/<images>`` for
+            image-classification. Without a validation file, a seeded 10% of the training data is held out
+            (by context for QA, by distinct document for causal-lm, by image for image-classification).
         text_column, text_pair_column, label_column: classification fields (default ``"text"``, none,
             ``"label"``). Labels may be strings or integers; the label set is the sorted training labels.
+            causal-lm reads ``text_column`` (default ``"text"``) of record files.
         seed: seed of the subsampling and of any hold-out split.
         validation_split: hub split used for evaluation.
         label_names: fixed label order for classification (e.g. to match a trained model's ``id2label``).
-        metric: primary metric: ``"accuracy"`` (default) or ``"macro_f1"``; ``"f1"`` (default) or
-            ``"exact_match"`` for QA.
-        max_train_samples, max_eval_samples: keep a seeded subset of that many examples.
-        max_length: default tokens per feature (128 for classification, 384 for QA).
+        metric: primary metric: ``"accuracy"`` (default) or ``"macro_f1"`` for classification (text or
+            images); ``"f1"`` (default) or ``"exact_match"`` for QA; ``"perplexity"`` for causal-lm.
+        max_train_samples, max_eval_samples: keep a seeded subset of that many examples (documents for
+            causal-lm, images for image-classification).
+        max_length: default tokens per feature (128 for classification and causal-lm blocks, 384 for QA;
+            ignored for images).
         doc_stride, max_answer_length: QA window overlap and longest answer, in tokens.
 
     Raises:
@@ -90,12 +110,19 @@ def load_task(
         raise DataError("Give either dataset= (hub) or train_file/validation_file (local), not both.")
     if validation_file is not None and train_file is None:
         raise DataError(f"validation_file={validation_file} was given without train_file; give the training file too.")
+    _check_task_options(kind, text_column=text_column, text_pair_column=text_pair_column,
+                        label_column=label_column, label_names=label_names)
     common: dict[str, Any] = {"metric": metric}
-    if max_length is not None:
+    if max_length is not None and kind != "image-classification":
         common["max_length"] = max_length
-    if kind == "question-answering":
+    if kind == "causal-lm":
+        built: Task = _load_causal_lm(dataset, dataset_config, validation_split, train_file, validation_file,
+                                      text_column or "text", seed, common)
+    elif kind == "image-classification":
+        built = _load_images(dataset, train_file, validation_file, label_names, seed, common)
+    elif kind == "question-answering":
         common |= {"doc_stride": doc_stride, "max_answer_length": max_answer_length}
-        built: Task = _load_qa(dataset, dataset_config, validation_split, train_file, validation_file, seed, common)
+        built = _load_qa(dataset, dataset_config, validation_split, train_file, validation_file, seed, common)
     else:
         columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
         built = _load_classification(
@@ -104,6 +131,15 @@ def load_task(
     built.train_examples = subsample(built.train_examples, max_train_samples, seed)
     built.eval_examples = subsample(built.eval_examples, max_eval_samples, seed)
     return built
+
+
+def _check_task_options(kind: str, **given: Any) -> None:
+    """Options another task reads are refused here, rather than silently ignored."""
+    if kind == "text-classification":
+        return
+    stray = sorted(k for k, v in given.items() if v is not None and k not in TASK_OPTIONS[kind])
+    if stray:
+        raise DataError(f"{stray} do(es) not apply to task {kind!r}; leave them out.")
 
 
 def _load_classification(
@@ -187,6 +223,92 @@ def _load_qa(
         )
         source = f"hub: {dataset}" + (f"/{config}" if config else "")
     return QATask(train, evaluation, source=source, **common)
+
+
+def _load_causal_lm(
+    dataset: str | None,
+    config: str | None,
+    validation_split: str,
+    train_file: PathLike | None,
+    validation_file: PathLike | None,
+    text_column: str,
+    seed: int,
+    common: dict[str, Any],
+) -> CausalLMTask:
+    if dataset is None and train_file is None:
+        raise DataError(
+            "causal-lm has no embedded dataset: pass train_file=... (a .txt file, one document per line, or "
+            ".csv/.json/.jsonl with a text column) and optionally validation_file=..."
+        )
+    if train_file is not None:
+        train = read_documents(train_file, text_column)
+        if validation_file is not None:
+            evaluation = read_documents(validation_file, text_column)
+        else:
+            train, evaluation = _holdout_documents(train, train_file, seed)
+        source = f"files: train={train_file}, validation={validation_file or 'held-out 10% of train documents'}"
+    else:
+        where = f"dataset {dataset!r} split"
+        train = documents_from_records(load_hub_split(dataset, config, "train"), text_column, f"{where} 'train'")
+        evaluation = documents_from_records(
+            load_hub_split(dataset, config, validation_split), text_column, f"{where} {validation_split!r}"
+        )
+        source = f"hub: {dataset}" + (f"/{config}" if config else "")
+    return CausalLMTask(train, evaluation, source=source, **common)
+
+
+def _holdout_documents(documents: list[str], train_file: PathLike, seed: int) -> tuple[list[str], list[str]]:
+    if len(documents) < 2:
+        raise DataError(
+            f"{train_file} holds a single document, too little to hold out an evaluation split; give "
+            "validation_file=..., or put one document per line."
+        )
+    return holdout(documents, HOLDOUT_FRACTION, seed, key=lambda d: d)  # copies of a document stay together
+
+
+def _load_images(
+    dataset: str | None,
+    train_folder: PathLike | None,
+    validation_folder: PathLike | None,
+    label_names: Sequence[str] | None,
+    seed: int,
+    common: dict[str, Any],
+) -> ImageTask:
+    if dataset is not None or train_folder is None:
+        raise DataError(
+            "image-classification reads a local image folder: pass train_file=<folder> laid out as "
+            "<folder>/<label>/<image files> (and optionally validation_file=<folder> with the same layout). "
+            "Hub datasets are not supported for images."
+        )
+    classes = scan_image_folder(train_folder)
+    names = _image_label_names(classes, label_names, train_folder)
+    index = {name: i for i, name in enumerate(names)}
+    train = folder_examples(classes, index, str(train_folder))
+    if validation_folder is not None:
+        eval_classes = scan_image_folder(validation_folder)
+        evaluation = folder_examples(eval_classes, index, str(validation_folder))
+    else:
+        if len(train) < 2:
+            raise DataError(f"{train_folder} holds a single image; give validation_file=<folder> as well.")
+        train, evaluation = holdout(train, HOLDOUT_FRACTION, seed)
+    verify_images([e.path for e in train + evaluation])
+    source = f"image folders: train={train_folder}, validation={validation_folder or 'held-out 10% of train'}"
+    return ImageTask(train, evaluation, names, source=source, **common)
+
+
+def _image_label_names(classes: dict[str, Any], given: Sequence[str] | None, where: PathLike) -> list[str]:
+    if given is not None:
+        names = [label_key(n) for n in given]
+        if len(set(names)) != len(names):
+            raise DataError(f"label_names {list(given)} has duplicates; give each class once.")
+    else:
+        names = sorted_labels(set(classes))
+    if len(names) < 2:
+        raise DataError(
+            f"{where} has fewer than 2 classes ({names}); image classification needs at least two class "
+            f"sub-folders: {where}/<label>/<image files>."
+        )
+    return names
 
 
 def holdout(
