@@ -174,3 +174,22 @@ def test_prune_question_answering_end_to_end(tiny_dir, tmp_path):
     assert report["heads_kept"] == [2, 2]
     model = load_pruned(out / "model")
     assert type(model).__name__ == "BertForQuestionAnswering"
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tiny_dir, data_files, tmp_path):
+    """The CLI under `torchrun --nproc_per_node 2` on CPU (DDP over gloo): rank 0 writes one consistent run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "ddp"
+    args = prune_args(tiny_dir, data_files, out, "--sparsity", "0.5")
+    result = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "blockprune.cli", *args],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("speedup measured") == 1  # only rank 0 reports
+    report = json.loads((out / "report.json").read_text())
+    assert report["heads_kept"] == [2, 2] and report["pruning"]["density"]["overall"] == pytest.approx(0.5)
+    assert load_pruned(out / "model") is not None

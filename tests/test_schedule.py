@@ -26,6 +26,11 @@ def test_no_warmup_no_cooldown():
     assert sparsity_at(10, 10, 0.5, 0.0, 0.0) == 0.5
 
 
+@pytest.mark.parametrize("total", [1, 2, 3, 4, 7, 10, 333])
+def test_last_step_is_always_at_the_final_sparsity(total):
+    assert sparsity_at(total - 1, total, 0.7, 0.1, 0.0) == 0.7
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [dict(final=1.0), dict(final=-0.1), dict(final=0.5, warmup=0.6, cooldown=0.5), dict(final=0.5, total_steps=0)],

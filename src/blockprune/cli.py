@@ -137,7 +137,7 @@ def load_model(path: str, task_class: type | None = None) -> nn.Module:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .pipeline import RunOptions, run
+    from .pipeline import RunOptions, is_main_process, run
 
     options = RunOptions(
         model=args.model, task=args.task, dataset=args.dataset, train_file=args.train_file,
@@ -153,6 +153,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         command="blockprune " + shlex.join(args.argv),
     )
     report = run(options)
+    if not is_main_process():
+        return 0
     drop = (report["teacher"]["metric"] - report["final"]["metric"]) * 100
     print(
         f"\n{report['metric_name']}: teacher {report['teacher']['metric']:.4f} → final {report['final']['metric']:.4f} "

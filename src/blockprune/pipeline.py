@@ -27,7 +27,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from .pruner import Pruner
 from .saving import load_pruned, save_pruned
 from .shrink import shrink
 from .tasks import Task, embedded_model_path, load_task
-from .training import TrainSettings, train
+from .training import TrainSettings, check_overrides, train
 
 MAX_SPARSITY = 0.95
 FILLED_SUFFIX = "-filled"
@@ -105,14 +105,14 @@ def default_target(options: RunOptions) -> None:
         options.target_speedup = 2.0
 
 
-def flops_split(model_path: str, seq_len: int) -> tuple[int, int]:
+def flops_split(model_path: str, seq_len: int, trust_remote_code: bool = False) -> tuple[int, int]:
     """FLOPs per token of the attention part (Q/K/V/O + matmuls) and of the FFN part of a dense model.
 
     The model is built on the ``meta`` device from its config: no weights are read.
     """
-    config = transformers.AutoConfig.from_pretrained(model_path)
+    config = transformers.AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
-        model = transformers.AutoModel.from_config(config)
+        model = transformers.AutoModel.from_config(config, trust_remote_code=trust_remote_code)
     ffn = get_arch(model).ffn
     ffn_paths = {ffn.up, ffn.gate, ffn.down}
     ffn_flops = sum(2 * w.numel() for layer in block_linears(model) for p, w in layer.items() if p in ffn_paths)
@@ -149,10 +149,14 @@ def pruning_config(options: RunOptions, model_path: str) -> PruningConfig:
         raise RunError(f"--preset {options.preset!r} is unknown; choose one of {sorted(PRESETS)}")
     if options.target_speedup is not None and options.sparsity is not None:
         raise RunError("give either --target-speedup or --sparsity, not both")
+    unknown = sorted(set(options.pruning) - {f.name for f in fields(PruningConfig)})
+    if unknown:
+        raise RunError(f"--set {', '.join(unknown)}: not a PruningConfig field; "
+                       f"choose among {sorted(f.name for f in fields(PruningConfig))}")
     preset = PruningConfig.preset(options.preset, **options.pruning)
     if options.target_speedup is None:
         return preset.replace(sparsity=options.sparsity)
-    split = flops_split(model_path, options.max_length)
+    split = flops_split(model_path, options.max_length, options.trust_remote_code)
     return preset.replace(**sparsities_for_speedup(options.target_speedup, *split, preset.attention_block == HEAD))
 
 
@@ -178,7 +182,6 @@ def write_done(stage_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
     """Mark a stage complete (atomically); only rank 0 writes."""
     if is_main_process():
         atomic.write_text(stage_dir / "done.json", json.dumps(results, indent=1, sort_keys=True, default=str) + "\n")
-    barrier()
     return results
 
 
@@ -188,7 +191,6 @@ def save_hf_model(model: nn.Module, path: Path, tokenizer: Any) -> None:
         with atomic.atomic_dir(path) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-    barrier()
 
 
 def versions() -> dict[str, str]:
@@ -226,6 +228,7 @@ class Run:
             max_length=options.max_length, seed=options.seed, alpha=options.alpha, temperature=options.temperature,
             progress=options.progress, overrides=dict(options.training_args),
         )
+        check_overrides(self.settings.overrides)
         self.check_teacher_labels()
 
     # -- checks before any long work
@@ -278,7 +281,8 @@ class Run:
         names = getattr(self.task, "label_names", None)
         if self.options.teacher is None or names is None:
             return
-        config = transformers.AutoConfig.from_pretrained(self.options.teacher)
+        config = transformers.AutoConfig.from_pretrained(self.options.teacher,
+                                                         trust_remote_code=self.options.trust_remote_code)
         got = [str(config.id2label[i]) for i in range(config.num_labels)]
         generic = all(g.startswith("LABEL_") for g in got)
         if len(got) != len(names) or not (generic or got == [str(n) for n in names]):
@@ -341,9 +345,7 @@ class Run:
             diff = max(float((getattr(before, f) - getattr(after, f)).abs().max()) for f in fields)
             if diff > 1e-4:
                 raise RuntimeError(f"shrink changed the outputs by {diff:.2e} (> 1e-4); please report this as a bug")
-            if is_main_process():
-                save_pruned(model, stage / "model", self.tokenizer, result=result)
-            barrier()
+            save_pruned(model, stage / "model", self.tokenizer, result=result)
             done = write_done(stage, {"heads_kept": result.heads_per_layer, "ffn_width": result.ffn_per_layer,
                                       "params_before": result.params_before, "params_after": result.params_after,
                                       "max_abs_diff": diff, "seconds": time.perf_counter() - start})
@@ -360,7 +362,6 @@ class Run:
             train(student, self.task, self.tokenizer, stage, settings, teacher=teacher)
             if is_main_process():
                 save_pruned(student, stage / "model", self.tokenizer)
-            barrier()
             done = write_done(stage, {"seconds": time.perf_counter() - start})
         return done
 
@@ -396,26 +397,36 @@ class Run:
         return done
 
     def execute(self) -> dict[str, Any]:
-        """Run every stage not done yet; write the final model and the report; return the report dict."""
+        """Run every stage not done yet; write the final model and the report; return the report dict.
+
+        Under ``torchrun`` every rank trains (teacher, prune, fill); rank 0 alone shrinks, evaluates,
+        benchmarks (so the timings are not disturbed by the other ranks) and writes the files.
+        """
         self.check_run_dir()
         teacher = self.stage_teacher()
+        barrier()
         prune = self.stage_prune(teacher["model"])
-        shrunk = self.stage_shrink()
-        fill = self.stage_fill(teacher["model"]) if self.options.preset.endswith(FILLED_SUFFIX) else None
-        evaluation = self.stage_evaluate()
-        bench = self.stage_bench(teacher["model"])
-        stages = {"teacher": teacher, "prune": prune, "shrink": shrunk, "evaluate": evaluation, "bench": bench}
-        if fill is not None:
-            stages["fill"] = fill
-        report = self.build_report(stages)
+        barrier()
         if is_main_process():
-            final = self.dir / "model"
-            with atomic.atomic_dir(final) as tmp:
-                shutil.copytree(self.final_model_dir(), tmp, dirs_exist_ok=True)
-            atomic.write_text(self.dir / "report.json", json.dumps(report, indent=1, sort_keys=True) + "\n")
-            from .report import render_report
+            self.stage_shrink()
+        barrier()
+        stages = {"teacher": teacher, "prune": prune, "shrink": read_done(self.dir / "shrink")}
+        if self.options.preset.endswith(FILLED_SUFFIX):
+            stages["fill"] = self.stage_fill(teacher["model"])
+            barrier()
+        if not is_main_process():
+            barrier()  # wait for rank 0 to evaluate, benchmark and report
+            return json.loads((self.dir / "report.json").read_text())
+        stages["evaluate"] = self.stage_evaluate()
+        stages["bench"] = self.stage_bench(teacher["model"])
+        report = self.build_report(stages)
+        final = self.dir / "model"
+        with atomic.atomic_dir(final) as tmp:
+            shutil.copytree(self.final_model_dir(), tmp, dirs_exist_ok=True)
+        atomic.write_text(self.dir / "report.json", json.dumps(report, indent=1, sort_keys=True) + "\n")
+        from .report import render_report
 
-            render_report(self.dir)
+        render_report(self.dir)
         barrier()
         return report
 
@@ -464,11 +475,11 @@ class Run:
         }
 
     def _heads_total(self) -> int:
-        config = transformers.AutoConfig.from_pretrained(self.model_path)
+        config = transformers.AutoConfig.from_pretrained(self.model_path, trust_remote_code=self.options.trust_remote_code)
         return int(getattr(config, "num_attention_heads", getattr(config, "n_heads", 0)))
 
     def _ffn_total(self) -> int:
-        config = transformers.AutoConfig.from_pretrained(self.model_path)
+        config = transformers.AutoConfig.from_pretrained(self.model_path, trust_remote_code=self.options.trust_remote_code)
         return int(getattr(config, "intermediate_size", getattr(config, "hidden_dim", 0)))
 
 

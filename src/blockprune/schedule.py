@@ -26,7 +26,8 @@ def phase_bounds(total_steps: int, warmup: float, cooldown: float) -> tuple[int,
     if not (0.0 <= warmup and 0.0 <= cooldown and warmup + cooldown < 1.0):
         raise ValueError(f"warmup ({warmup}) and cooldown ({cooldown}) must be >= 0 and sum to less than 1")
     ramp_start = round(warmup * total_steps)
-    ramp_end = max(ramp_start, total_steps - round(cooldown * total_steps))
+    # at least the last step is at the final sparsity, so a run always ends on its target
+    ramp_end = max(ramp_start, total_steps - max(1, round(cooldown * total_steps)))
     return ramp_start, ramp_end
 
 

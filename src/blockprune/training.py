@@ -1,8 +1,10 @@
 """One training routine for the three training stages (teacher, prune, fill), on the Hugging Face Trainer.
 
 Every stage is the same loop with different parts plugged in: a pruner or not, a teacher or not. The
-Trainer checkpoints into ``<stage>/checkpoints`` and a re-run resumes from the last checkpoint (model,
-scores, optimizer, scheduler, schedule position and RNG all come back). Nothing overrides Trainer
+Trainer checkpoints into ``<stage>/checkpoints`` and a re-run resumes from the last *complete* checkpoint
+(model, scores, λ controller, optimizer, scheduler, schedule position and RNG all come back, so the result
+equals that of an uninterrupted run); a checkpoint cut short by a crash is skipped. A NaN or infinite loss
+stops training before it updates any weight (:class:`StopOnNonFinite`). Nothing overrides Trainer
 internals: the pruning state rides in the model, the loss in :class:`~blockprune.trainer.PruningObjective`,
 the schedule in :class:`~blockprune.trainer.PruningCallback`.
 
@@ -12,7 +14,13 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import math
+import os
+import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,15 +29,22 @@ from typing import Any
 import torch
 import transformers
 from torch import nn
-from transformers.trainer_utils import get_last_checkpoint
 
 from .pruner import Pruner
 from .tasks import Task
 from .trainer import PruningCallback, PruningObjective, make_optimizer
 
+logger = logging.getLogger(__name__)
+CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
+TRAINER_STATE = "trainer_state.json"
+
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+class TrainingArgumentError(ValueError):
+    """A ``--training-arg`` / ``TrainSettings.overrides`` key is not a ``TrainingArguments`` field."""
 
 
 @dataclass
@@ -51,20 +66,95 @@ class TrainSettings:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-class StopOnNonFinite(transformers.TrainerCallback):
-    """Stops training at the first non-finite logged loss, naming the step."""
+def _is_complete(checkpoint: Path, step: int) -> bool:
+    """Whether the Trainer finished writing ``checkpoint`` (it writes ``trainer_state.json`` last)."""
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(state, dict) and state.get("global_step") == step
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the training loss became {loss} at step {state.global_step}; lower the learning rate. "
-                f"The last good checkpoint in {args.output_dir} is kept."
-            )
+
+def last_complete_checkpoint(folder: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` in ``folder`` that the Trainer finished writing, or ``None``.
+
+    The Trainer writes a checkpoint in place and ``trainer_state.json`` last, so a run killed while saving
+    leaves a folder that cannot be resumed from. Such folders newer than the chosen checkpoint are removed
+    (by the main process), and the run resumes from the previous complete one.
+
+    Example:
+        >>> last_complete_checkpoint("runs/demo/prune/checkpoints")   # doctest: +SKIP
+        'runs/demo/prune/checkpoints/checkpoint-400'
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), path) for path in folder.iterdir()
+             if (m := CHECKPOINT_PATTERN.fullmatch(path.name)) and path.is_dir()]
+    for step, path in sorted(found, key=lambda item: item[0], reverse=True):
+        if _is_complete(path, step):
+            return str(path)
+        logger.warning("checkpoint %s was not completely written (interrupted save); removing it", path)
+        if int(os.environ.get("RANK", "0")) == 0:
+            shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+class StopOnNonFinite(transformers.TrainerCallback):
+    """Stops training at the first optimizer step whose loss is NaN or infinite, before it changes any weight.
+
+    A forward hook on the trained module adds up the loss of every training forward (micro-batches
+    included); :meth:`on_pre_optimizer_step` checks that sum once per optimizer step. The logged loss cannot
+    serve: it is averaged over ``logging_steps``, and the Trainer leaves non-finite step losses out of it.
+    As no weight is updated from a non-finite loss, every checkpoint on disk holds good weights.
+
+    Args:
+        model: the module the Trainer trains (its output must carry ``loss``).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._loss: torch.Tensor | None = None
+        self.handle = model.register_forward_hook(self._record)
+
+    def _record(self, module: nn.Module, args: Any, output: Any) -> None:
+        loss = getattr(output, "loss", None)
+        if module.training and isinstance(loss, torch.Tensor):
+            loss = loss.detach().float().sum()
+            self._loss = loss if self._loss is None else self._loss + loss
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        loss, self._loss = self._loss, None
+        if loss is None or bool(torch.isfinite(loss)):
+            return
+        step = state.global_step + 1
+        last = last_complete_checkpoint(args.output_dir)
+        kept = (f"the last good checkpoint, {last}, is kept" if last is not None
+                else f"no checkpoint had been saved yet (one every {args.save_steps} steps)")
+        raise NonFiniteLossError(
+            f"the training loss became {float(loss)} at optimizer step {step} of {state.max_steps}; training "
+            f"stopped before that step changed any weight, and {kept}. Lower the learning rate (or look for "
+            "extreme values in the data)."
+        )
+
+
+def check_overrides(overrides: dict[str, Any]) -> None:
+    """Refuse override keys that ``transformers.TrainingArguments`` does not have (before any long work).
+
+    Raises:
+        TrainingArgumentError: naming the unknown keys.
+    """
+    known = {f.name for f in dataclasses.fields(transformers.TrainingArguments) if f.init}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TrainingArgumentError(
+            f"--training-arg {', '.join(unknown)}: not a field of transformers.TrainingArguments "
+            f"{transformers.__version__}; check the spelling (e.g. save_steps, bf16, gradient_accumulation_steps)"
+        )
 
 
 def training_arguments(out_dir: Path, settings: TrainSettings, steps_per_epoch: int) -> transformers.TrainingArguments:
     """TrainingArguments of a stage: checkpoints every ``save_steps``, only the last one kept."""
+    check_overrides(settings.overrides)
     values: dict[str, Any] = dict(
         output_dir=str(out_dir / "checkpoints"),
         num_train_epochs=settings.epochs,
@@ -85,6 +175,7 @@ def training_arguments(out_dir: Path, settings: TrainSettings, steps_per_epoch: 
         disable_tqdm=not settings.progress,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # also makes torchrun on CPU use DDP over gloo
     )
     values.update(settings.overrides)
     return transformers.TrainingArguments(**values)
@@ -110,7 +201,8 @@ def train(
     steps_per_epoch = max(1, math.ceil(len(dataset) / settings.batch_size))
     args = training_arguments(out_dir, settings, steps_per_epoch)
     objective = PruningObjective(model, pruner, teacher, settings.alpha, settings.temperature)
-    callbacks: list[transformers.TrainerCallback] = [StopOnNonFinite()]
+    watch = StopOnNonFinite(objective)
+    callbacks: list[transformers.TrainerCallback] = [watch]
     optimizer = None
     if pruner is not None:
         callbacks.insert(0, PruningCallback(pruner))
@@ -125,9 +217,12 @@ def train(
     )
     # our callbacks first, so the pruning numbers are in the logs before the progress bar prints them
     trainer.callback_handler.callbacks.sort(key=lambda cb: not isinstance(cb, PruningCallback | StopOnNonFinite))
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    last = last_complete_checkpoint(args.output_dir)
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=last)
+    try:
+        trainer.train(resume_from_checkpoint=last)
+    finally:
+        watch.handle.remove()
     model.eval()
     return time.perf_counter() - start
 
