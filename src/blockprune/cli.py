@@ -42,10 +42,14 @@ def _key_values(items: list[str], flag: str) -> dict[str, Any]:
 
 def _data_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data (default: the embedded Rotten Tomatoes snippets)")
-    group.add_argument("--task", default="text-classification", choices=["text-classification", "question-answering"])
+    group.add_argument("--task", default="text-classification",
+                       choices=["text-classification", "question-answering", "causal-lm", "image-classification"])
     group.add_argument("--dataset", help="Hugging Face hub dataset name (needs the `datasets` package and network)")
-    group.add_argument("--train-file", help="local CSV/TSV/JSON/JSONL (SQuAD JSON for question answering)")
-    group.add_argument("--validation-file", help="local evaluation file (default: a seeded 10%% of --train-file)")
+    group.add_argument("--train-file", help="local CSV/TSV/JSON/JSONL (SQuAD JSON for question answering; also "
+                       ".txt, one document per line, for causal-lm); an image folder <root>/<label>/<images> "
+                       "for image-classification")
+    group.add_argument("--validation-file",
+                       help="local evaluation file or image folder (default: a seeded 10%% of --train-file)")
     group.add_argument("--text-column", help="text column (default: text)")
     group.add_argument("--text-pair-column", help="second text column for sentence pairs")
     group.add_argument("--label-column", help="label column (default: label)")
@@ -155,10 +159,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     report = run(options)
     if not is_main_process():
         return 0
-    drop = (report["teacher"]["metric"] - report["final"]["metric"]) * 100
+    change = report["final"]["metric"] - report["teacher"]["metric"]
+    lower_better = not report.get("higher_is_better", True)
+    change_text = f"{change:+.4f}, lower is better" if lower_better else f"{change * 100:+.2f} points"
     print(
         f"\n{report['metric_name']}: teacher {report['teacher']['metric']:.4f} → final {report['final']['metric']:.4f} "
-        f"({-drop:+.2f} points); speedup measured {report['speedup']['measured']:.2f}x "
+        f"({change_text}); speedup measured {report['speedup']['measured']:.2f}x "
         f"(theoretical {report['speedup']['theoretical']:.2f}x)\n"
         f"model: {Path(options.output_dir) / 'model'}   report: {Path(options.output_dir) / 'report.html'}"
     )
@@ -198,7 +204,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
                      max_length=args.max_length)
     model = load_model(args.model, task.model_class())
-    tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
+    tokenizer = task.load_processor(args.model)
     metrics = task.evaluate(model, tokenizer, batch_size=args.batch_size)
     print(json.dumps(metrics, indent=1, sort_keys=True))
     return 0

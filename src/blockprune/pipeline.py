@@ -220,9 +220,8 @@ class Run:
         self.model_path = self._model_path()
         self.config = pruning_config(options, self.model_path)
         self.task = self._load_task()
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-            self.teacher_source(), trust_remote_code=options.trust_remote_code
-        )
+        # a tokenizer, or an image processor for image tasks: the task decides (Task.load_processor)
+        self.tokenizer = self.task.load_processor(self.teacher_source(), trust_remote_code=options.trust_remote_code)
         self.settings = TrainSettings(
             epochs=options.epochs, learning_rate=options.learning_rate, batch_size=options.batch_size,
             max_length=options.max_length, seed=options.seed, alpha=options.alpha, temperature=options.temperature,
@@ -333,9 +332,8 @@ class Run:
         if done is None:
             start = time.perf_counter()
             model = self.load_hf(self.dir / "prune" / "model").eval()
-            batch = self.task.collate(self.tokenizer)(
-                [self.task.eval_dataset(self.tokenizer, self.options.max_length)[i] for i in range(8)]
-            )
+            features = self.task.eval_dataset(self.tokenizer, self.options.max_length)
+            batch = self.task.collate(self.tokenizer)([features[i] for i in range(min(8, len(features)))])
             with torch.inference_mode():
                 before = model(**{k: v for k, v in batch.items() if k != "labels"})
             result = shrink(model)
@@ -445,6 +443,7 @@ class Run:
             "version": 1,
             "task": task.name,
             "metric_name": task.metric_name,
+            "higher_is_better": task.higher_is_better,
             "data": task.describe(),
             "model": self.model_path if o.model is None else o.model,
             "preset": o.preset,
@@ -480,7 +479,10 @@ class Run:
 
     def _ffn_total(self) -> int:
         config = transformers.AutoConfig.from_pretrained(self.model_path, trust_remote_code=self.options.trust_remote_code)
-        return int(getattr(config, "intermediate_size", getattr(config, "hidden_dim", 0)))
+        width = getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", None)
+        if width is None and hasattr(config, "n_embd"):  # GPT-2: n_inner, default 4 x hidden
+            width = getattr(config, "n_inner", None) or 4 * config.n_embd
+        return int(width or 0)
 
 
 def run(options: RunOptions) -> dict[str, Any]:
