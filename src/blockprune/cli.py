@@ -19,11 +19,14 @@ from typing import Any
 
 import torch
 import transformers
+from safetensors import SafetensorError
 from torch import nn
 
 from .config import PRESETS
+from .training import NonFiniteLossError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 def _key_values(items: list[str], flag: str) -> dict[str, Any]:
@@ -125,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class ModelFolderError(ValueError):
+    """A plain ``save_pretrained`` folder cannot be loaded (missing, truncated or corrupted file)."""
+
+
 def load_model(path: str, task_class: type | None = None) -> nn.Module:
     """Load a model folder in either format: ``save_pruned`` (has ``pruned_shapes.json``) or ``save_pretrained``."""
     from .saving import SHAPES_FILE, load_pruned
@@ -134,10 +141,16 @@ def load_model(path: str, task_class: type | None = None) -> nn.Module:
         raise FileNotFoundError(f"model folder {path} does not exist")
     if (folder / SHAPES_FILE).is_file():
         return load_pruned(folder, model_class=task_class)
-    config = transformers.AutoConfig.from_pretrained(folder)
-    names = getattr(config, "architectures", None) or []
-    cls = task_class or (getattr(transformers, names[0], None) if names else None) or transformers.AutoModel
-    return cls.from_pretrained(folder).eval()
+    try:  # never run code shipped in a model folder from these commands
+        config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False)
+        names = getattr(config, "architectures", None) or []
+        cls = task_class or (getattr(transformers, names[0], None) if names else None) or transformers.AutoModel
+        return cls.from_pretrained(folder, trust_remote_code=False).eval()
+    except (OSError, SafetensorError) as err:
+        raise ModelFolderError(
+            f"cannot load the model in {path} ({type(err).__name__}: {err}); a file is missing, truncated or "
+            "corrupted: save the model there again"
+        ) from err
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -187,7 +200,7 @@ def cmd_shrink(args: argparse.Namespace) -> int:
                if isinstance(b, torch.Tensor))
     tokenizer = None
     if (Path(args.input) / "tokenizer_config.json").is_file():
-        tokenizer = transformers.AutoTokenizer.from_pretrained(args.input)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(args.input, trust_remote_code=False)
     save_pruned(model, args.output, tokenizer, result=result)
     print(f"heads kept per layer: {result.heads_per_layer}\nFFN width per layer: {result.ffn_per_layer}\n"
           f"parameters: {result.params_before:,} → {result.params_after:,}; max output change {diff:.2e}\n"
@@ -267,9 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"blockprune {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line
+        print(f"blockprune {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        hint = "; run the same command again to resume" if args.command == "prune" else ""
+        print(f"blockprune {args.command}: interrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
