@@ -30,7 +30,7 @@ def tiny_lm_tokenizer() -> transformers.PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>", model_max_length=64
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>", model_max_length=128
     )
 
 
@@ -38,9 +38,9 @@ def tiny_lm_config(family: str) -> transformers.PretrainedConfig:
     """A 2-layer, hidden-32, 4-head causal LM config (Llama: 2 KV heads, gated MLP) over the tiny vocabulary."""
     common = dict(vocab_size=VOCAB, bos_token_id=2, eos_token_id=2, pad_token_id=0)
     if family == "gpt2":
-        return transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=64, **common)
+        return transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=128, **common)
     return transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                    intermediate_size=64, max_position_embeddings=64, **common)
+                                    intermediate_size=64, max_position_embeddings=128, **common)
 
 
 def tiny_lm(family: str, seed: int = 0) -> torch.nn.Module:
