@@ -27,6 +27,7 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -291,11 +292,18 @@ class Run:
             )
 
     # -- stages
-    def stage_teacher(self) -> dict[str, Any]:
-        stage = self.dir / "teacher"
-        done = read_done(stage)
+    def stage(self, name: str, work: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+        """Run ``work(stage_dir)`` unless the stage is done; record its results and wall time in done.json."""
+        stage_dir = self.dir / name
+        done = read_done(stage_dir)
         if done is None:
             start = time.perf_counter()
+            results = work(stage_dir)
+            done = write_done(stage_dir, results | {"seconds": time.perf_counter() - start})
+        return done
+
+    def stage_teacher(self) -> dict[str, Any]:
+        def work(stage: Path) -> dict[str, Any]:
             if self.options.teacher:
                 model = self.load_hf(self.options.teacher)
                 source = self.options.teacher
@@ -306,93 +314,81 @@ class Run:
                 train(model, self.task, self.tokenizer, stage, settings)
                 save_hf_model(model, stage / "model", self.tokenizer)
                 source = str(stage / "model")
-            metrics = self.task.evaluate(model, self.tokenizer, progress=self.options.progress)
-            done = write_done(stage, {"model": source, "metrics": metrics, "seconds": time.perf_counter() - start})
-        return done
+            return {"model": source, "metrics": self.task.evaluate(model, self.tokenizer, progress=self.options.progress)}
+
+        return self.stage("teacher", work)
 
     def stage_prune(self, teacher_path: str) -> dict[str, Any]:
-        stage = self.dir / "prune"
-        done = read_done(stage)
-        if done is None:
-            start = time.perf_counter()
+        def work(stage: Path) -> dict[str, Any]:
             student = self.load_hf(teacher_path)
-            teacher = self.load_hf(teacher_path)
             pruner = Pruner(student, self.config)
-            train(student, self.task, self.tokenizer, stage, self.settings, pruner=pruner, teacher=teacher)
+            train(student, self.task, self.tokenizer, stage, self.settings, pruner=pruner,
+                  teacher=self.load_hf(teacher_path))
             stats = pruner.stats()
             pruner.finalize()
             save_hf_model(student, stage / "model", self.tokenizer)
-            done = write_done(stage, {"config": self.config.to_dict(), "density": stats,
-                                      "seconds": time.perf_counter() - start})
-        return done
+            return {"config": self.config.to_dict(), "density": stats}
+
+        return self.stage("prune", work)
 
     def stage_shrink(self) -> dict[str, Any]:
-        stage = self.dir / "shrink"
-        done = read_done(stage)
-        if done is None:
-            start = time.perf_counter()
+        def work(stage: Path) -> dict[str, Any]:
             model = self.load_hf(self.dir / "prune" / "model").eval()
             features = self.task.eval_dataset(self.tokenizer, self.options.max_length)
             batch = self.task.collate(self.tokenizer)([features[i] for i in range(min(8, len(features)))])
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
             with torch.inference_mode():
-                before = model(**{k: v for k, v in batch.items() if k != "labels"})
-            result = shrink(model)
+                before = model(**inputs)
+            result = shrink(model)  # outside inference mode: its new weights stay trainable
             with torch.inference_mode():
-                after = model(**{k: v for k, v in batch.items() if k != "labels"})
+                after = model(**inputs)
             fields = [f for f in ("logits", "start_logits", "end_logits") if getattr(before, f, None) is not None]
             diff = max(float((getattr(before, f) - getattr(after, f)).abs().max()) for f in fields)
             if diff > 1e-4:
                 raise RuntimeError(f"shrink changed the outputs by {diff:.2e} (> 1e-4); please report this as a bug")
             save_pruned(model, stage / "model", self.tokenizer, result=result)
-            done = write_done(stage, {"heads_kept": result.heads_per_layer, "ffn_width": result.ffn_per_layer,
-                                      "params_before": result.params_before, "params_after": result.params_after,
-                                      "max_abs_diff": diff, "seconds": time.perf_counter() - start})
-        return done
+            return {"heads_kept": result.heads_per_layer, "ffn_width": result.ffn_per_layer,
+                    "params_before": result.params_before, "params_after": result.params_after, "max_abs_diff": diff}
+
+        return self.stage("shrink", work)
 
     def stage_fill(self, teacher_path: str) -> dict[str, Any]:
-        stage = self.dir / "fill"
-        done = read_done(stage)
-        if done is None:
-            start = time.perf_counter()
+        def work(stage: Path) -> dict[str, Any]:
             student = load_pruned(self.dir / "shrink" / "model", model_class=self.task.model_class()).train()
-            teacher = self.load_hf(teacher_path)
             settings = TrainSettings(**{**asdict(self.settings), "epochs": self.options.fill_epochs})
-            train(student, self.task, self.tokenizer, stage, settings, teacher=teacher)
+            train(student, self.task, self.tokenizer, stage, settings, teacher=self.load_hf(teacher_path))
             if is_main_process():
                 save_pruned(student, stage / "model", self.tokenizer)
-            done = write_done(stage, {"seconds": time.perf_counter() - start})
-        return done
+            return {}
+
+        return self.stage("fill", work)
 
     def final_model_dir(self) -> Path:
         filled = self.options.preset.endswith(FILLED_SUFFIX)
         return self.dir / ("fill" if filled else "shrink") / "model"
 
+    def load_final(self) -> nn.Module:
+        return load_pruned(self.final_model_dir(), model_class=self.task.model_class())
+
     def stage_evaluate(self) -> dict[str, Any]:
-        stage = self.dir / "evaluate"
-        done = read_done(stage)
-        if done is None:
-            start = time.perf_counter()
-            model = load_pruned(self.final_model_dir(), model_class=self.task.model_class())
-            metrics = self.task.evaluate(model, self.tokenizer, progress=self.options.progress)
-            done = write_done(stage, {"metrics": metrics, "seconds": time.perf_counter() - start})
-        return done
+        def work(stage: Path) -> dict[str, Any]:
+            return {"metrics": self.task.evaluate(self.load_final(), self.tokenizer, progress=self.options.progress)}
+
+        return self.stage("evaluate", work)
 
     def stage_bench(self, teacher_path: str) -> dict[str, Any]:
-        stage = self.dir / "bench"
-        done = read_done(stage)
-        if done is None:
-            start = time.perf_counter()
+        def work(stage: Path) -> dict[str, Any]:
             o = self.options
-            reference = self.load_hf(teacher_path).eval()
-            model = load_pruned(self.final_model_dir(), model_class=self.task.model_class())
+            reference, model = self.load_hf(teacher_path).eval(), self.load_final()
             result = speedup(reference, model, seq_len=o.bench_seq_len, batch_sizes=o.bench_batch_sizes,
                              repeats=o.bench_repeats, progress=o.progress)
-            result["params_before"] = count_params(reference)
-            result["params_after"] = count_params(model)
-            result["flops_before"] = flops_per_token(reference, o.bench_seq_len)
-            result["flops_after"] = flops_per_token(model, o.bench_seq_len)
-            done = write_done(stage, result | {"seconds": time.perf_counter() - start})
-        return done
+            return result | {
+                "params_before": count_params(reference), "params_after": count_params(model),
+                "flops_before": flops_per_token(reference, o.bench_seq_len),
+                "flops_after": flops_per_token(model, o.bench_seq_len),
+            }
+
+        return self.stage("bench", work)
 
     def execute(self) -> dict[str, Any]:
         """Run every stage not done yet; write the final model and the report; return the report dict.
