@@ -142,9 +142,10 @@ def test_block_not_dividing_names_module():
 
 
 def test_unsupported_model_lists_supported_types():
-    config = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=50)
-    model = transformers.GPT2Model(config)
-    with pytest.raises(UnsupportedModelError, match="bert.*distilbert"):
+    config = transformers.GPTNeoXConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                        intermediate_size=64, vocab_size=50)
+    model = transformers.GPTNeoXModel(config)
+    with pytest.raises(UnsupportedModelError, match=r"bert.*distilbert.*fallback=True"):
         Pruner(model, PruningConfig())
 
 

@@ -9,6 +9,10 @@ O columns) or an FFN neuron (up row and down column) is kept or dropped as one u
 * layout ``"rows"``: one score per run of ``r`` output rows (heads on Q/K/V, neurons on up/gate);
 * layout ``"cols"``: one score per run of ``c`` input columns (heads on O, neurons on down).
 
+A fused projection (GPT-2's ``c_attn``, rows ``[Q; K; V]``) is ``parts=3`` copies of the ``"rows"`` layout
+stacked, all driven by the same scores. A transformers ``Conv1D`` (weight stored ``(in, out)``) is wrapped
+like an ``nn.Linear`` through a transposed view of its weight, so finalize gives the ``Conv1D`` back.
+
 Output rows that lose all their weights also lose their bias, so the masked model computes exactly
 what the finalized (and then shrunk) model computes.
 
@@ -28,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .arch import features, weight_out_in
 from .masks import Block, expand_blocks, get_method, resolve_block
 
 Layout = Literal["grid", "rows", "cols"]
@@ -80,28 +85,36 @@ class ScoreGroup(nn.Module):
 
 
 class MaskedLinear(nn.Module):
-    """An ``nn.Linear`` whose weight is multiplied by a block mask from a :class:`ScoreGroup`.
+    """An ``nn.Linear`` (or ``Conv1D``) whose weight is multiplied by a block mask from a :class:`ScoreGroup`.
 
-    ``from_linear`` / ``to_linear`` go in and out; ``to_linear`` bakes the mask into the weights.
+    ``from_linear`` / ``to_linear`` go in and out; ``to_linear`` bakes the mask into the weights. ``parts``
+    (``"rows"`` / ``"cols"`` layouts only) repeats the scored layout that many times along the axis.
     """
 
-    def __init__(self, base_layer: nn.Linear, group: ScoreGroup, layout: Layout, block: Block) -> None:
+    def __init__(self, base_layer: nn.Module, group: ScoreGroup, layout: Layout, block: Block, parts: int = 1) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.layout = layout
-        shape = (base_layer.out_features, base_layer.in_features)
+        out_features, in_features = features(base_layer)
+        if parts < 1 or (parts > 1 and layout == "grid") or (layout == "rows" and out_features % parts) \
+                or (layout == "cols" and in_features % parts):
+            raise ValueError(f"parts={parts} does not split a {out_features}x{in_features} matrix in layout {layout}")
+        self.parts = parts
+        shape = (out_features // parts, in_features) if layout == "rows" else (out_features, in_features // parts)
         self.block = resolve_block(shape, block)
         object.__setattr__(self, "group", group)  # shared, so not registered as a child module
         group.members.append(self)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group: ScoreGroup, layout: Layout, block: Block) -> MaskedLinear:
-        """Wrap ``linear`` (its parameters are reused, not copied)."""
-        return cls(linear, group, layout, block)
+    def from_linear(cls, linear: nn.Module, group: ScoreGroup, layout: Layout, block: Block,
+                    parts: int = 1) -> MaskedLinear:
+        """Wrap ``linear`` (an ``nn.Linear`` or ``Conv1D``; its parameters are reused, not copied)."""
+        return cls(linear, group, layout, block, parts)
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.base_layer.weight
+        """The weight as ``(out, in)`` (a transposed view for ``Conv1D``)."""
+        return weight_out_in(self.base_layer)
 
     @property
     def bias(self) -> torch.Tensor | None:
@@ -109,19 +122,19 @@ class MaskedLinear(nn.Module):
 
     @property
     def in_features(self) -> int:
-        return self.base_layer.in_features
+        return features(self.base_layer)[1]
 
     @property
     def out_features(self) -> int:
-        return self.base_layer.out_features
+        return features(self.base_layer)[0]
 
     @property
     def weights_per_score(self) -> int:
         rows, cols = self.block
         if self.layout == "rows":
-            return rows * self.in_features
+            return rows * self.in_features * self.parts
         if self.layout == "cols":
-            return cols * self.out_features
+            return cols * self.out_features * self.parts
         return rows * cols
 
     def block_magnitude(self) -> torch.Tensor:
@@ -129,9 +142,9 @@ class MaskedLinear(nn.Module):
         w = self.weight.detach().abs()
         rows, cols = self.block
         if self.layout == "rows":
-            return w.sum(dim=1).reshape(-1, rows).sum(dim=1)
+            return w.sum(dim=1).reshape(self.parts, -1, rows).sum(dim=(0, 2))
         if self.layout == "cols":
-            return w.sum(dim=0).reshape(-1, cols).sum(dim=1)
+            return w.sum(dim=0).reshape(self.parts, -1, cols).sum(dim=(0, 2))
         n_r, n_c = self.out_features // rows, self.in_features // cols
         return w.reshape(n_r, rows, n_c, cols).sum(dim=(1, 3))
 
@@ -140,10 +153,10 @@ class MaskedLinear(nn.Module):
         mask = self.group.mask() if block_mask is None else block_mask
         rows, cols = self.block
         if self.layout == "rows":
-            row_mask = mask.repeat_interleave(rows)
+            row_mask = mask.repeat_interleave(rows).repeat(self.parts)
             return row_mask[:, None], row_mask
         if self.layout == "cols":
-            return mask.repeat_interleave(cols)[None, :], None
+            return mask.repeat_interleave(cols).repeat(self.parts)[None, :], None
         weight_mask = expand_blocks(mask, self.block, (self.out_features, self.in_features))
         row_alive = mask.detach().amax(dim=1).repeat_interleave(rows)
         return weight_mask, row_alive
@@ -156,13 +169,14 @@ class MaskedLinear(nn.Module):
         return F.linear(x, self.weight * weight_mask, bias)
 
     @torch.no_grad()
-    def to_linear(self, block_mask: torch.Tensor | None = None) -> nn.Linear:
+    def to_linear(self, block_mask: torch.Tensor | None = None) -> nn.Module:
         """Bake the mask (the group's current one unless given) into ``base_layer`` and return it."""
         weight_mask, bias_mask = self.masks(block_mask)
-        self.base_layer.weight.mul_(weight_mask.to(self.weight.dtype))
+        self.weight.mul_(weight_mask.to(self.weight.dtype))  # in place through the view: Conv1D too
         if self.bias is not None and bias_mask is not None:
             self.base_layer.bias.mul_(bias_mask.to(self.bias.dtype))
         return self.base_layer
 
     def extra_repr(self) -> str:
-        return f"layout={self.layout}, block={self.block}"
+        parts = f", parts={self.parts}" if self.parts > 1 else ""
+        return f"layout={self.layout}, block={self.block}{parts}"

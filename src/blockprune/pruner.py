@@ -9,6 +9,11 @@ The life of a pruning run (vocabulary after torch.ao.pruning: prepare → step �
    and adds ``pruner.regularization()`` to the loss;
 3. ``pruner.finalize()`` bakes the masks into plain ``nn.Linear`` weights and returns the stock model.
 
+In head mode each attention unit gets one score: a head, or with grouped-query attention one key/value
+head together with its query heads (see :mod:`blockprune.arch`). A model type with no table entry can
+still be masked with ``fallback=True``: every linear of the base model gets its own block scores (FFN
+method, block and sparsity), nothing is coupled, and nothing can be shrunk afterwards.
+
 Soft movement (``sigmoid_threshold``) keeps blocks whose ``sigmoid(score)`` is above the threshold, and
 at most as many as the schedule allows: the allowance of each kind (attention, FFN) is shared among all
 its matrices by one global ranking of the scores (:func:`allocate_global_density`), so matrices end up
@@ -28,15 +33,32 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
+from collections import Counter
 from typing import Any
 
 import torch
 from torch import nn
 
-from .arch import find_blocks, get_arch, get_path, head_dim, set_path
+from .arch import (
+    ArchSpec,
+    AttentionSpec,
+    UnsupportedModelError,
+    features,
+    get_arch,
+    get_path,
+    has_path,
+    head_dim,
+    is_linear_like,
+    iter_blocks,
+    model_type_of,
+    num_heads,
+    num_units,
+    set_path,
+)
 from .config import HEAD, NEURON, PruningConfig
 from .layers import Layout, MaskedLinear, ScoreGroup
-from .masks import grid_shape
+from .masks import BlockShapeError, grid_shape
 from .schedule import ramp_progress, sparsity_at
 
 STATE_NAME = "blockprune"
@@ -99,26 +121,42 @@ class Pruner:
         config: what to prune and how.
         controller_gain: speed of the λ controller for ``sigmoid_threshold`` (log-scale change per step
             per unit of density error).
+        fallback: for a model type without a table entry, mask every linear of the base model (task heads
+            and tied weights excluded) with the FFN method, block and sparsity, uncoupled, with a warning:
+            no shrink, so no speedup. Ignored for supported types.
 
     Raises:
         PatchError: the model is already patched, or the configuration patches no module.
-        UnsupportedModelError: the model type is not in the architecture table.
+        UnsupportedModelError: the model type is not in the architecture table (and ``fallback`` is off).
         BlockShapeError: a block shape does not tile a matrix (the message names the module).
+
+    Example:
+        >>> pruner = Pruner(model, PruningConfig.preset("unstructured"), fallback=True)   # doctest: +SKIP
+        UserWarning: model_type 'gpt_neox' has no usable architecture table entry: ...
     """
 
-    def __init__(self, model: nn.Module, config: PruningConfig, controller_gain: float = 0.5) -> None:
+    def __init__(self, model: nn.Module, config: PruningConfig, controller_gain: float = 0.5,
+                 fallback: bool = False) -> None:
         if is_patched(model):
             raise PatchError("this model is already patched by blockprune; finalize() it or use a fresh model")
         self.model = model
         self.config = config
         self.controller_gain = controller_gain
-        self.spec = get_arch(model)
+        self.spec: ArchSpec | None = None
+        try:
+            self.spec = get_arch(model)
+        except UnsupportedModelError:
+            if not fallback:
+                raise
         self.layers: dict[str, MaskedLinear] = {}
         self._sites: dict[str, tuple[nn.Module, str]] = {}
         self.state = PrunerState()
         self._lambda = 0.0
         self._target = {"attention": 1.0, "ffn": 1.0}
-        self._patch()
+        if self.spec is None:
+            self._patch_fallback()
+        else:
+            self._patch()
         if not self.layers:
             raise PatchError(f"the configuration patched no module in {type(model).__name__}")
         device = next(iter(self.layers.values())).weight.device
@@ -127,24 +165,13 @@ class Pruner:
     # ----------------------------------------------------------------------------------- patching
     def _patch(self) -> None:
         cfg = self.config
-        for index, block in enumerate(find_blocks(self.model, self.spec)):
-            for attn in self.spec.attention:
-                paths = {"q": attn.q, "k": attn.k, "v": attn.v, "o": attn.o}
-                if cfg.attention_block == HEAD:
-                    d = head_dim(block, attn)
-                    n = get_path(block, attn.q).out_features // d
-                    group = self._new_group((n,), cfg.attention_method, "attention")
-                    for role, path in paths.items():
-                        layout: Layout = "cols" if role == "o" else "rows"
-                        block_shape = (-1, d) if role == "o" else (d, -1)
-                        self._wrap(index, block, path, group, layout, block_shape)
-                else:
-                    for path in paths.values():
-                        self._wrap_grid(index, block, path, cfg.attention_method, cfg.attention_block, "attention")
-            ffn = self.spec.ffn
+        for index, (stack, block) in enumerate(iter_blocks(self.model, self.spec)):
+            for attn in stack.attention:
+                self._patch_attention(index, block, attn)
+            ffn = stack.ffn
             ups = [p for p in (ffn.up, ffn.gate) if p]
             if cfg.ffn_block == NEURON:
-                width = get_path(block, ffn.up).out_features
+                width = features(get_path(block, ffn.up))[0]
                 group = self._new_group((width,), cfg.ffn_method, "ffn")
                 for path in ups:
                     self._wrap(index, block, path, group, "rows", (1, -1))
@@ -152,6 +179,62 @@ class Pruner:
             else:
                 for path in [*ups, ffn.down]:
                     self._wrap_grid(index, block, path, cfg.ffn_method, cfg.ffn_block, "ffn")
+
+    def _patch_attention(self, index: int, block: nn.Module, attn: AttentionSpec) -> None:
+        """One score per unit (head, or KV head with its query heads) in head mode; else block grids."""
+        cfg = self.config
+        extras = [p for p in attn.extra_rows if has_path(block, p)]
+        if cfg.attention_block != HEAD:
+            for path in dict.fromkeys([attn.q, attn.k, attn.v, *extras, attn.o]):
+                self._wrap_grid(index, block, path, cfg.attention_method, cfg.attention_block, "attention")
+            return
+        d, units = head_dim(block, attn), num_units(block, attn)
+        q_rows = num_heads(block, attn) // units * d
+        group = self._new_group((units,), cfg.attention_method, "attention")
+        if attn.fused:
+            self._wrap(index, block, attn.q, group, "rows", (d, -1), parts=3)
+        else:
+            self._wrap(index, block, attn.q, group, "rows", (q_rows, -1))
+            self._wrap(index, block, attn.k, group, "rows", (d, -1))
+            self._wrap(index, block, attn.v, group, "rows", (d, -1))
+        for path in extras:
+            self._wrap(index, block, path, group, "rows", (q_rows, -1))
+        self._wrap(index, block, attn.o, group, "cols", (-1, q_rows))
+
+    def _patch_fallback(self) -> None:
+        """Mask every linear of the base model on its own block grid (no coupling, no shrink)."""
+        cfg = self.config
+        root = getattr(self.model, "base_model", self.model)
+        owners = Counter(id(p) for m in self.model.modules() for p in m.parameters(recurse=False))
+        get_out = getattr(self.model, "get_output_embeddings", None)
+        output = get_out() if callable(get_out) else None
+        skipped: list[str] = []
+        for name, module in list(root.named_modules()):
+            if not is_linear_like(module) or module is output or owners[id(module.weight)] > 1:
+                continue
+            try:
+                grid = grid_shape(features(module), cfg.ffn_block, name)
+            except BlockShapeError:
+                skipped.append(name)
+                continue
+            wrapped = MaskedLinear.from_linear(module, self._new_group(grid, cfg.ffn_method, "ffn"), "grid",
+                                               cfg.ffn_block)
+            set_path(root, name, wrapped)
+            self.layers[name] = wrapped
+            self._sites[name] = (root, name)
+        try:
+            model_type = repr(model_type_of(self.model))
+        except UnsupportedModelError:
+            model_type = f"of {type(self.model).__name__}"
+        note = f"; {len(skipped)} linears skipped because {cfg.ffn_block} does not tile them" if skipped else ""
+        warnings.warn(
+            f"model_type {model_type} has no usable architecture table entry: masking every linear of "
+            f"{type(root).__name__} ({len(self.layers)} modules) with {cfg.ffn_method} on {cfg.ffn_block} blocks"
+            f"{note}. No heads or neurons are coupled and shrink cannot remove anything, so expect no speedup; "
+            "add an entry to blockprune.arch.ARCHITECTURES for structured pruning.",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def _new_group(self, shape: tuple[int, ...], method: str, kind: str) -> ScoreGroup:
         group = ScoreGroup(shape, method, kind, self.config.threshold, self.config.score_init)
@@ -161,15 +244,18 @@ class Pruner:
     def _wrap_grid(self, index: int, block: nn.Module, path: str, method: str, shape: Any, kind: str) -> None:
         linear = get_path(block, path)
         name = f"layer.{index}.{path}"
-        grid = grid_shape((linear.out_features, linear.in_features), shape, name)
+        if not is_linear_like(linear):
+            raise PatchError(f"{name} is a {type(linear).__name__}, expected nn.Linear")
+        grid = grid_shape(features(linear), shape, name)
         self._wrap(index, block, path, self._new_group(grid, method, kind), "grid", shape)
 
-    def _wrap(self, index: int, block: nn.Module, path: str, group: ScoreGroup, layout: Layout, shape: Any) -> None:
+    def _wrap(self, index: int, block: nn.Module, path: str, group: ScoreGroup, layout: Layout, shape: Any,
+              parts: int = 1) -> None:
         linear = get_path(block, path)
         name = f"layer.{index}.{path}"
-        if not isinstance(linear, nn.Linear):
+        if not is_linear_like(linear):
             raise PatchError(f"{name} is a {type(linear).__name__}, expected nn.Linear")
-        wrapped = MaskedLinear.from_linear(linear, group, layout, shape)
+        wrapped = MaskedLinear.from_linear(linear, group, layout, shape, parts)
         set_path(block, path, wrapped)
         self.layers[name] = wrapped
         self._sites[name] = (block, path)
@@ -295,7 +381,7 @@ class Pruner:
     # ----------------------------------------------------------------------------------- finalize
     @torch.no_grad()
     def finalize(self) -> nn.Module:
-        """Bake the masks into plain ``nn.Linear`` weights, remove the scores; return the stock model."""
+        """Bake the masks into the wrapped ``nn.Linear`` (or ``Conv1D``) weights, remove the scores; return the stock model."""
         if STATE_NAME not in dict(self.model.named_children()):
             raise PatchError("finalize() was already called on this pruner")
         # masks first: baking one member changes the magnitudes the next member's mask would see
