@@ -10,11 +10,21 @@ Exact removal rules (``d`` is the head size):
 
 * head ``h`` (rows ``h*d:(h+1)*d`` of Q/K/V, columns of O) goes iff its V rows and V bias are all zero,
   or its O columns are all zero. A head with only zero Q or K rows is kept: it still outputs mean(V)·O.
+  With grouped-query attention the unit is a key/value head with its ``r`` query heads: it goes iff its V
+  rows (and bias) are zero or the O columns of all its query heads are zero. A fused ``[Q; K; V]``
+  projection (GPT-2) loses the unit's rows in all three sections; extra per-head projections (DeBERTa's
+  relative-position ones) lose the unit's rows too. A shared per-head position bias (MPNet, T5) is never
+  sliced; each shrunk layer selects its kept heads from it (:mod:`.headbias`).
 * FFN neuron ``j`` goes iff down's column ``j`` is zero, or its output is a constant ``c`` (up row zero,
   plus gate row zero for gated MLPs). ``c · down[:, j]`` is folded into down's bias first; if down has
   no bias and ``c != 0`` the neuron stays.
 * a layer may lose every head (its attention becomes :class:`~blockprune.arch.EmptyAttention`, and O adds
-  only its bias) or every neuron (up has 0 rows; down outputs its bias).
+  only its bias) or every neuron (up has 0 rows; down outputs its bias). Attentions marked ``keep_one``
+  (decoder self-attention, whose KV cache tracks the sequence length) and T5's bias producer keep one
+  unit instead, whose output is exactly zero. FFNs marked ``keep_one`` (GPT-2's ``Conv1D`` cannot take 0
+  input features) keep neuron 0 unfolded.
+
+``nn.Linear`` and transformers' ``Conv1D`` (GPT-2) are both sliced; each keeps its type.
 
 Per-layer widths do not fit a stock ``config.json``, so :func:`shape_record` describes them as JSON and
 :func:`apply_shapes` resizes a freshly built full-size model to them (used when loading a saved model).
@@ -34,19 +44,25 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from .arch import (
     AttentionSpec,
     EmptyAttention,
     FFNSpec,
-    find_blocks,
-    get_arch,
+    features,
     get_path,
+    has_path,
     head_dim,
+    is_linear_like,
+    iter_blocks,
     model_type_of,
     num_heads,
+    num_units,
     set_path,
+    weight_out_in,
 )
+from .headbias import select_heads, selected_heads
 
 RECORD_FORMAT = "blockprune-shapes"
 RECORD_VERSION = 1
@@ -61,7 +77,8 @@ class ShrinkResult:
     """What :func:`shrink` kept, as indices into the model it was given.
 
     Attributes:
-        heads_kept: ``heads_kept[layer][group]`` lists the head indices kept in that attention group.
+        heads_kept: ``heads_kept[layer][group]`` lists the query-head indices kept in that attention group
+            (layers numbered across stacks: encoder first, then decoder).
         neurons_kept: ``neurons_kept[layer]`` lists the FFN neuron indices kept.
         params_before: parameter count before shrinking.
         params_after: parameter count after shrinking.
@@ -97,9 +114,9 @@ def count_params(model: nn.Module) -> int:
 # --------------------------------------------------------------------------------------------- slicing
 
 
-def _linear(block: nn.Module, path: str, layer: int) -> nn.Linear:
+def _linear(block: nn.Module, path: str, layer: int) -> nn.Module:
     module = get_path(block, path)
-    if not isinstance(module, nn.Linear):
+    if not is_linear_like(module):
         raise ShrinkError(
             f"layer {layer}: '{path}' is a {type(module).__name__}, not an nn.Linear; bake the pruning masks "
             "into the weights (Pruner.finalize) before shrinking."
@@ -107,25 +124,32 @@ def _linear(block: nn.Module, path: str, layer: int) -> nn.Linear:
     return module
 
 
-def slice_linear(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
-    """Return a new ``nn.Linear`` keeping output ``rows`` and input ``cols`` (index tensors; ``None`` keeps all).
+def slice_linear(linear: nn.Module, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Module:
+    """Return a new linear keeping output ``rows`` and input ``cols`` (index tensors; ``None`` keeps all).
 
-    The copy has the same dtype, device and ``requires_grad`` as the original.
+    Works on ``nn.Linear`` and transformers' ``Conv1D`` (the copy has the same type). The copy has the same
+    dtype, device and ``requires_grad`` as the original.
 
     Example:
         >>> slice_linear(nn.Linear(4, 3), rows=torch.tensor([0, 2])).weight.shape
         torch.Size([2, 4])
     """
-    weight = linear.weight.detach()
+    weight = weight_out_in(linear).detach()
     bias = None if linear.bias is None else linear.bias.detach()
     if rows is not None:
         weight = weight.index_select(0, rows.to(weight.device))
         bias = None if bias is None else bias.index_select(0, rows.to(bias.device))
     if cols is not None:
         weight = weight.index_select(1, cols.to(weight.device))
+    out_features, in_features = weight.shape
     with warnings.catch_warnings():  # a 0-feature Linear warns that initializing it is a no-op: it is
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta", dtype=weight.dtype)
+        if isinstance(linear, Conv1D):
+            with torch.device("meta"):
+                new = Conv1D(out_features, in_features)
+            weight = weight.t()
+        else:
+            new = nn.Linear(in_features, out_features, bias=bias is not None, device="meta", dtype=weight.dtype)
     new.weight = nn.Parameter(weight.contiguous().clone(), requires_grad=linear.weight.requires_grad)
     if bias is not None:
         new.bias = nn.Parameter(bias.contiguous().clone(), requires_grad=linear.bias.requires_grad)
@@ -140,38 +164,95 @@ def _index(values: Sequence[int]) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------- heads
 
 
-def _removable_heads(block: nn.Module, attn: AttentionSpec, layer: int) -> list[bool]:
-    """Which heads contribute exactly nothing: V rows and V bias zero, or O columns zero."""
-    n, d = num_heads(block, attn), head_dim(block, attn)
+@dataclass(frozen=True)
+class _Geometry:
+    """Head layout of one attention: ``units`` KV heads, each read by ``ratio`` query heads of size ``d``."""
+
+    units: int
+    ratio: int
+    d: int
+
+    def q_rows(self, keep: Sequence[int]) -> torch.Tensor:
+        """Rows of Q (and columns of O) of the kept units."""
+        width = self.ratio * self.d
+        return _index([u * width + i for u in keep for i in range(width)])
+
+    def kv_rows(self, keep: Sequence[int]) -> torch.Tensor:
+        """Rows of K (and V) of the kept units."""
+        return _index([u * self.d + i for u in keep for i in range(self.d)])
+
+    def heads(self, keep: Sequence[int]) -> list[int]:
+        """Query-head indices of the kept units."""
+        return [u * self.ratio + j for u in keep for j in range(self.ratio)]
+
+
+def _geometry(block: nn.Module, attn: AttentionSpec) -> _Geometry:
+    units = num_units(block, attn)
+    return _Geometry(units, num_heads(block, attn) // units if units else 1, head_dim(block, attn))
+
+
+def _removable_units(block: nn.Module, attn: AttentionSpec, layer: int) -> list[bool]:
+    """Which units contribute exactly nothing: V rows and V bias zero, or O columns (of all its query heads) zero."""
+    g = _geometry(block, attn)
     v, o = _linear(block, attn.v, layer), _linear(block, attn.o, layer)
-    v_rows = v.weight.detach().reshape(n, d, -1)
-    v_zero = (v_rows == 0).flatten(1).all(dim=1)
-    if v.bias is not None:
-        v_zero &= (v.bias.detach().reshape(n, d) == 0).all(dim=1)
-    o_zero = (o.weight.detach().reshape(o.out_features, n, d) == 0).permute(1, 0, 2).flatten(1).all(dim=1)
+    v_weight, v_bias = weight_out_in(v).detach(), None if v.bias is None else v.bias.detach()
+    if attn.fused:  # rows [Q; K; V]
+        v_weight = v_weight[2 * g.units * g.d:]
+        v_bias = None if v_bias is None else v_bias[2 * g.units * g.d:]
+    v_zero = (v_weight.reshape(g.units, g.d, -1) == 0).flatten(1).all(dim=1)
+    if v_bias is not None:
+        v_zero &= (v_bias.reshape(g.units, g.d) == 0).all(dim=1)
+    o_weight = weight_out_in(o).detach()
+    o_zero = (o_weight.reshape(o_weight.shape[0], g.units, -1) == 0).permute(1, 0, 2).flatten(1).all(dim=1)
     return (v_zero | o_zero).tolist()
 
 
-def _keep_heads(block: nn.Module, attn: AttentionSpec, keep: Sequence[int], layer: int) -> None:
-    """Slice the attention group of ``block`` down to heads ``keep`` (original order kept)."""
-    n, d = num_heads(block, attn), head_dim(block, attn)
-    if list(keep) == list(range(n)):
+def _keep_units(block: nn.Module, attn: AttentionSpec, keep: Sequence[int], layer: int) -> None:
+    """Slice the attention of ``block`` down to units ``keep`` (original order kept)."""
+    g = _geometry(block, attn)
+    if list(keep) == list(range(g.units)):
         return
-    rows = _index([h * d + i for h in keep for i in range(d)])
-    new_o = slice_linear(_linear(block, attn.o, layer), cols=rows)
-    module = get_path(block, attn.module)
+    q_rows, kv_rows = g.q_rows(keep), g.kv_rows(keep)
+    new_o = slice_linear(_linear(block, attn.o, layer), cols=q_rows)
     if not keep:
-        _empty_attention(block, attn, d, new_o)
+        _empty_attention(block, attn, g.d, new_o)
         return
-    for path in (attn.q, attn.k, attn.v):
-        set_path(block, path, slice_linear(_linear(block, path, layer), rows=rows))
+    module = get_path(block, attn.module)
+    if attn.shared_bias is not None:
+        _select_bias_heads(module, attn, g.heads(keep))
+    if attn.fused:
+        rows = torch.cat([kv_rows + part * g.units * g.d for part in range(3)])
+        set_path(block, attn.q, slice_linear(_linear(block, attn.q, layer), rows=rows))
+    else:
+        set_path(block, attn.q, slice_linear(_linear(block, attn.q, layer), rows=q_rows))
+        for path in (attn.k, attn.v):
+            set_path(block, path, slice_linear(_linear(block, path, layer), rows=kv_rows))
+    for path in attn.extra_rows:
+        if has_path(block, path):
+            set_path(block, path, slice_linear(_linear(block, path, layer), rows=q_rows))
     set_path(block, attn.o, new_o)
-    setattr(module, attn.heads_attr, len(keep))
+    if attn.heads_attr is not None:
+        setattr(module, attn.heads_attr, len(keep) * g.ratio)
     for name in attn.size_attrs:
-        setattr(module, name, len(keep) * d)
+        setattr(module, name, len(keep) * g.ratio * g.d)
 
 
-def _empty_attention(block: nn.Module, attn: AttentionSpec, d: int, new_o: nn.Linear) -> None:
+def _select_bias_heads(module: nn.Module, attn: AttentionSpec, heads: list[int]) -> None:
+    """Record the kept heads (as indices of the unpruned model) for the shared position bias."""
+    previous = selected_heads(module)
+    index = _index(heads)
+    select_heads(module, index if previous is None else previous.cpu()[index], attn.shared_bias)
+
+
+def _must_keep_one(block: nn.Module, attn: AttentionSpec) -> bool:
+    """Decoders (KV cache bookkeeping) and T5's bias producer never lose their last unit."""
+    bias = attn.shared_bias
+    producer = bias is not None and bias.producer is not None and \
+        bool(getattr(get_path(block, attn.module), bias.producer, False))
+    return attn.keep_one or producer
+
+
+def _empty_attention(block: nn.Module, attn: AttentionSpec, d: int, new_o: nn.Module) -> None:
     """Replace the attention module by :class:`EmptyAttention`; O (0 input columns) keeps its key names."""
     prefix = attn.module + "."
     inner = attn.o[len(prefix):] if attn.o.startswith(prefix) else None
@@ -180,7 +261,9 @@ def _empty_attention(block: nn.Module, attn: AttentionSpec, d: int, new_o: nn.Li
             f"cannot empty '{attn.module}': its O projection '{attn.o}' is nested more than one level inside it; "
             "EmptyAttention can only hold a direct child."
         )
-    empty = EmptyAttention(attn.heads_attr, attn.head_dim_attr, d, out_name=inner, out=new_o if inner else None)
+    passthrough = attn.shared_bias.arg if attn.shared_bias is not None and attn.shared_bias.passed_on else None
+    empty = EmptyAttention(attn.heads_attr, attn.head_dim_attr, d, out_name=inner, out=new_o if inner else None,
+                           passthrough=passthrough)
     for name in attn.size_attrs:
         setattr(empty, name, 0)
     empty.train(get_path(block, attn.module).training)
@@ -199,9 +282,9 @@ def _activation(block: nn.Module, ffn: FFNSpec) -> Callable[[torch.Tensor], torc
     return act
 
 
-def _bias_or_zeros(linear: nn.Linear) -> torch.Tensor:
+def _bias_or_zeros(linear: nn.Module) -> torch.Tensor:
     if linear.bias is None:
-        return linear.weight.new_zeros(linear.out_features)
+        return linear.weight.new_zeros(features(linear)[0])
     return linear.bias.detach()
 
 
@@ -212,18 +295,18 @@ def _neuron_plan(block: nn.Module, ffn: FFNSpec, layer: int) -> tuple[list[int],
     not depend on ``x``; that constant is folded into down's bias (impossible without a bias unless 0).
     """
     up, down = _linear(block, ffn.up, layer), _linear(block, ffn.down, layer)
-    up_zero = (up.weight.detach() == 0).all(dim=1)
+    up_zero = (weight_out_in(up).detach() == 0).all(dim=1)
     up_const = _activation(block, ffn)(_bias_or_zeros(up).unsqueeze(0)).squeeze(0)
     if ffn.gate is None:
         constant, value = up_zero, up_const
     else:
         gate = _linear(block, ffn.gate, layer)
-        gate_zero = (gate.weight.detach() == 0).all(dim=1)
+        gate_zero = (weight_out_in(gate).detach() == 0).all(dim=1)
         gate_bias = _bias_or_zeros(gate)
         value = torch.where((gate_bias == 0) | (up_const == 0), torch.zeros_like(up_const), up_const * gate_bias)
         constant = (up_zero & gate_zero) | (up_zero & (up_const == 0)) | (gate_zero & (gate_bias == 0))
     value = torch.where(constant, value, torch.zeros_like(value))
-    down_zero = (down.weight.detach() == 0).all(dim=0)
+    down_zero = (weight_out_in(down).detach() == 0).all(dim=0)
     if down.bias is None:
         constant &= value == 0
     removable = down_zero | constant
@@ -238,10 +321,10 @@ def _keep_neurons(block: nn.Module, ffn: FFNSpec, keep: Sequence[int], layer: in
     """Fold constant neurons into down's bias, then slice the FFN down to neurons ``keep``."""
     up, down = _linear(block, ffn.up, layer), _linear(block, ffn.down, layer)
     if fold_idx is not None and fold_values is not None and fold_idx.numel():
-        columns = down.weight.detach()[:, fold_idx].double()
+        columns = weight_out_in(down).detach()[:, fold_idx].double()
         shift = columns @ fold_values.double()
         down.bias.data.copy_((down.bias.detach().double() + shift).to(down.bias.dtype))
-    if list(keep) == list(range(up.out_features)):
+    if list(keep) == list(range(features(up)[0])):
         return
     rows = _index(keep)
     for path in (ffn.up, ffn.gate):
@@ -256,9 +339,9 @@ def _keep_neurons(block: nn.Module, ffn: FFNSpec, keep: Sequence[int], layer: in
 def shrink(model: nn.Module) -> ShrinkResult:
     """Remove every attention head and FFN neuron whose contribution is exactly zero or constant, in place.
 
-    The model stays its stock class; only ``nn.Linear`` modules are replaced by smaller ones (same dtype and
-    device) and the head-count attributes of the attention modules are updated. Shrinking twice changes
-    nothing the second time.
+    The model stays its stock class; only ``nn.Linear`` (or ``Conv1D``) modules are replaced by smaller ones
+    (same type, dtype and device) and the head-count attributes of the attention modules are updated.
+    Shrinking twice changes nothing the second time.
 
     Args:
         model: a supported Hugging Face model (see :data:`~blockprune.arch.ARCHITECTURES`) whose pruning
@@ -276,36 +359,40 @@ def shrink(model: nn.Module) -> ShrinkResult:
         >>> result.heads_per_layer          # doctest: +SKIP
         [[7], [12], [3], [0], [9], [5]]
     """
-    spec = get_arch(model)
     before = count_params(model)
     heads_kept: list[list[list[int]]] = []
     neurons_kept: list[list[int]] = []
     folded = 0
     with torch.no_grad():
-        for layer, block in enumerate(find_blocks(model, spec)):
-            groups = []
-            for attn in spec.attention:
-                if num_heads(block, attn) == 0:
-                    groups.append([])
-                    continue
-                keep = [h for h, gone in enumerate(_removable_heads(block, attn, layer)) if not gone]
-                _keep_heads(block, attn, keep, layer)
-                groups.append(keep)
-            heads_kept.append(groups)
-            keep_n, fold_idx, fold_values = _neuron_plan(block, spec.ffn, layer)
-            _keep_neurons(block, spec.ffn, keep_n, layer, fold_idx, fold_values)
+        for layer, (stack, block) in enumerate(iter_blocks(model)):
+            heads_kept.append([_shrink_attention(block, attn, layer) for attn in stack.attention])
+            keep_n, fold_idx, fold_values = _neuron_plan(block, stack.ffn, layer)
+            if not keep_n and stack.ffn.keep_one and features(_linear(block, stack.ffn.up, layer))[0]:
+                keep_n, fold_idx, fold_values = [0], fold_idx[fold_idx != 0], fold_values[fold_idx != 0]
+            _keep_neurons(block, stack.ffn, keep_n, layer, fold_idx, fold_values)
             neurons_kept.append(keep_n)
             folded += int(fold_idx.numel())
     return ShrinkResult(heads_kept, neurons_kept, before, count_params(model), folded)
 
 
+def _shrink_attention(block: nn.Module, attn: AttentionSpec, layer: int) -> list[int]:
+    """Remove the removable units of one attention; return the query-head indices kept."""
+    if num_heads(block, attn) == 0:
+        return []
+    geometry = _geometry(block, attn)
+    keep = [u for u, gone in enumerate(_removable_units(block, attn, layer)) if not gone]
+    if not keep and _must_keep_one(block, attn):
+        keep = [0]  # its output is exactly zero, but the module keeps running
+    _keep_units(block, attn, keep, layer)
+    return geometry.heads(keep)
+
+
 def current_shapes(model: nn.Module) -> list[dict[str, Any]]:
-    """Per-layer widths of ``model`` now: ``[{"heads": [n per attention group], "ffn": width}, ...]``."""
-    spec = get_arch(model)
+    """Per-layer widths of ``model`` now: ``[{"heads": [query heads per attention], "ffn": width}, ...]``."""
     layers = []
-    for layer, block in enumerate(find_blocks(model, spec)):
-        heads = [num_heads(block, attn) for attn in spec.attention]
-        layers.append({"heads": heads, "ffn": _linear(block, spec.ffn.up, layer).out_features})
+    for layer, (stack, block) in enumerate(iter_blocks(model)):
+        heads = [num_heads(block, attn) for attn in stack.attention]
+        layers.append({"heads": heads, "ffn": features(_linear(block, stack.ffn.up, layer))[0]})
     return layers
 
 
@@ -387,11 +474,19 @@ def apply_shapes(model: nn.Module, record: dict[str, Any]) -> nn.Module:
         >>> apply_shapes(fresh, json.loads(Path("pruned_shapes.json").read_text()))  # doctest: +SKIP
     """
     layers = check_record(record, model)
-    spec = get_arch(model)
     with torch.no_grad():
-        for layer, (block, want) in enumerate(zip(find_blocks(model, spec), layers, strict=True)):
-            for attn, n in zip(spec.attention, want["heads"], strict=True):
+        for layer, ((stack, block), want) in enumerate(zip(iter_blocks(model), layers, strict=True)):
+            for attn, n in zip(stack.attention, want["heads"], strict=True):
                 if num_heads(block, attn) > 0:
-                    _keep_heads(block, attn, range(n), layer)
-            _keep_neurons(block, spec.ffn, range(want["ffn"]), layer)
+                    _apply_heads(block, attn, n, layer)
+            _keep_neurons(block, stack.ffn, range(want["ffn"]), layer)
     return model
+
+
+def _apply_heads(block: nn.Module, attn: AttentionSpec, n: int, layer: int) -> None:
+    """Keep the first ``n`` query heads (whole units); their shared-bias head indices are loaded with the weights."""
+    geometry = _geometry(block, attn)
+    if n % geometry.ratio:
+        raise ShrinkError(f"shape record layer {layer} asks for {n} heads, but heads go in groups of "
+                          f"{geometry.ratio} (query heads per key/value head).")
+    _keep_units(block, attn, range(n // geometry.ratio), layer)
