@@ -33,8 +33,19 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
-from .arch import ArchSpec, AttentionSpec, UnsupportedModelError, find_blocks, get_arch, get_path, head_dim
+from .arch import (
+    AttentionSpec,
+    StackSpec,
+    UnsupportedModelError,
+    get_arch,
+    get_path,
+    has_path,
+    head_dim,
+    iter_blocks,
+    num_heads,
+)
 
 __all__ = [
     "MeasureReport",
@@ -78,12 +89,24 @@ def _optional(block: nn.Module, path: str | None) -> nn.Module | None:
         return None
 
 
-def _layer_linears(block: nn.Module, spec: ArchSpec, layer: int) -> dict[str, torch.Tensor]:
-    """Weights of the prunable linears of one block, keyed by their dotted path (absent ones skipped)."""
+def _ffn_paths(stack: StackSpec) -> list[str]:
+    return [p for p in (stack.ffn.up, stack.ffn.gate, stack.ffn.down) if p is not None]
+
+
+def _attention_paths(block: nn.Module, stack: StackSpec, per_token: bool = False) -> list[str]:
+    """Q/K/V/O (and extra per-head projections, unless ``per_token``: they run once per sequence) paths."""
     paths: list[str] = []
-    for attn in spec.attention:
-        paths += [attn.q, attn.k, attn.v, attn.o]
-    paths += [p for p in (spec.ffn.up, spec.ffn.gate, spec.ffn.down) if p is not None]
+    for attn in stack.attention:
+        extras = [] if per_token else [p for p in attn.extra_rows if has_path(block, p)]
+        paths += [attn.q, attn.k, attn.v, *extras, attn.o]
+    return list(dict.fromkeys(paths))
+
+
+def _layer_linears(block: nn.Module, stack: StackSpec, layer: int, paths: list[str] | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """Weights of the prunable linears of one block, keyed by their dotted path (absent ones skipped)."""
+    if paths is None:
+        paths = _attention_paths(block, stack) + _ffn_paths(stack)
     weights: dict[str, torch.Tensor] = {}
     for path in dict.fromkeys(paths):
         module = _optional(block, path)
@@ -101,27 +124,25 @@ def block_linears(model: nn.Module) -> list[dict[str, torch.Tensor]]:
         >>> [sorted(layer) for layer in block_linears(model)][0][:2]      # doctest: +SKIP
         ['attention.output.dense', 'attention.self.key']
     """
-    spec = get_arch(model)
-    return [_layer_linears(block, spec, i) for i, block in enumerate(find_blocks(model, spec))]
+    return [_layer_linears(block, stack, i) for i, (stack, block) in enumerate(iter_blocks(model))]
 
 
 def _heads(block: nn.Module, attn: AttentionSpec) -> int:
-    """Heads of one attention: ``Q.out_features // head_dim``, or 0 when Q is gone."""
-    q = _optional(block, attn.q)
-    if q is None:
-        return 0
-    return _linear_weight(q, attn.q).shape[0] // head_dim(block, attn)
+    """Query heads of one attention (0 once it became an EmptyAttention)."""
+    return num_heads(block, attn)
 
 
 def heads_per_layer(model: nn.Module) -> list[int]:
-    """Number of attention heads each layer really has (read from the Q projection, not from config).
+    """Number of query heads each layer really has (read from the modules, not from config).
+
+    A decoder block of an encoder-decoder counts its self- and cross-attention heads together; layers are
+    numbered across stacks (encoder first).
 
     Example:
         >>> heads_per_layer(shrunk_bert)          # doctest: +SKIP
         [12, 7, 0, 12, 3, 9]
     """
-    spec = get_arch(model)
-    return [sum(_heads(block, attn) for attn in spec.attention) for block in find_blocks(model, spec)]
+    return [sum(_heads(block, attn) for attn in stack.attention) for stack, block in iter_blocks(model)]
 
 
 def ffn_per_layer(model: nn.Module) -> list[int]:
@@ -131,10 +152,15 @@ def ffn_per_layer(model: nn.Module) -> list[int]:
         >>> ffn_per_layer(shrunk_bert)            # doctest: +SKIP
         [1536, 801, 0, 1200, 64, 700]
     """
-    spec = get_arch(model)
-    return [
-        _linear_weight(get_path(block, spec.ffn.up), spec.ffn.up).shape[0] for block in find_blocks(model, spec)
-    ]
+    return [_out_features(get_path(block, stack.ffn.up), stack.ffn.up) for stack, block in iter_blocks(model)]
+
+
+def _out_features(module: nn.Module, where: str) -> int:
+    """Output width of a linear (``Conv1D`` stores its weight ``(in, out)``), looking through wrappers."""
+    weight = _linear_weight(module, where)
+    while hasattr(module, "base_layer") and not isinstance(module, (nn.Linear, Conv1D)):
+        module = module.base_layer
+    return int(weight.shape[1] if isinstance(module, Conv1D) else weight.shape[0])
 
 
 # --------------------------------------------------------------------------------------------- counts
@@ -171,13 +197,16 @@ def flops_per_token(model: nn.Module, seq_len: int) -> dict[str, Any]:
     """FLOPs (2 × multiply-accumulates) per token of the transformer blocks at sequence length ``seq_len``.
 
     ``linear`` counts ``2 * in * out`` for each block linear; ``attention`` counts the score (``Q K^T``) and
-    context (``P V``) matmuls, ``2 * seq_len * heads * head_dim`` each, per layer. Embeddings, norms,
-    activations, softmax and task heads are not counted. Shapes are read from the modules, so a model with
-    zeros still counts as dense.
+    context (``P V``) matmuls, ``2 * seq_len * heads * head_dim`` each, per layer (query heads; cross-attention
+    is counted as if the encoder sequence had ``seq_len`` tokens too). Embeddings, norms, activations, softmax
+    and task heads are not counted, nor DeBERTa's relative-position projections, which run once per sequence
+    over the position table rather than per token. Shapes are read from the modules, so a model with zeros
+    still counts as dense.
 
     Returns:
         ``linear``, ``attention``, ``total`` (their sum), ``total_per_sequence`` (``total * seq_len``),
-        ``linear_per_layer``, ``attention_per_layer`` and ``seq_len``.
+        ``linear_per_layer``, ``attention_per_layer``, ``ffn_linear`` (the FFN part of ``linear``),
+        ``attention_linear`` (the Q/K/V/O part) and ``seq_len``.
 
     Example:
         >>> flops_per_token(model, 128)["total"]          # doctest: +SKIP
@@ -185,13 +214,15 @@ def flops_per_token(model: nn.Module, seq_len: int) -> dict[str, Any]:
     """
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-    spec = get_arch(model)
     linear_per_layer: list[int] = []
     attention_per_layer: list[int] = []
-    for i, block in enumerate(find_blocks(model, spec)):
-        weights = _layer_linears(block, spec, i)
-        linear_per_layer.append(sum(2 * w.shape[0] * w.shape[1] for w in weights.values()))
-        width = sum(_heads(block, attn) * head_dim(block, attn) for attn in spec.attention)
+    ffn = 0
+    for i, (stack, block) in enumerate(iter_blocks(model)):
+        attention = _layer_linears(block, stack, i, _attention_paths(block, stack, per_token=True))
+        ffn_layer = sum(2 * w.numel() for w in _layer_linears(block, stack, i, _ffn_paths(stack)).values())
+        linear_per_layer.append(sum(2 * w.numel() for w in attention.values()) + ffn_layer)
+        ffn += ffn_layer
+        width = sum(_heads(block, attn) * head_dim(block, attn) for attn in stack.attention)
         attention_per_layer.append(2 * 2 * seq_len * width)
     linear, attention = sum(linear_per_layer), sum(attention_per_layer)
     return {
@@ -202,6 +233,8 @@ def flops_per_token(model: nn.Module, seq_len: int) -> dict[str, Any]:
         "total_per_sequence": (linear + attention) * seq_len,
         "linear_per_layer": linear_per_layer,
         "attention_per_layer": attention_per_layer,
+        "ffn_linear": ffn,
+        "attention_linear": linear - ffn,
     }
 
 
@@ -227,12 +260,29 @@ def _vocab_size(model: nn.Module) -> int:
 def random_inputs(
     model: nn.Module, batch_size: int, seq_len: int, device: str | torch.device = "cpu", seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """Random token ids (below the vocabulary size) and an all-ones attention mask, on ``device``."""
+    """Random inputs on ``device``: token ids (below the vocabulary size) with an all-ones attention mask.
+
+    Encoder-decoders also get the same ids as ``decoder_input_ids``. Vision models (``main_input_name`` is
+    ``pixel_values``) get random images at the config's ``image_size`` instead (``seq_len`` is then ignored:
+    the patch count sets the length).
+    """
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, _vocab_size(model), (batch_size, seq_len), generator=gen)
-    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device)}
+    if _is_vision(model):
+        config = model.config
+        size = config.image_size if isinstance(config.image_size, (tuple, list)) else (config.image_size,) * 2
+        pixels = torch.randn(batch_size, config.num_channels, *size, generator=gen)
+        return {"pixel_values": pixels.to(device)}
+    ids = torch.randint(0, _vocab_size(model), (batch_size, seq_len), generator=gen).to(device)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        inputs["decoder_input_ids"] = ids
+    return inputs
+
+
+def _is_vision(model: nn.Module) -> bool:
+    return getattr(model, "main_input_name", "input_ids") == "pixel_values"
 
 
 @contextlib.contextmanager
@@ -550,7 +600,7 @@ def speedup(
     }
     if not latency:
         return result
-    if _vocab_size(reference) != _vocab_size(model):
+    if not _is_vision(reference) and _vocab_size(reference) != _vocab_size(model):
         raise ValueError("speedup needs two models with the same vocabulary (they are fed the same token ids)")
     dev, ref_training = _prepare(reference, device)
     _, model_training = _prepare(model, device)
