@@ -220,13 +220,15 @@ def test_masked_training_reduces_the_loss(case: Case) -> None:
     assert any(not torch.equal(a, b) for a, b in zip(scores, pruner.score_parameters(), strict=True))
 
 
-@pytest.mark.parametrize("preset", ["struct", "block"])
+TILES = {"struct": {}, "block": {"attention_block": (D, D), "ffn_block": (D, D)}, "hybrid": {"attention_block": (D, D)}}
+
+
+@pytest.mark.parametrize("preset", sorted(TILES))
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_finalize_equals_masked_and_shrink_is_exact(case: Case, preset: str) -> None:
     model = noisy(case.build())
     types = {name: type(m) for name, m in model.named_modules()}
-    config = PruningConfig.preset(preset, sparsity=0.5, **({"attention_block": (D, D), "ffn_block": (D, D)}
-                                                          if preset == "block" else {}))
+    config = PruningConfig.preset(preset, sparsity=0.5, **TILES[preset])
     pruner = Pruner(model, config)
     randomize_scores(pruner)
     pruner.step(100, 100)

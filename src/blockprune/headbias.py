@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 import inspect
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import torch
@@ -70,19 +70,24 @@ def _full_bias(module: nn.Module, spec: SharedBiasSpec, arguments: dict[str, Any
     return module.compute_bias(length, past + length, device=hidden.device, past_seen_tokens=past)
 
 
+@lru_cache(maxsize=64)
+def _signature(forward: Any) -> inspect.Signature:
+    return inspect.signature(forward)
+
+
 def _before(spec: SharedBiasSpec, module: nn.Module, args: tuple[Any, ...],
             kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    bound = _signature(type(module).forward).bind(module, *args, **kwargs)
     bias = bound.arguments.get(spec.arg)
     if bias is None:
-        bias = _full_bias(module, spec, bound.arguments)
+        bias = _full_bias(module, spec, dict(list(bound.arguments.items())[1:]))
         if bias is None:
             return args, kwargs
     if spec.passed_on:
         setattr(module, _FULL, bias)
     heads = module._buffers[BUFFER]
     bound.arguments[spec.arg] = bias if bias.shape[1] == 1 else bias.index_select(1, heads.to(bias.device))
-    return bound.args, bound.kwargs
+    return bound.args[1:], bound.kwargs
 
 
 def _after(spec: SharedBiasSpec, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
