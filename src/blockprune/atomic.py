@@ -98,10 +98,16 @@ def _publish(tmp: Path, path: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous folder
     else:
         old = _old_copy(path)
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            if path.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+            os.replace(tmp, path)
+        except BaseException:
+            if old.is_dir() and not path.exists():
+                os.replace(old, path)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     _fsync_dir(path.parent)
 

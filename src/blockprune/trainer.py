@@ -102,7 +102,9 @@ class PruningCallback(TrainerCallback):
         self.last: dict[str, float] = {}
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.last = self.pruner.step(state.global_step, state.max_steps)
+        # the step about to run; a run resumed at its very end re-applies its last step, so that the masks and
+        # the controller state equal those of the uninterrupted run (no spurious controller update)
+        self.last = self.pruner.step(min(state.global_step, max(state.max_steps - 1, 0)), state.max_steps)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.last = self.pruner.step(state.global_step, state.max_steps)
