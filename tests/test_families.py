@@ -32,7 +32,7 @@ from blockprune.arch import (
     weight_out_in,
 )
 from blockprune.layers import MaskedLinear
-from blockprune.measure import count_params, ffn_per_layer, flops_per_token, heads_per_layer
+from blockprune.measure import count_params, ffn_per_layer, flops_per_token, heads_per_layer, measure, speedup
 from blockprune.saving import load_pruned, save_pruned
 from blockprune.shrink import shrink
 
@@ -286,6 +286,19 @@ def test_generation_with_the_kv_cache_is_unchanged_by_shrink(case: Case) -> None
         after = model.generate(**prompt, **kwargs)
     assert torch.equal(after.sequences, before.sequences)
     torch.testing.assert_close(torch.stack(after.scores), torch.stack(before.scores), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["vit", "t5", "gpt2"])
+def test_latency_and_speedup_feed_each_family_its_inputs(name: str) -> None:
+    """Pixels for ViT, decoder ids for encoder-decoders, token ids otherwise."""
+    case = next(c for c in CASES if c.name == name)
+    reference, model = case.build(), noisy(case.build())
+    prune_by_hand(model)
+    shrink(model)
+    report = measure(model, seq_len=8, batch_sizes=(2,), warmup=0, repeats=1, threads=1)
+    assert report.latency[0]["median_ms"] > 0 and report.heads_per_layer == heads_per_layer(model)
+    result = speedup(reference, model, seq_len=8, batch_sizes=(1,), warmup=0, repeats=1, threads=1)
+    assert result["theoretical"] > 1 and result["batches"][0]["measured"] > 0
 
 
 # --------------------------------------------------------------------------------------------- family specifics
