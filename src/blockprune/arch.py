@@ -30,8 +30,10 @@ Adding an architecture
            ffn=FFNSpec(up="intermediate.dense", down="output.dense", act="intermediate.intermediate_act_fn"),
        )
 
-3. Add one line to the case matrix in ``tests/test_families.py`` (a tiny config built in code): the shared
-   tests then check masked training, finalize, exact shrink, save/load and measurement for it.
+3. Add its tiny config to ``_FIELDS`` in ``tests/tiny.py`` and one ``Case`` line to ``CASES`` in
+   ``tests/test_families.py`` (with the parameters one head unit and one FFN neuron cost, counted by hand):
+   the shared tests then check masked training, finalize, exact shrink (whole layers included), cached
+   generation for decoders, save/load and measurement for it. A table entry without a case fails a test.
 
 Special layouts are data too: a fused QKV projection (GPT-2's ``c_attn``) is written by giving ``q``, ``k``
 and ``v`` the same path; transformers' ``Conv1D`` (weight stored ``(in, out)``) is accepted wherever an
