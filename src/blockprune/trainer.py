@@ -74,6 +74,25 @@ class PruningObjective(nn.Module):
         object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False) if teacher is not None else None)
         self.config = getattr(student, "config", None)
 
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The student's state, with tied tensors (e.g. embeddings shared with an LM head) stored once.
+
+        The Trainer saves a non-``PreTrainedModel`` with safetensors, which refuses shared memory; loading back
+        is non-strict, and the first key of a tied tensor fills every module that shares it.
+        """
+        state = super().state_dict(*args, **kwargs)
+        seen: set[tuple[int, int, tuple[int, ...], torch.dtype]] = set()
+        for key in list(state):
+            tensor = state[key]
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+            if identity in seen:
+                del state[key]
+            else:
+                seen.add(identity)
+        return state
+
     def forward(self, **inputs: Any) -> Any:
         outputs = self.student(**inputs)
         loss = outputs.loss
