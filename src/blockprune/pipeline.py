@@ -38,9 +38,8 @@ import transformers
 from torch import nn
 
 from . import __version__, atomic
-from .arch import get_arch
 from .config import HEAD, PRESETS, PruningConfig
-from .measure import block_linears, count_params, flops_per_token, speedup
+from .measure import count_params, flops_per_token, speedup
 from .pruner import Pruner
 from .saving import load_pruned, save_pruned
 from .shrink import shrink
@@ -114,10 +113,8 @@ def flops_split(model_path: str, seq_len: int, trust_remote_code: bool = False) 
     config = transformers.AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         model = transformers.AutoModel.from_config(config, trust_remote_code=trust_remote_code)
-    ffn = get_arch(model).ffn
-    ffn_paths = {ffn.up, ffn.gate, ffn.down}
-    ffn_flops = sum(2 * w.numel() for layer in block_linears(model) for p, w in layer.items() if p in ffn_paths)
-    return flops_per_token(model, seq_len)["total"] - ffn_flops, ffn_flops
+    flops = flops_per_token(model, seq_len)
+    return flops["total"] - flops["ffn_linear"], flops["ffn_linear"]
 
 
 def sparsities_for_speedup(target: float, attention_flops: int, ffn_flops: int, head_pruning: bool) -> dict[str, float]:
