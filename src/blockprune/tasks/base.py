@@ -7,6 +7,10 @@ model with :meth:`Task.model_class` and :meth:`Task.model_kwargs`, and scores it
 whose result always holds the task's primary metric under :attr:`Task.metric_name`; whether that metric is
 better high (accuracy) or low (perplexity) is :attr:`Task.higher_is_better`.
 
+:meth:`Task.evaluate` is the same loop for every task (evaluation features, batches in inference mode, the
+model's mode restored); a task only says what one batch keeps (:meth:`Task.eval_step`) and how the kept
+values become metrics (:meth:`Task.score`).
+
 Example:
     >>> from blockprune.tasks import load_task
     >>> task = load_task()                        # doctest: +SKIP
@@ -109,6 +113,7 @@ class Task(ABC):
         metric_name: key of the primary metric in :meth:`evaluate`'s result.
         higher_is_better: ``True`` when a larger primary metric is better (accuracy, F1); ``False`` for
             perplexity. Compare runs with :meth:`better`.
+        metrics: the primary metrics the task can report; the first is the default.
         max_length: default token length of one feature (unused by image tasks).
         source: human-readable origin of the data, for reports.
         train_examples, eval_examples: the raw examples (after any subsampling), one per question/text.
@@ -117,20 +122,41 @@ class Task(ABC):
     train_examples: list[Any]
     eval_examples: list[Any]
     name: str
+    metrics: tuple[str, ...]
     metric_name: str
     higher_is_better: bool = True
     max_length: int
     source: str
 
-    @property
-    @abstractmethod
-    def num_train(self) -> int:
-        """Number of training examples (after any subsampling)."""
+    def __init__(
+        self,
+        train: list[Any],
+        eval: list[Any],
+        metric: str | None = None,
+        source: str = "",
+        max_length: int | None = None,
+    ) -> None:
+        """Keep the examples and check ``metric`` against :attr:`metrics`; ``max_length=None`` keeps the class default.
+
+        Raises:
+            DataError: ``metric`` is not one of :attr:`metrics`.
+        """
+        self.train_examples = train
+        self.eval_examples = eval
+        self.metric_name = check_metric(metric, self.metrics)
+        self.source = source
+        if max_length is not None:
+            self.max_length = max_length
 
     @property
-    @abstractmethod
+    def num_train(self) -> int:
+        """Number of training examples (after any subsampling)."""
+        return len(self.train_examples)
+
+    @property
     def num_eval(self) -> int:
         """Number of evaluation examples (after any subsampling)."""
+        return len(self.eval_examples)
 
     @abstractmethod
     def model_class(self) -> type:
@@ -174,7 +200,6 @@ class Task(ABC):
         """A data collator that pads each batch to its longest member."""
         return PaddingCollator(tokenizer)
 
-    @abstractmethod
     def evaluate(
         self,
         model: torch.nn.Module,
@@ -184,7 +209,23 @@ class Task(ABC):
         device: str | torch.device = "cpu",
         progress: bool = True,
     ) -> dict[str, float]:
-        """Run ``model`` on the evaluation set and return its metrics (``metric_name`` among them)."""
+        """Run ``model`` on the evaluation set and return its metrics (``metric_name`` among them).
+
+        Example:
+            >>> task.evaluate(model, tokenizer, batch_size=16, progress=False)     # doctest: +SKIP
+            {'accuracy': 0.83, 'macro_f1': 0.82, 'loss': 0.41}
+        """
+        dataset = self.eval_dataset(tokenizer, max_length)
+        outputs = run_batches(model, dataset, self.collate(tokenizer), batch_size, device, progress, self.eval_step)
+        return self.score(dataset, outputs)
+
+    def eval_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        """What one evaluation batch (already on the model's device) keeps: by default the output tensors, on CPU."""
+        return _to_cpu(model(**batch))
+
+    @abstractmethod
+    def score(self, dataset: Dataset, outputs: list[Any]) -> dict[str, float]:
+        """Metrics (``metric_name`` among them) from the evaluation features and each batch's :meth:`eval_step`."""
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary for reports: task, source, sizes, metric."""
@@ -199,18 +240,22 @@ class Task(ABC):
         }
 
 
-def run_model(
+def run_batches(
     model: torch.nn.Module,
     dataset: Dataset,
     collate: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]],
     batch_size: int,
     device: str | torch.device,
     progress: bool,
-    desc: str,
-) -> list[Any]:
-    """Run ``model`` over ``dataset`` in order, in inference mode; return each batch's output (moved to CPU).
+    step: Callable[[torch.nn.Module, dict[str, torch.Tensor]], T],
+    desc: str = "eval",
+) -> list[T]:
+    """Batch ``dataset`` in order and return ``step(model, batch)`` of each batch, in eval and inference mode.
 
-    The model's train/eval mode is restored afterwards.
+    Each batch is moved to ``device`` before ``step`` sees it; the model's train/eval mode is restored afterwards.
+
+    Example:
+        >>> sizes = run_batches(model, ds, collate, 8, "cpu", False, lambda m, b: len(b["labels"]))  # doctest: +SKIP
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -218,15 +263,14 @@ def run_model(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     was_training = model.training
     model.eval()
-    outputs = []
+    kept = []
     try:
         with torch.inference_mode():
             for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-                out = model(**{k: v.to(device) for k, v in batch.items()})
-                outputs.append(_to_cpu(out))
+                kept.append(step(model, {k: v.to(device) for k, v in batch.items()}))
     finally:
         model.train(was_training)
-    return outputs
+    return kept
 
 
 def _to_cpu(output: Any) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import DataError, FeatureDataset, Task, check_metric
+from .base import DataError, FeatureDataset, Task
 from .records import Record, check_not_missing, read_records, require_columns
 
 METRICS = ("perplexity",)
@@ -159,23 +159,9 @@ class CausalLMTask(Task):
     """
 
     name = "causal-lm"
+    metrics = METRICS
     higher_is_better = False
-
-    def __init__(self, train: list[str], eval: list[str], metric: str | None = None, source: str = "",
-                 max_length: int = DEFAULT_MAX_LENGTH) -> None:
-        self.train_examples = train
-        self.eval_examples = eval
-        self.metric_name = check_metric(metric, METRICS)
-        self.source = source
-        self.max_length = max_length
-
-    @property
-    def num_train(self) -> int:
-        return len(self.train_examples)
-
-    @property
-    def num_eval(self) -> int:
-        return len(self.eval_examples)
+    max_length = DEFAULT_MAX_LENGTH
 
     def model_class(self) -> type:
         from transformers import AutoModelForCausalLM
@@ -203,39 +189,22 @@ class CausalLMTask(Task):
     def collate(self, tokenizer: Any) -> CausalLMCollator:
         return CausalLMCollator(pad_id_of(tokenizer))
 
-    def evaluate(
-        self,
-        model: torch.nn.Module,
-        tokenizer: Any,
-        batch_size: int = 64,
-        max_length: int | None = None,
-        device: str | torch.device = "cpu",
-        progress: bool = True,
-    ) -> dict[str, float]:
+    def eval_step(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
+        """Summed token cross-entropy of one batch and its scored-token count; the logits are not kept."""
+        labels = batch.pop("labels")
+        return token_nll(model(**batch).logits, labels)
+
+    def score(self, dataset: FeatureDataset, outputs: list[tuple[float, int]]) -> dict[str, float]:
         """Perplexity, mean token cross-entropy (``loss``) and the number of scored ``tokens``.
 
-        Logits are reduced batch by batch (never kept: they are ``batch x length x vocabulary``).
+        Logits are reduced batch by batch by :meth:`eval_step` (never kept: they are ``batch x length x
+        vocabulary``).
 
         Example:
             >>> task.evaluate(model, tokenizer, progress=False)     # doctest: +SKIP
             {'perplexity': 31.7, 'loss': 3.456, 'tokens': 20480.0}
         """
-        from torch.utils.data import DataLoader
-        from tqdm.auto import tqdm
-
-        dataset = self.eval_dataset(tokenizer, max_length)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=self.collate(tokenizer))
-        was_training = model.training
-        model.eval()
-        total, count = 0.0, 0
-        try:
-            with torch.inference_mode():
-                for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
-                    labels = batch.pop("labels").to(device)
-                    logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-                    nll, n = token_nll(logits, labels)
-                    total, count = total + nll, count + n
-        finally:
-            model.train(was_training)
+        total = sum(nll for nll, _ in outputs)
+        count = sum(n for _, n in outputs)
         loss = total / max(count, 1)
         return {"perplexity": math.exp(min(loss, 700.0)), "loss": loss, "tokens": float(count)}

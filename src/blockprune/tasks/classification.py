@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
-from .base import DataError, FeatureDataset, Task, check_metric, run_model
+from .base import DataError, FeatureDataset, Task
 from .records import Record, check_not_missing, format_rows, is_missing, require_columns
 
 METRICS = ("accuracy", "macro_f1")
@@ -71,7 +72,64 @@ def sorted_labels(keys: set[str]) -> list[str]:
         return sorted(keys)
 
 
-class ClassificationTask(Task):
+def label_scores(outputs: Sequence[dict[str, torch.Tensor]], labels: Sequence[int]) -> dict[str, float]:
+    """Accuracy, macro-F1 and the example-weighted mean loss of batch outputs (``logits``, ``loss``) vs ``labels``.
+
+    Example:
+        >>> out = [{"logits": torch.tensor([[0.0, 1.0], [2.0, 0.0]]), "loss": torch.tensor(0.5)}]
+        >>> label_scores(out, [1, 1])
+        {'accuracy': 0.5, 'macro_f1': 0.3333333333333333, 'loss': 0.5}
+    """
+    predictions = torch.cat([o["logits"] for o in outputs]).argmax(-1).tolist()
+    sizes = [len(o["logits"]) for o in outputs]
+    loss = sum(float(o["loss"]) * n for o, n in zip(outputs, sizes, strict=True)) / max(sum(sizes), 1)
+    return {"accuracy": accuracy(predictions, labels), "macro_f1": macro_f1(predictions, labels), "loss": loss}
+
+
+class LabelTask(Task):
+    """A task whose examples each carry one class id (``example.label``): text or image classification.
+
+    It holds the class names, gives the model head its label maps, and scores the evaluation examples with
+    :func:`label_scores` (accuracy, macro-F1, mean cross-entropy loss).
+    """
+
+    metrics = METRICS
+
+    def __init__(
+        self,
+        train: list[Any],
+        eval: list[Any],
+        label_names: list[str],
+        metric: str | None = None,
+        source: str = "",
+        max_length: int | None = None,
+    ) -> None:
+        super().__init__(train, eval, metric, source, max_length)
+        self.label_names = label_names
+
+    @property
+    def num_labels(self) -> int:
+        """Number of classes."""
+        return len(self.label_names)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {
+            "num_labels": self.num_labels,
+            "id2label": dict(enumerate(self.label_names)),
+            "label2id": {name: i for i, name in enumerate(self.label_names)},
+        }
+
+    def score(self, dataset: Dataset, outputs: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Accuracy, macro-F1 and mean cross-entropy loss on the evaluation examples.
+
+        Example:
+            >>> task.evaluate(model, tokenizer, progress=False)     # doctest: +SKIP
+            {'accuracy': 0.83, 'macro_f1': 0.82, 'loss': 0.41}
+        """
+        return label_scores(outputs, [e.label for e in self.eval_examples])
+
+
+class ClassificationTask(LabelTask):
     """Sequence classification on (text[, text_pair], label) examples.
 
     Build it with :func:`classification_task` (validated records) or :func:`blockprune.tasks.load_task`.
@@ -83,47 +141,12 @@ class ClassificationTask(Task):
     """
 
     name = "text-classification"
-
-    def __init__(
-        self,
-        train: list[TextExample],
-        eval: list[TextExample],
-        label_names: list[str],
-        metric: str | None = None,
-        source: str = "",
-        max_length: int = DEFAULT_MAX_LENGTH,
-    ) -> None:
-        self.train_examples = train
-        self.eval_examples = eval
-        self.label_names = label_names
-        self.metric_name = check_metric(metric, METRICS)
-        self.source = source
-        self.max_length = max_length
-
-    @property
-    def num_labels(self) -> int:
-        """Number of classes."""
-        return len(self.label_names)
-
-    @property
-    def num_train(self) -> int:
-        return len(self.train_examples)
-
-    @property
-    def num_eval(self) -> int:
-        return len(self.eval_examples)
+    max_length = DEFAULT_MAX_LENGTH
 
     def model_class(self) -> type:
         from transformers import AutoModelForSequenceClassification
 
         return AutoModelForSequenceClassification
-
-    def model_kwargs(self) -> dict[str, Any]:
-        return {
-            "num_labels": self.num_labels,
-            "id2label": dict(enumerate(self.label_names)),
-            "label2id": {name: i for i, name in enumerate(self.label_names)},
-        }
 
     def train_dataset(self, tokenizer: Any, max_length: int | None = None) -> FeatureDataset:
         return self._tokenize(self.train_examples, tokenizer, max_length or self.max_length)
@@ -139,29 +162,6 @@ class ClassificationTask(Task):
         keys = list(encoded.keys())
         features = [{k: encoded[k][i] for k in keys} | {"labels": e.label} for i, e in enumerate(examples)]
         return FeatureDataset(features)
-
-    def evaluate(
-        self,
-        model: torch.nn.Module,
-        tokenizer: Any,
-        batch_size: int = 64,
-        max_length: int | None = None,
-        device: str | torch.device = "cpu",
-        progress: bool = True,
-    ) -> dict[str, float]:
-        """Accuracy, macro-F1 and mean cross-entropy loss of ``model`` on the evaluation examples.
-
-        Example:
-            >>> task.evaluate(model, tokenizer, progress=False)     # doctest: +SKIP
-            {'accuracy': 0.83, 'macro_f1': 0.82, 'loss': 0.41}
-        """
-        dataset = self.eval_dataset(tokenizer, max_length)
-        outputs = run_model(model, dataset, self.collate(tokenizer), batch_size, device, progress, "eval")
-        predictions = torch.cat([o["logits"] for o in outputs]).argmax(-1).tolist()
-        labels = [e.label for e in self.eval_examples]
-        sizes = [len(o["logits"]) for o in outputs]
-        loss = sum(float(o["loss"]) * n for o, n in zip(outputs, sizes, strict=True)) / max(sum(sizes), 1)
-        return {"accuracy": accuracy(predictions, labels), "macro_f1": macro_f1(predictions, labels), "loss": loss}
 
 
 def classification_task(
@@ -214,13 +214,26 @@ def classification_task(
     return ClassificationTask(examples(train_records), examples(eval_records), names, **task_kwargs)
 
 
+def choose_label_names(given: Sequence[Any] | None, found: set[str]) -> list[str]:
+    """The class order: ``given`` (as label keys, checked for duplicates), else the ``found`` keys, sorted.
+
+    Raises:
+        DataError: ``given`` names a class twice.
+
+    Example:
+        >>> choose_label_names(None, {"10", "9"}), choose_label_names(["b", "a"], {"a", "b"})
+        (['9', '10'], ['b', 'a'])
+    """
+    if given is None:
+        return sorted_labels(found)
+    names = [label_key(n) for n in given]
+    if len(set(names)) != len(names):
+        raise DataError(f"label_names {list(given)} has duplicates; give each class once.")
+    return names
+
+
 def _label_names(records: list[Record], column: str, given: Sequence[str] | None, where: str) -> list[str]:
-    if given is not None:
-        names = [label_key(n) for n in given]
-        if len(set(names)) != len(names):
-            raise DataError(f"label_names {list(given)} has duplicates; give each class once.")
-    else:
-        names = sorted_labels({label_key(r[column]) for r in records})
+    names = choose_label_names(given, {label_key(r[column]) for r in records})
     if len(names) < 2:
         raise DataError(
             f"{where}: column {column!r} has fewer than 2 classes ({names}); classification needs at least two. "

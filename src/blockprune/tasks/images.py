@@ -26,10 +26,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .base import DataError, Task, check_metric, run_model
-from .classification import accuracy, macro_f1
+from .base import DataError
+from .classification import LabelTask
 
-METRICS = ("accuracy", "macro_f1")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 PILLOW_HINT = "Image classification reads images with Pillow: install it with `pip install pillow`."
 DEFAULT_MEAN_STD = 0.5
@@ -176,7 +175,7 @@ def default_image_processor(config: Any) -> Any:
                do_resize=True, do_rescale=True, do_normalize=True)
 
 
-class ImageTask(Task):
+class ImageTask(LabelTask):
     """Image classification on :class:`ImageExample` files; accuracy (or macro-F1) is the primary metric.
 
     Build it with :func:`blockprune.tasks.load_task` (``task="image-classification"``). The ``tokenizer``
@@ -193,24 +192,7 @@ class ImageTask(Task):
 
     def __init__(self, train: list[ImageExample], eval: list[ImageExample], label_names: list[str],
                  metric: str | None = None, source: str = "") -> None:
-        self.train_examples = train
-        self.eval_examples = eval
-        self.label_names = label_names
-        self.metric_name = check_metric(metric, METRICS)
-        self.source = source
-
-    @property
-    def num_labels(self) -> int:
-        """Number of classes."""
-        return len(self.label_names)
-
-    @property
-    def num_train(self) -> int:
-        return len(self.train_examples)
-
-    @property
-    def num_eval(self) -> int:
-        return len(self.eval_examples)
+        super().__init__(train, eval, label_names, metric, source)
 
     def model_class(self) -> type:
         from transformers import AutoModelForImageClassification
@@ -219,12 +201,7 @@ class ImageTask(Task):
 
     def model_kwargs(self) -> dict[str, Any]:
         """Labels of the head; a checkpoint's head for another label count (e.g. ImageNet) is replaced."""
-        return {
-            "num_labels": self.num_labels,
-            "id2label": dict(enumerate(self.label_names)),
-            "label2id": {name: i for i, name in enumerate(self.label_names)},
-            "ignore_mismatched_sizes": True,
-        }
+        return super().model_kwargs() | {"ignore_mismatched_sizes": True}
 
     def load_processor(self, model_path: str | os.PathLike[str], trust_remote_code: bool = False) -> Any:
         """The model's image processor, or :func:`default_image_processor` when its folder has none.
@@ -257,29 +234,6 @@ class ImageTask(Task):
 
     def collate(self, tokenizer: Any) -> Any:
         return collate_images
-
-    def evaluate(
-        self,
-        model: torch.nn.Module,
-        tokenizer: Any,
-        batch_size: int = 64,
-        max_length: int | None = None,
-        device: str | torch.device = "cpu",
-        progress: bool = True,
-    ) -> dict[str, float]:
-        """Accuracy, macro-F1 and mean cross-entropy loss on the evaluation images (``tokenizer``: the processor).
-
-        Example:
-            >>> task.evaluate(model, processor, progress=False)     # doctest: +SKIP
-            {'accuracy': 0.91, 'macro_f1': 0.9, 'loss': 0.27}
-        """
-        dataset = self.eval_dataset(tokenizer)
-        outputs = run_model(model, dataset, collate_images, batch_size, device, progress, "eval")
-        predictions = torch.cat([o["logits"] for o in outputs]).argmax(-1).tolist()
-        labels = [e.label for e in self.eval_examples]
-        sizes = [len(o["logits"]) for o in outputs]
-        loss = sum(float(o["loss"]) * n for o, n in zip(outputs, sizes, strict=True)) / max(sum(sizes), 1)
-        return {"accuracy": accuracy(predictions, labels), "macro_f1": macro_f1(predictions, labels), "loss": loss}
 
     def describe(self) -> dict[str, Any]:
         summary = super().describe() | {"num_labels": self.num_labels, "label_names": list(self.label_names)}

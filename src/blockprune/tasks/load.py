@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from .base import DataError, Task, subsample
 from .causal_lm import CausalLMTask, documents_from_records, read_documents
-from .classification import ClassificationTask, TextExample, classification_task, label_key, sorted_labels
+from .classification import ClassificationTask, TextExample, choose_label_names, classification_task
 from .embedded import DATA_PIP, LABEL_NAMES, rotten_tomatoes_split
 from .images import ImageTask, folder_examples, scan_image_folder, verify_images
 from .qa import DEFAULT_DOC_STRIDE, QATask
@@ -297,12 +297,7 @@ def _load_images(
 
 
 def _image_label_names(classes: dict[str, Any], given: Sequence[str] | None, where: PathLike) -> list[str]:
-    if given is not None:
-        names = [label_key(n) for n in given]
-        if len(set(names)) != len(names):
-            raise DataError(f"label_names {list(given)} has duplicates; give each class once.")
-    else:
-        names = sorted_labels(set(classes))
+    names = choose_label_names(given, set(classes))
     if len(names) < 2:
         raise DataError(
             f"{where} has fewer than 2 classes ({names}); image classification needs at least two class "

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .base import DataError, FeatureDataset, Task, check_metric, run_model
+from .base import DataError, FeatureDataset, Task, run_batches
 from .qa_data import QAExample
 from .qa_metrics import squad_scores
 
@@ -167,6 +167,8 @@ class QATask(Task):
     """
 
     name = "question-answering"
+    metrics = METRICS
+    max_length = DEFAULT_MAX_LENGTH
 
     def __init__(
         self,
@@ -179,22 +181,10 @@ class QATask(Task):
         max_answer_length: int = 30,
         n_best: int = 20,
     ) -> None:
-        self.train_examples = train
-        self.eval_examples = eval
-        self.metric_name = check_metric(metric, METRICS)
-        self.source = source
-        self.max_length = max_length
+        super().__init__(train, eval, metric, source, max_length)
         self.doc_stride = doc_stride
         self.max_answer_length = max_answer_length
         self.n_best = n_best
-
-    @property
-    def num_train(self) -> int:
-        return len(self.train_examples)
-
-    @property
-    def num_eval(self) -> int:
-        return len(self.eval_examples)
 
     def model_class(self) -> type:
         from transformers import AutoModelForQuestionAnswering
@@ -224,28 +214,23 @@ class QATask(Task):
     ) -> list[str]:
         """The predicted answer text for every evaluation example."""
         features = self.eval_dataset(tokenizer, max_length)
-        outputs = run_model(model, features, self.collate(tokenizer), batch_size, device, progress, "eval")
+        outputs = run_batches(model, features, self.collate(tokenizer), batch_size, device, progress, self.eval_step)
+        return self.answers(features, outputs)
+
+    def answers(self, features: FeatureDataset, outputs: list[dict[str, torch.Tensor]]) -> list[str]:
+        """The answer text of every evaluation example from its windows' start and end logits."""
         starts = [row for o in outputs for row in o["start_logits"]]
         ends = [row for o in outputs for row in o["end_logits"]]
         return postprocess(self.eval_examples, features, starts, ends, self.n_best, self.max_answer_length)
 
-    def evaluate(
-        self,
-        model: torch.nn.Module,
-        tokenizer: Any,
-        batch_size: int = 64,
-        max_length: int | None = None,
-        device: str | torch.device = "cpu",
-        progress: bool = True,
-    ) -> dict[str, float]:
-        """SQuAD ``f1`` and ``exact_match`` of ``model`` on the evaluation examples.
+    def score(self, dataset: FeatureDataset, outputs: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """SQuAD ``f1`` and ``exact_match`` of the predicted answers on the evaluation examples.
 
         Example:
             >>> task.evaluate(model, tokenizer, progress=False)     # doctest: +SKIP
             {'f1': 0.87, 'exact_match': 0.79}
         """
-        predictions = self.predict(model, tokenizer, batch_size, max_length, device, progress)
-        scores = squad_scores(predictions, [e.answers for e in self.eval_examples])
+        scores = squad_scores(self.answers(dataset, outputs), [e.answers for e in self.eval_examples])
         return {"f1": scores["f1"], "exact_match": scores["exact_match"]}
 
     def describe(self) -> dict[str, Any]:
