@@ -23,6 +23,7 @@ from blockprune.tasks import (
     rotten_tomatoes_split,
 )
 from blockprune.tasks import embedded as embedded_module
+from blockprune.tasks.records import read_records
 
 # ---------------------------------------------------------------- helpers
 
@@ -168,6 +169,15 @@ def test_no_validation_file_holds_out_a_seeded_tenth(tmp_path):
     assert (a.num_train, a.num_eval) == (36, 4)
     assert a.eval_examples == b.eval_examples
     assert not {e.text for e in a.train_examples} & {e.text for e in a.eval_examples}
+
+
+@pytest.mark.parametrize("record", [{"text": "only one", "label": 1}, {"text": "tagged", "label": 0, "tags": ["a", "b"]}])
+def test_jsonl_with_a_single_record_is_one_record(tmp_path, record):
+    path = write_jsonl(tmp_path / "one.jsonl", [record])
+    assert read_records(path) == [record]
+    dev = write_jsonl(tmp_path / "dev.jsonl", [{"text": "other", "label": 0}])
+    task = load_task(train_file=path, validation_file=dev, label_names=["0", "1"])
+    assert task.num_train == 1 and task.train_examples[0].text == record["text"]
 
 
 def test_holdout_keeps_groups_together():

@@ -28,7 +28,8 @@ def read_records(path: str | os.PathLike[str]) -> list[Record]:
     """Read a ``.csv``/``.tsv`` (header row) or ``.json``/``.jsonl`` (records) file into a list of dicts.
 
     A ``.json`` file may hold a list of records, an object with one list of records (e.g. ``{"data": [...]}``),
-    or JSON lines.
+    or JSON lines. A ``.jsonl`` file is always JSON lines, one record per line, so a file of one line is one
+    record.
 
     Raises:
         DataError: missing, unreadable or empty file, or an unknown extension.
@@ -39,8 +40,10 @@ def read_records(path: str | os.PathLike[str]) -> list[Record]:
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         records = _read_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
-    elif suffix in (".json", ".jsonl"):
+    elif suffix == ".json":
         records = _read_json(path)
+    elif suffix == ".jsonl":
+        records = _read_json_lines(path, read_text(path, f"Data file {path} is empty; give one JSON object per line."))
     else:
         raise DataError(f"Unsupported data file type {path.suffix!r} for {path}; use .csv, .tsv, .json or .jsonl.")
     if not records:
@@ -56,10 +59,26 @@ def _read_csv(path: Path, delimiter: str) -> list[Record]:
         return [dict(row) for row in reader]
 
 
-def _read_json(path: Path) -> list[Record]:
-    text = path.read_text(encoding="utf-8-sig")
+def read_text(path: Path, empty: str) -> str:
+    """The UTF-8 text of a data file (a BOM is dropped); a blank file raises ``DataError(empty)``.
+
+    Raises:
+        DataError: the file is not UTF-8 (byte named), or holds only whitespace (message ``empty``).
+
+    Example:
+        >>> text = read_text(Path("train.jsonl"), "train.jsonl is empty; give one record per line.")  # doctest: +SKIP
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); re-save it as UTF-8.") from None
     if not text.strip():
-        raise DataError(f"Data file {path} is empty; give a list of records or one JSON object per line.")
+        raise DataError(empty)
+    return text
+
+
+def _read_json(path: Path) -> list[Record]:
+    text = read_text(path, f"Data file {path} is empty; give a list of records or one JSON object per line.")
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
