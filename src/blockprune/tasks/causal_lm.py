@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import DataError, FeatureDataset, Task
-from .records import Record, check_not_missing, read_records, require_columns
+from .records import Record, check_not_missing, read_records, read_text, require_columns
 
 METRICS = ("perplexity",)
 DEFAULT_MAX_LENGTH = 128
@@ -50,14 +50,8 @@ def read_documents(path: str | os.PathLike[str], text_column: str = "text") -> l
     if path.suffix.lower() in TEXT_SUFFIXES:
         if not path.is_file():
             raise DataError(f"Text file not found: {path}. Check the path (train_file / validation_file).")
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError as err:
-            raise DataError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); re-save it as UTF-8.") from None
-        documents = [line.strip() for line in text.splitlines() if line.strip()]
-        if not documents:
-            raise DataError(f"Text file {path} holds no text; give a file with at least one non-blank line.")
-        return documents
+        text = read_text(path, f"Text file {path} holds no text; give a file with at least one non-blank line.")
+        return [line.strip() for line in text.splitlines() if line.strip()]
     if path.suffix.lower() not in (".csv", ".tsv", ".json", ".jsonl"):
         raise DataError(
             f"Unsupported text file type {path.suffix!r} for {path}; use .txt (one document per line) or "

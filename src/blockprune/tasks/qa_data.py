@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import DataError
-from .records import Record, is_missing, read_records
+from .records import Record, is_missing, read_records, read_text
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,7 @@ def read_squad(path: str | os.PathLike[str]) -> list[QAExample]:
     if not path.is_file():
         raise DataError(f"QA data file not found: {path}. Check train_file / validation_file.")
     if path.suffix.lower() == ".json":
-        text = path.read_text(encoding="utf-8-sig")
-        if not text.strip():
-            raise DataError(f"QA data file {path} is empty; give a SQuAD v1 JSON file.")
+        text = read_text(path, f"QA data file {path} is empty; give a SQuAD v1 JSON file.")
         try:
             data = json.loads(text)
         except json.JSONDecodeError:
