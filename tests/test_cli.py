@@ -114,6 +114,36 @@ def test_shrink_and_bench_commands(tiny_dir, tmp_path, capsys):
     assert "theoretical speedup" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("with_tokenizer", [False, True])
+def test_shrink_keeps_the_image_processor_and_tokenizer(tmp_path, with_tokenizer):
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                    image_size=16, patch_size=8, num_labels=2)
+    model = transformers.ViTForImageClassification(config).eval()
+    with torch.no_grad():
+        model.vit.layers[0].attention.v_proj.weight[:8] = 0  # head 0 of layer 0
+        model.vit.layers[0].attention.v_proj.bias[:8] = 0
+    model.save_pretrained(tmp_path / "masked")
+    mean = [0.25, 0.5, 0.75]
+    transformers.ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=mean,
+                                   image_std=[0.5] * 3).save_pretrained(tmp_path / "masked")
+    if with_tokenizer:
+        transformers.AutoTokenizer.from_pretrained(embedded_model_path()).save_pretrained(tmp_path / "masked")
+    assert main(["shrink", str(tmp_path / "masked"), str(tmp_path / "small")]) == 0
+    processor = transformers.AutoImageProcessor.from_pretrained(tmp_path / "small")
+    assert list(processor.image_mean) == mean and (processor.size["height"], processor.size["width"]) == (16, 16)
+    assert (tmp_path / "small" / "tokenizer_config.json").is_file() == with_tokenizer
+    if with_tokenizer:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "small")
+        assert tokenizer("a fine film")["input_ids"] == transformers.AutoTokenizer.from_pretrained(
+            embedded_model_path())("a fine film")["input_ids"]
+    small = load_pruned(tmp_path / "small")
+    assert small.vit.layers[0].attention.v_proj.out_features == 24
+    pixels = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(small(pixel_values=pixels).logits, model(pixel_values=pixels).logits, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

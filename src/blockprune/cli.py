@@ -153,6 +153,48 @@ def load_model(path: str, task_class: type | None = None) -> nn.Module:
         ) from err
 
 
+# A model folder's input processors: the file that marks each one and the auto class that loads it.
+PROCESSOR_FILES = {"tokenizer_config.json": "AutoTokenizer", "preprocessor_config.json": "AutoImageProcessor"}
+
+
+class Processors:
+    """Several input processors (e.g. a tokenizer and an image processor) saved together into one folder.
+
+    Example:
+        >>> Processors([tokenizer, image_processor]).save_pretrained("out/small")   # doctest: +SKIP
+    """
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Save every processor into ``path`` (their files do not overlap)."""
+        for part in self.parts:
+            part.save_pretrained(path)
+
+
+def folder_processors(path: str | Path) -> Processors | None:
+    """The tokenizer and/or image processor saved in a model folder, or ``None`` when it has neither.
+
+    Example:
+        >>> folder_processors("runs/demo/teacher/model").parts     # doctest: +SKIP
+        [BertTokenizerFast(...)]
+    """
+    folder = Path(path)
+    parts = []
+    for file, name in PROCESSOR_FILES.items():
+        if not (folder / file).is_file():
+            continue
+        try:  # never run code shipped in a model folder
+            parts.append(getattr(transformers, name).from_pretrained(str(folder), trust_remote_code=False))
+        except OSError as err:
+            raise ModelFolderError(
+                f"cannot load the processor of {path} ({file}; {type(err).__name__}: {err}); a file is missing, "
+                "truncated or corrupted: save the processor there again"
+            ) from err
+    return Processors(parts) if parts else None
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from .pipeline import RunOptions, is_main_process, run
 
@@ -190,6 +232,7 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     from .shrink import shrink
 
     model = load_model(args.input).eval()
+    processors = folder_processors(args.input)  # before shrinking, so a broken processor file fails fast
     inputs = random_inputs(model, 2, 16, torch.device("cpu"))
     with torch.inference_mode():
         before = model(**inputs)
@@ -198,10 +241,7 @@ def cmd_shrink(args: argparse.Namespace) -> int:
         after = model(**inputs)
     diff = max(float((b - a).abs().max()) for b, a in zip(before.values(), after.values(), strict=True)
                if isinstance(b, torch.Tensor))
-    tokenizer = None
-    if (Path(args.input) / "tokenizer_config.json").is_file():
-        tokenizer = transformers.AutoTokenizer.from_pretrained(args.input, trust_remote_code=False)
-    save_pruned(model, args.output, tokenizer, result=result)
+    save_pruned(model, args.output, processors, result=result)
     print(f"heads kept per layer: {result.heads_per_layer}\nFFN width per layer: {result.ffn_per_layer}\n"
           f"parameters: {result.params_before:,} → {result.params_after:,}; max output change {diff:.2e}\n"
           f"saved to {args.output}")
