@@ -124,14 +124,20 @@ class StopOnNonFinite(transformers.TrainerCallback):
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         loss, self._loss = self._loss, None
-        if loss is None or bool(torch.isfinite(loss)):
+        if loss is None:
+            return
+        bad = (~torch.isfinite(loss)).float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)  # every rank stops together
+        if not bool(bad):
             return
         step = state.global_step + 1
         last = last_complete_checkpoint(args.output_dir)
         kept = (f"the last good checkpoint, {last}, is kept" if last is not None
                 else f"no checkpoint had been saved yet (one every {args.save_steps} steps)")
+        value = float(loss) if not bool(torch.isfinite(loss)) else "non-finite in another process"
         raise NonFiniteLossError(
-            f"the training loss became {float(loss)} at optimizer step {step} of {state.max_steps}; training "
+            f"the training loss became {value} at optimizer step {step} of {state.max_steps}; training "
             f"stopped before that step changed any weight, and {kept}. Lower the learning rate (or look for "
             "extreme values in the data)."
         )
