@@ -245,12 +245,12 @@ def test_rerun_after_training_finished_trains_nothing_and_changes_nothing(workdi
 
 
 def prune_command(workdir: Path, out: Path) -> list[str]:
-    """``blockprune prune`` on the tiny model: teacher given, hybrid preset, a checkpoint every 3 of 36 steps."""
+    """``blockprune prune`` on the tiny model: teacher given, hybrid preset, a checkpoint every 3 of 54 steps."""
     script = Path(sys.executable).with_name("blockprune")
     head = [str(script)] if script.is_file() else [sys.executable, "-m", "blockprune.cli"]
     return [*head, "prune", "--model", str(workdir / "model"), "--teacher", str(workdir / "model"),
             "--train-file", str(workdir / "train.csv"), "--preset", "hybrid", "--sparsity", "0.5",
-            "--set", "attention_block=[8,8]", "--epochs", "4", "--batch-size", "8", "--max-length", "16",
+            "--set", "attention_block=[8,8]", "--epochs", "6", "--batch-size", "8", "--max-length", "16",
             "--training-arg", "save_steps=3", "--training-arg", "use_cpu=true", "--bench-repeats", "1",
             "--no-progress", "--output-dir", str(out)]
 
