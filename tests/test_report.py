@@ -232,3 +232,24 @@ def test_headline_signs_and_scales() -> None:
     points["teacher"]["metric"], points["final"]["metric"], points["metric_name"] = 88.0, 86.5, "f1"
     assert headline(points) == "2.1\u00d7 faster, \u22121.5 points f1"
     assert headline({}) == "Pruning report"
+
+
+def test_lower_is_better_metric_is_worded_as_values_and_change(run_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    perplexity = copy.deepcopy(REPORT)
+    perplexity.update(task="causal-lm", metric_name="perplexity", higher_is_better=False)
+    perplexity["teacher"]["metric"], perplexity["final"]["metric"] = 12.3, 13.1
+    assert headline(perplexity) == "2.1\u00d7 faster, perplexity 12.3 \u2192 13.1 (+0.8, lower is better)"
+    fraction = copy.deepcopy(REPORT)
+    fraction.update(metric_name="error", higher_is_better=False)
+    assert headline(fraction) == "2.1\u00d7 faster, error 84.2% \u2192 83.5% (\u22120.7 points, lower is better)"
+    assert headline(REPORT) == headline({**REPORT, "higher_is_better": True})  # absent means higher is better
+    figures: list[Any] = []
+    monkeypatch.setattr(plots, "_png", lambda fig: figures.append(fig) or PNG_MAGIC)
+    write_report(run_dir, perplexity)
+    text = render_report(run_dir)["report.md"].read_text(encoding="utf-8")
+    assert "| Change | +0.80 (lower is better) |" in text and "+0.8 points" not in text
+    (tradeoff,) = [fig for fig in figures if "vs speedup" in fig.axes[0].get_title()]
+    labels = [t.get_text() for t in tradeoff.axes[0].texts]
+    assert any("(+0.8, lower is better)" in label for label in labels), labels
+    assert tradeoff.axes[0].get_ylabel() == "perplexity, lower is better"

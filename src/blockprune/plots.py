@@ -297,11 +297,13 @@ def _as_percent(value: float, scale: float) -> str:
 
 
 def tradeoff_figure(teacher_metric: float, final_metric: float, speedup: float, metric_name: str,
-                    label: str = "pruned", theoretical: float | None = None) -> bytes:
+                    label: str = "pruned", theoretical: float | None = None, higher_is_better: bool = True) -> bytes:
     """This run's (speedup, metric) next to the dense teacher at (1.0, teacher metric) (PNG bytes).
 
-    Metrics in [0, 1] are drawn in percent. Example:
+    Metrics in [0, 1] are drawn in percent, their change in points; with ``higher_is_better=False``
+    (perplexity) the change and the axis say "lower is better". Example:
         >>> png = tradeoff_figure(0.84, 0.83, 2.1, "accuracy", "hybrid-filled", theoretical=2.3)
+        >>> png = tradeoff_figure(12.3, 13.1, 2.1, "perplexity", higher_is_better=False)
     """
     scale = 100.0 if 0 <= teacher_metric <= 1 and 0 <= final_metric <= 1 else 1.0
     teacher, final = teacher_metric * scale, final_metric * scale
@@ -317,15 +319,19 @@ def tradeoff_figure(teacher_metric: float, final_metric: float, speedup: float, 
         xs.append(theoretical)
     ax.annotate(f"dense teacher\n{_as_percent(teacher_metric, scale)}", (1.0, teacher), xytext=(-10, 10),
                 textcoords="offset points", ha="right", va="bottom", fontsize=9)
-    drop = final - teacher
-    points = f"{drop:+.1f}".replace("-", "\u2212")
-    ax.annotate(f"{label}\n{speedup:.2f}\u00d7, {_as_percent(final_metric, scale)}\n({points} points)", (speedup, final),
+    change = f"{final - teacher:+.1f}".replace("-", "\u2212")
+    if higher_is_better:
+        change += " points"
+    else:
+        change += f"{' points' if scale == 100 else ''}, lower is better"
+    ax.annotate(f"{label}\n{speedup:.2f}\u00d7, {_as_percent(final_metric, scale)}\n({change})", (speedup, final),
                 xytext=(10, -10), textcoords="offset points", ha="left", va="top", fontsize=9)
     span = max(abs(teacher - final), 0.5 if scale == 100 else 0.005)
     ax.set_ylim(min(teacher, final) - 2.2 * span, max(teacher, final) + 1.6 * span)
     ax.set_xlim(0.5, max(xs) * 1.3 + 0.2)
     ax.set_xlabel("speedup over the dense teacher (\u00d7)")
-    ax.set_ylabel(f"{metric_name} (%)" if scale == 100 else metric_name)
+    axis = f"{metric_name} (%)" if scale == 100 else metric_name
+    ax.set_ylabel(axis if higher_is_better else f"{axis}, lower is better")
     ax.set_title(f"{metric_name.capitalize()} vs speedup")
     ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
     ax.grid(alpha=0.3)

@@ -24,7 +24,7 @@ from typing import Any
 
 from . import atomic, plots
 from .report_doc import to_html, to_markdown
-from .report_sections import build_document, dig, int_list, metrics, number
+from .report_sections import build_document, dig, higher_is_better, int_list, metrics, number
 
 REPORT_FILE = "report.json"
 PLOTS_DIR = "plots"
@@ -115,7 +115,7 @@ def make_figures(report: dict[str, Any], run_dir: Path) -> tuple[dict[str, bytes
     else:
         figures["tradeoff.png"] = plots.tradeoff_figure(
             teacher, final, speed, str(report.get("metric_name", "metric")), str(report.get("preset", "pruned")),
-            number(dig(report, "speedup", "theoretical")))
+            number(dig(report, "speedup", "theoretical")), higher_is_better(report))
     for name, kept_key, total_key, what in (("heads_per_layer.png", "heads_kept", "heads_total", "attention heads"),
                                             ("ffn_width.png", "ffn_width", "ffn_total", "FFN neurons")):
         kept, total = int_list(report.get(kept_key)), int_list(report.get(total_key))

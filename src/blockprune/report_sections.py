@@ -3,12 +3,16 @@
 Each builder reads only what it needs and turns a missing part into a :class:`~blockprune.report_doc.Note`,
 so a partial ``report.json`` still gives a useful report. Numbers are formatted here once for both outputs:
 metrics in [0, 1] are shown in percent and their change in points, counts as ``10.62 M``, signs with a true
-minus.
+minus. A metric where lower is better (``report["higher_is_better"]`` false, e.g. perplexity) is quoted
+as both values and their change, marked "lower is better", so a rise never reads as a gain.
 
 Example:
     >>> headline({"metric_name": "accuracy", "teacher": {"metric": 0.842}, "final": {"metric": 0.835},
     ...           "speedup": {"measured": 2.09}})
     '2.1× faster, −0.7 points accuracy'
+    >>> headline({"metric_name": "perplexity", "higher_is_better": False, "teacher": {"metric": 12.3},
+    ...           "final": {"metric": 13.1}, "speedup": {"measured": 2.09}})
+    '2.1× faster, perplexity 12.3 → 13.1 (+0.8, lower is better)'
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 from .report_doc import Code, Document, Figure, Note, Row, Section, Table
 
 MINUS = "\u2212"
+LOWER = "lower is better"
 
 
 # ------------------------------------------------------------------------------------------ reading helpers
@@ -100,9 +105,24 @@ def _measured_batch(report: dict[str, Any]) -> str | None:
     return None
 
 
+def higher_is_better(report: dict[str, Any]) -> bool:
+    """``report["higher_is_better"]`` (written by the pipeline from the task); ``True`` when absent or not a bool."""
+    value = report.get("higher_is_better")
+    return value if isinstance(value, bool) else True
+
+
 def _points(report: dict[str, Any]) -> float | None:
     teacher, final, scale = metrics(report)
     return None if teacher is None or final is None else (final - teacher) * scale
+
+
+def _change(report: dict[str, Any], digits: int) -> str | None:
+    """Final minus teacher metric: ``−0.7 points``; a lower-is-better metric not in percent has no unit (``+0.80``)."""
+    points = _points(report)
+    if points is None:
+        return None
+    in_points = higher_is_better(report) or metrics(report)[2] == 100
+    return f"{_signed(points, digits)}{' points' if in_points else ''}"
 
 
 def _cell(value: Any) -> str:
@@ -117,14 +137,21 @@ def _cell(value: Any) -> str:
 
 # --------------------------------------------------------------------------------------------- document
 def headline(report: dict[str, Any]) -> str:
-    """The key result in words, e.g. ``"2.1× faster, −0.7 points accuracy"``."""
+    """The key result in words, e.g. ``"2.1× faster, −0.7 points accuracy"``.
+
+    When lower is better: ``"2.1× faster, perplexity 12.3 → 13.1 (+0.8, lower is better)"``.
+    """
     parts = []
     speed = number(dig(report, "speedup", "measured"))
     if speed is not None:
         parts.append(f"{speed:.1f}\u00d7 faster")
-    points = _points(report)
-    if points is not None:
-        parts.append(f"{_signed(points)} points {report.get('metric_name', 'metric')}")
+    change = _change(report, 1)
+    metric = report.get("metric_name", "metric")
+    if change is not None and higher_is_better(report):
+        parts.append(f"{change} {metric}")
+    elif change is not None:
+        teacher, final, scale = metrics(report)
+        parts.append(f"{metric} {_metric_text(teacher, scale)} \u2192 {_metric_text(final, scale)} ({change}, {LOWER})")
     return ", ".join(parts) or "Pruning report"
 
 
@@ -194,8 +221,8 @@ def _summary(report: dict[str, Any], tradeoff: Figure | Note) -> Section:
     add("Achieved", _target_text(report.get("target"), "achieved"))
     add(f"Teacher {metric}", _metric_text(teacher, scale) if teacher is not None else None)
     add(f"Final {metric}", _metric_text(final, scale) if final is not None else None)
-    points = _points(report)
-    add("Change", f"{_signed(points, 2 if scale == 1 else 1)} points" if points is not None else None)
+    change = _change(report, 2 if scale == 1 else 1)
+    add("Change", f"{change} ({LOWER})" if change and not higher_is_better(report) else change)
     for batch, value in _batches(dig(report, "speedup", "measured_by_batch")):
         add(f"Measured speedup (batch {batch})", f"{value:.2f}\u00d7")
     if not _batches(dig(report, "speedup", "measured_by_batch")) and number(dig(report, "speedup", "measured")):
