@@ -311,7 +311,9 @@ class Run:
                 train(model, self.task, self.tokenizer, stage, settings)
                 save_hf_model(model, stage / "model", self.tokenizer)
                 source = str(stage / "model")
-            return {"model": source, "metrics": self.task.evaluate(model, self.tokenizer, progress=self.options.progress)}
+            metrics = self.task.evaluate(model, self.tokenizer, batch_size=self.options.batch_size,
+                                         progress=self.options.progress)
+            return {"model": source, "metrics": metrics}
 
         return self.stage("teacher", work)
 
@@ -369,7 +371,8 @@ class Run:
 
     def stage_evaluate(self) -> dict[str, Any]:
         def work(stage: Path) -> dict[str, Any]:
-            return {"metrics": self.task.evaluate(self.load_final(), self.tokenizer, progress=self.options.progress)}
+            return {"metrics": self.task.evaluate(self.load_final(), self.tokenizer, batch_size=self.options.batch_size,
+                                                  progress=self.options.progress)}
 
         return self.stage("evaluate", work)
 
