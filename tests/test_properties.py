@@ -175,8 +175,6 @@ def test_warmup_and_cooldown_summing_to_one_or_more_are_refused() -> None:
         PruningConfig(warmup=0.6, cooldown=0.4)
 
 
-@pytest.mark.xfail(strict=True, reason="config.py accepts NaN/inf for regularization, score_lr and score_init "
-                                       "(reported: they should be finite numbers); a NaN then surfaces as a NaN loss")
 @pytest.mark.parametrize("name", ["regularization", "score_lr", "score_init"])
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_non_finite_numbers_are_refused(name: str, value: float) -> None:

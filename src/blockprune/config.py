@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -97,8 +98,8 @@ class PruningConfig:
                 raise ConfigError(f"{name}={value!r} is not a registered method; choose one of {sorted(METHODS)}")
         for name in ("sparsity", "warmup", "cooldown", "threshold", "regularization", "score_lr", "score_init"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {type(value).__name__} {value!r}")
         _check_sparsity("sparsity", self.sparsity)
         if self.attention_sparsity is not None:
             _check_sparsity("attention_sparsity", self.attention_sparsity)

@@ -164,7 +164,7 @@ def _resolve_class(config: transformers.PretrainedConfig, model_class: type | No
 
 def _build(folder: Path, model_class: type | None, attn_implementation: str | None) -> nn.Module:
     try:
-        config = transformers.AutoConfig.from_pretrained(folder)
+        config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise PrunedModelError(f"{folder / CONFIG_FILE}: not a usable transformers config ({err}).") from err
     cls = _resolve_class(config, model_class)
