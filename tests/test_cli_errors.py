@@ -205,8 +205,6 @@ def test_bad_rows_are_numbered_as_in_the_file_with_a_validation_file(folders, tm
     assert "in 1 row(s) (1-based, header excluded): [6]" in one_error(capsys, "prune")
 
 
-@pytest.mark.xfail(strict=True, reason="tasks/load.py checks the rows after the default 10% hold-out split, so it "
-                                       "numbers them in the shuffled remainder, not in the file (reported)")
 def test_bad_rows_are_numbered_as_in_the_file_when_part_is_held_out(folders, tmp_path, capsys) -> None:
     train = write_rows(tmp_path / "train.csv", GOOD_ROWS[:5] + [{"text": "", "label": 1}] + GOOD_ROWS[5:])
     assert main(prune_line(folders["plain"], tmp_path / "run", "--train-file", str(train))) == EXIT_USAGE

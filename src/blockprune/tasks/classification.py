@@ -164,6 +164,16 @@ class ClassificationTask(LabelTask):
         return FeatureDataset(features)
 
 
+def check_rows(records: list[Record], columns: dict[str, str | None], where: str) -> None:
+    """One clear error for an empty file, a missing column or a missing value (rows numbered as in ``where``)."""
+    if not records:
+        raise DataError(f"{where} holds no examples; give at least one row.")
+    require_columns(records, columns, where)
+    for column in columns.values():
+        if column is not None:
+            check_not_missing(records, column, where)
+
+
 def classification_task(
     train_records: list[Record],
     eval_records: list[Record],
@@ -187,14 +197,9 @@ def classification_task(
     Raises:
         DataError: missing columns, empty texts, missing labels, fewer than two classes, unknown eval labels.
     """
+    columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
     for records, where in ((train_records, train_where), (eval_records, eval_where)):
-        if not records:
-            raise DataError(f"{where} holds no examples; give at least one row.")
-        columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
-        require_columns(records, columns, where)
-        for column in (text_column, text_pair_column, label_column):
-            if column is not None:
-                check_not_missing(records, column, where)
+        check_rows(records, columns, where)
     names = _label_names(train_records, label_column, label_names, train_where)
     index = {name: i for i, name in enumerate(names)}
     _check_labels(eval_records, label_column, index, eval_where)

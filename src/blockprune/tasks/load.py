@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from .base import DataError, Task, subsample
 from .causal_lm import CausalLMTask, documents_from_records, read_documents
-from .classification import ClassificationTask, TextExample, choose_label_names, classification_task
+from .classification import ClassificationTask, TextExample, check_rows, choose_label_names, classification_task
 from .embedded import DATA_PIP, LABEL_NAMES, rotten_tomatoes_split
 from .images import ImageTask, folder_examples, scan_image_folder, verify_images
 from .qa import DEFAULT_DOC_STRIDE, QATask
@@ -162,7 +162,10 @@ def _load_classification(
         train, train_where = read_records(train_file), str(train_file)
         if validation_file is not None:
             evaluation, eval_where = read_records(validation_file), str(validation_file)
-        else:
+        else:  # check the whole file first, so bad rows are numbered as in the file
+            check_rows(train, {"text_column": columns["text_column"] or "text",
+                               "text_pair_column": columns["text_pair_column"],
+                               "label_column": columns["label_column"] or "label"}, train_where)
             train, evaluation = holdout(train, HOLDOUT_FRACTION, seed)
             eval_where = f"{train_where} (held-out {HOLDOUT_FRACTION:.0%})"
         source = f"files: train={train_file}, validation={validation_file or eval_where}"
