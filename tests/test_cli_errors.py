@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from tiny import prune_at_random
 
-from blockprune import Pruner, PruningConfig, save_pruned
+from blockprune import save_pruned
 from blockprune.cli import main
 from blockprune.shrink import shrink
 from blockprune.tasks import embedded_model_path
@@ -39,13 +40,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     model = transformers.BertForSequenceClassification(config).eval()
     model.save_pretrained(root / "plain")
     tokenizer.save_pretrained(root / "plain")
-    pruner = Pruner(model, PruningConfig.preset("struct", sparsity=0.5))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for group in pruner.groups:
-            group.scores.copy_(torch.randn(group.scores.shape, generator=generator))
-    pruner.step(10, 10)
-    pruner.finalize()
+    prune_at_random(model)
     save_pruned(model, root / "pruned", tokenizer, result=shrink(model))
     with (root / "train.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)

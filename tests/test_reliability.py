@@ -36,6 +36,7 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file
+from tiny import prune_at_random
 
 from blockprune import Pruner, PruningConfig, atomic
 from blockprune.pipeline import save_hf_model, write_done
@@ -357,13 +358,7 @@ def shrunk(workdir: Path) -> tuple[torch.nn.Module, Any, dict[str, torch.Tensor]
     """A pruned and shrunk tiny BERT, its tokenizer and a tokenized batch."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(workdir / "model")
     model = transformers.AutoModelForSequenceClassification.from_pretrained(workdir / "model").eval()
-    pruner = Pruner(model, PruningConfig.preset("struct", sparsity=0.5))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for group in pruner.groups:
-            group.scores.copy_(torch.randn(group.scores.shape, generator=generator))
-    pruner.step(10, 10)
-    pruner.finalize()
+    prune_at_random(model)
     shrink(model)
     batch = dict(tokenizer(["a fine witty movie", "dull"], padding=True, return_tensors="pt"))
     return model, tokenizer, batch

@@ -131,3 +131,20 @@ def tiny_batch(model_type: str, task: str | None = None, batch: int = 4, seq_len
         targets = torch.roll(inputs["input_ids"], 1, dims=1)
         return {**inputs, "decoder_input_ids": inputs["input_ids"], "labels": targets}
     return {**inputs, "labels": labels}
+
+
+def prune_at_random(model: nn.Module, preset: str = "struct", sparsity: float = 0.5, seed: int = 0) -> nn.Module:
+    """Patch ``model`` with a preset, give it seeded random scores, jump to the end of the schedule, finalize.
+
+    The model keeps its full shapes with zeros where the random masks pruned (ready for ``shrink``).
+    """
+    from blockprune import Pruner, PruningConfig
+
+    pruner = Pruner(model, PruningConfig.preset(preset, sparsity=sparsity))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for group in pruner.groups:
+            group.scores.copy_(torch.randn(group.scores.shape, generator=generator))
+    pruner.step(10, 10)
+    return pruner.finalize()
+
