@@ -158,8 +158,13 @@ def check_overrides(overrides: dict[str, Any]) -> None:
         )
 
 
-def training_arguments(out_dir: Path, settings: TrainSettings, steps_per_epoch: int) -> transformers.TrainingArguments:
-    """TrainingArguments of a stage: checkpoints every ``save_steps``, only the last one kept."""
+def training_arguments(out_dir: Path, settings: TrainSettings, steps_per_epoch: int,
+                       group_by_length: bool = False) -> transformers.TrainingArguments:
+    """TrainingArguments of a stage: checkpoints every ``save_steps``, only the last one kept.
+
+    ``group_by_length`` batches token sequences of similar length together (in shuffled mega-batches), so
+    padding to the longest in the batch wastes little: on short, varied texts this cuts the FLOPs of an epoch.
+    """
     check_overrides(settings.overrides)
     values: dict[str, Any] = dict(
         output_dir=str(out_dir / "checkpoints"),
@@ -182,6 +187,7 @@ def training_arguments(out_dir: Path, settings: TrainSettings, steps_per_epoch: 
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),  # also makes torchrun on CPU use DDP over gloo
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
     )
     values.update(settings.overrides)
     return transformers.TrainingArguments(**values)
@@ -205,7 +211,8 @@ def train(
     out_dir = Path(out_dir)
     dataset = task.train_dataset(tokenizer, settings.max_length)
     steps_per_epoch = max(1, math.ceil(len(dataset) / settings.batch_size))
-    args = training_arguments(out_dir, settings, steps_per_epoch)
+    tokens = len(dataset) > 0 and isinstance(dataset[0], dict) and "input_ids" in dataset[0]
+    args = training_arguments(out_dir, settings, steps_per_epoch, group_by_length=tokens)
     objective = PruningObjective(model, pruner, teacher, settings.alpha, settings.temperature)
     watch = StopOnNonFinite(objective)
     callbacks: list[transformers.TrainerCallback] = [watch]
