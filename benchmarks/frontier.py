@@ -46,10 +46,15 @@ class Point:
     target_kind: str = "speedup"
     extra: list[str] = field(default_factory=list)
     label: str = ""
+    epochs: float | None = None  # None: the frontier's --epochs
+    seed: int | None = None  # None: the CLI's default seed (42)
 
-    def flags(self) -> list[str]:
+    def flags(self, epochs: float) -> list[str]:
         target = ["--target-speedup" if self.target_kind == "speedup" else "--sparsity", str(self.target)]
-        return ["--preset", self.preset, *target, *self.extra]
+        epochs = self.epochs or epochs
+        seed = [] if self.seed is None else ["--seed", str(self.seed)]
+        return ["--preset", self.preset, *target, *self.extra, *seed, "--epochs", str(epochs), "--fill-epochs",
+                str(epochs)]
 
 
 def plan(quick: bool) -> list[Point]:
@@ -79,19 +84,31 @@ def plan(quick: bool) -> list[Point]:
         keep = ("struct-2.0", "magnitude-oneshot-2.0", "magnitude-gradual-2.0", "hybrid-filled-2.0", "struct-3.0",
                 "magnitude-oneshot-3.0")
         return [p for p in points if p.name in keep]
-    if not quick:
-        points.append(Point("unstructured-0.5", "unstructured", 0.5, "sparsity", label="unstructured"))
-        points.append(Point("block-0.5", "block", 0.5, "sparsity", label="block 32x32"))
+    points.append(Point("unstructured-0.5", "unstructured", 0.5, "sparsity", label="unstructured"))
+    points.append(Point("block-0.5", "block", 0.5, "sparsity", label="block 32x32"))
+    # the run-to-run spread: the two points nearest the goals again with another training seed
+    for t in (2.0, 3.4):
+        points.append(Point(f"struct-{t}-s43", "struct", t, label="struct, seed 43", seed=43))
+    # a longer pruning schedule (2 epochs instead of 1), where the goals are tight
+    for t in (2.25, 3.6, 2.0, 3.0):
+        points.append(Point(f"struct-{t}-e2", "struct", t, label="struct, 2 epochs", epochs=2.0))
     return points
 
 
-def run_point(point: Point, runs: Path, common: list[str], teacher: Path | None) -> dict[str, Any] | None:
-    """Run (or resume) one point; return its record, or None if it failed."""
+def run_point(point: Point, runs: Path, common: list[str], epochs: float, teacher: Path | None,
+              rebench: bool = False) -> dict[str, Any] | None:
+    """Run (or resume) one point; return its record, or None if it failed.
+
+    ``rebench`` measures the latency of a finished run again (its other stages are kept): the pipeline
+    redoes a stage whose done.json is gone and rebuilds the report from all stages.
+    """
     out = runs / point.name
-    command = ["blockprune", "prune", *point.flags(), *common, "--output-dir", str(out)]
+    command = ["blockprune", "prune", *point.flags(epochs), *common, "--output-dir", str(out)]
     if teacher is not None:
         command += ["--teacher", str(teacher)]
-    if not (out / "report.json").is_file():
+    if rebench and (out / "report.json").is_file():
+        (out / "bench" / "done.json").unlink(missing_ok=True)
+    if rebench or not (out / "report.json").is_file():
         log = runs / f"{point.name}.log"
         print(f"[frontier] {point.name}: {shlex.join(command)}  (log: {log})", flush=True)
         start = time.perf_counter()
@@ -110,6 +127,8 @@ def run_point(point: Point, runs: Path, common: list[str], teacher: Path | None)
         "preset": point.preset,
         "target": point.target,
         "target_kind": point.target_kind,
+        "epochs": point.epochs or epochs,
+        "seed": 42 if point.seed is None else point.seed,
         "achieved": report["target"]["achieved"],
         "metric_name": report["metric_name"],
         "metric": report["final"]["metric"],
@@ -270,17 +289,30 @@ Not run yet (the goals above speak only of the runs in the table): {', '.join(mi
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small version: 2000 train / 500 dev examples, 6 runs")
-    parser.add_argument("--only", help="comma-separated run names")
+    parser.add_argument("--only", help="comma-separated run names, run in that order")
     parser.add_argument("--runs-dir", default=str(ROOT / "benchmarks" / "runs"))
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--report-only", action="store_true", help="only rewrite the outputs from finished runs")
+    parser.add_argument("--rebench", action="store_true",
+                        help="measure the latency of the finished runs (or those of --only) again, one after another "
+                             "on a quiet machine; training results are kept")
     args = parser.parse_args()
     runs = Path(args.runs_dir) / ("quick" if args.quick else "full")
     runs.mkdir(parents=True, exist_ok=True)
-    common = ["--epochs", str(args.epochs), "--fill-epochs", str(args.epochs), "--no-progress"]
+    common = ["--no-progress"]
     if args.quick:
         common += ["--max-train-samples", "2000", "--max-eval-samples", "500", "--bench-repeats", "4"]
+    else:
+        common += ["--bench-repeats", "20"]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    every = plan(args.quick)
+    points = every
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = sorted(set(wanted) - {p.name for p in every})
+        if unknown:
+            parser.error(f"--only {','.join(unknown)}: no such run; the plan has {', '.join(p.name for p in every)}")
+        points = [p for name in wanted for p in every if p.name == name]  # in the order given
 
     from blockprune.pipeline import Run, RunOptions
 
@@ -291,26 +323,24 @@ def main() -> None:
     teacher_run.check_run_dir()
     print("[frontier] teacher: fine-tuning the dense model once for all runs", flush=True)
     teacher = Path(teacher_run.stage_teacher()["model"])
-    points = plan(args.quick)
-    if args.only:
-        wanted = set(args.only.split(","))
-        points = [p for p in points if p.name in wanted]
-    every = plan(args.quick)
-    if args.report_only:
-        points = []
-        finished = [p for p in every if (runs / p.name / "report.json").is_file()]
-        missing = [p.name for p in every if p not in finished]
-        write_outputs([r for p in finished if (r := run_point(p, runs, common, teacher))], args.quick, common, started,
-                      missing)
-    for point in points:
-        if run_point(point, runs, common, teacher) is not None:
-            # the records hold every finished run of the plan, also those of earlier invocations
-            finished = [p for p in every if (runs / p.name / "report.json").is_file()]
-            records = [run_point(p, runs, common, teacher) for p in finished]
-            missing = [p.name for p in every if p not in finished]
-            write_outputs([r for r in records if r is not None], args.quick, common, started, missing)
-    done = sum((runs / p.name / "report.json").is_file() for p in every)
-    print(f"[frontier] {done}/{len(every)} runs done; see docs/RESULTS{'_quick' if args.quick else ''}.md")
+
+    def finished() -> list[Point]:
+        return [p for p in every if (runs / p.name / "report.json").is_file()]
+
+    def write() -> None:
+        # the records hold every finished run of the plan, also those of earlier invocations
+        done = finished()
+        records = [run_point(p, runs, common, args.epochs, teacher) for p in done]
+        missing = [p.name for p in every if p not in done]
+        write_outputs([r for r in records if r is not None], args.quick, common, started, missing)
+
+    if args.rebench:
+        points = [p for p in points if p in finished()]
+    for point in [] if args.report_only else points:
+        if run_point(point, runs, common, args.epochs, teacher, rebench=args.rebench) is not None:
+            write()
+    write()
+    print(f"[frontier] {len(finished())}/{len(every)} runs done; see docs/RESULTS{'_quick' if args.quick else ''}.md")
 
 
 if __name__ == "__main__":
