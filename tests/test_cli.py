@@ -68,6 +68,7 @@ def test_prune_end_to_end_writes_model_and_report(tiny_dir, data_files, tmp_path
     assert report["speedup"]["theoretical"] > 1.0 and report["speedup"]["measured"] > 0
     assert report["pruning"]["density"]["overall"] == pytest.approx(0.5, abs=0.05)
     assert sum(report["ffn_width"]) <= 0.55 * 2 * 64
+    assert report["heads_total"] == [4, 4] and report["ffn_total"] == [64, 64]  # read from the dense modules
     if preset == "struct":
         assert report["heads_kept"] == [2, 2]
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
@@ -88,6 +89,17 @@ def test_prune_end_to_end_writes_model_and_report(tiny_dir, data_files, tmp_path
     assert main(prune_args(tiny_dir, data_files, out, "--preset", preset, *extra)) == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/done.json")} == done
     report = json.loads((out / "report.json").read_text())
+
+    # a bench done.json from before the per-layer totals were recorded is measured again, nothing else
+    bench = out / "bench" / "done.json"
+    old = json.loads(bench.read_text())
+    bench.write_text(json.dumps({k: v for k, v in old.items() if k not in ("heads_before", "ffn_before")}))
+    assert main(prune_args(tiny_dir, data_files, out, "--preset", preset, *extra)) == 0
+    assert json.loads(bench.read_text())["heads_before"] == [4, 4]
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/done.json") if p != bench} == {
+        p: t for p, t in done.items() if p != bench}
+    report = json.loads((out / "report.json").read_text())
+    assert report["heads_total"] == [4, 4]
 
     # the same folder with other options is refused, nothing overwritten
     assert main(prune_args(tiny_dir, data_files, out, "--preset", preset, "--sparsity", "0.3")) == 2

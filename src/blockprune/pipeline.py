@@ -39,7 +39,7 @@ from torch import nn
 
 from . import __version__, atomic
 from .config import HEAD, PRESETS, PruningConfig
-from .measure import count_params, flops_per_token, speedup
+from .measure import count_params, ffn_per_layer, flops_per_token, heads_per_layer, speedup
 from .pruner import Pruner
 from .saving import load_pruned, save_pruned
 from .shrink import shrink
@@ -383,11 +383,15 @@ class Run:
             result = speedup(reference, model, seq_len=o.bench_seq_len, batch_sizes=o.bench_batch_sizes,
                              repeats=o.bench_repeats, progress=o.progress)
             return result | {
+                "heads_before": heads_per_layer(reference), "ffn_before": ffn_per_layer(reference),
                 "params_before": count_params(reference), "params_after": count_params(model),
                 "flops_before": flops_per_token(reference, o.bench_seq_len),
                 "flops_after": flops_per_token(model, o.bench_seq_len),
             }
 
+        stale = read_done(self.dir / "bench")
+        if stale is not None and "heads_before" not in stale:  # measured by blockprune < 0.1.0's final form
+            (self.dir / "bench" / "done.json").unlink()
         return self.stage("bench", work)
 
     def execute(self) -> dict[str, Any]:
@@ -459,26 +463,15 @@ class Run:
                        for key in ("linear", "total", "non_embedding")},
             "flops_per_token": {"before": bench["flops_before"]["total"], "after": bench["flops_after"]["total"]},
             "heads_kept": heads,
-            "heads_total": [self._heads_total()] * len(heads),
+            "heads_total": bench["heads_before"],
             "ffn_width": shrunk["ffn_width"],
-            "ffn_total": [self._ffn_total()] * len(heads),
+            "ffn_total": bench["ffn_before"],
             "stages": {name: {"seconds": round(s.get("seconds", 0.0), 1)} for name, s in stages.items()},
             "command": o.command or "blockprune.run(RunOptions(...)) from Python",
             "versions": versions(),
             "machine": machine(),
             "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
-
-    def _heads_total(self) -> int:
-        config = transformers.AutoConfig.from_pretrained(self.model_path, trust_remote_code=self.options.trust_remote_code)
-        return int(getattr(config, "num_attention_heads", getattr(config, "n_heads", 0)))
-
-    def _ffn_total(self) -> int:
-        config = transformers.AutoConfig.from_pretrained(self.model_path, trust_remote_code=self.options.trust_remote_code)
-        width = getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", None)
-        if width is None and hasattr(config, "n_embd"):  # GPT-2: n_inner, default 4 x hidden
-            width = getattr(config, "n_inner", None) or 4 * config.n_embd
-        return int(width or 0)
 
 
 def run(options: RunOptions) -> dict[str, Any]:

@@ -106,7 +106,7 @@ class ShrinkResult:
         return asdict(self)
 
 
-def count_params(model: nn.Module) -> int:
+def _total_params(model: nn.Module) -> int:
     """Number of distinct parameter elements (tied weights counted once)."""
     return sum(p.numel() for p in model.parameters())
 
@@ -359,7 +359,7 @@ def shrink(model: nn.Module) -> ShrinkResult:
         >>> result.heads_per_layer          # doctest: +SKIP
         [[7], [12], [3], [0], [9], [5]]
     """
-    before = count_params(model)
+    before = _total_params(model)
     heads_kept: list[list[list[int]]] = []
     neurons_kept: list[list[int]] = []
     folded = 0
@@ -372,7 +372,7 @@ def shrink(model: nn.Module) -> ShrinkResult:
             _keep_neurons(block, stack.ffn, keep_n, layer, fold_idx, fold_values)
             neurons_kept.append(keep_n)
             folded += int(fold_idx.numel())
-    return ShrinkResult(heads_kept, neurons_kept, before, count_params(model), folded)
+    return ShrinkResult(heads_kept, neurons_kept, before, _total_params(model), folded)
 
 
 def _shrink_attention(block: nn.Module, attn: AttentionSpec, layer: int) -> list[int]:
