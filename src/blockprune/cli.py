@@ -11,10 +11,12 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -195,6 +197,19 @@ def folder_processors(path: str | Path) -> Processors | None:
     return Processors(parts) if parts else None
 
 
+@contextlib.contextmanager
+def _quiet_transformers(quiet: bool) -> Iterator[None]:
+    """Silence transformers' own progress bars ("Loading weights") too, and restore them afterwards."""
+    was_enabled = transformers.utils.logging.is_progress_bar_enabled()
+    if quiet:
+        transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers.utils.logging.enable_progress_bar()
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from .pipeline import RunOptions, is_main_process, run
 
@@ -211,7 +226,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         output_dir=args.output_dir, bench_repeats=args.bench_repeats, progress=not args.no_progress,
         command="blockprune " + shlex.join(args.argv),
     )
-    report = run(options)
+    with _quiet_transformers(args.no_progress):
+        report = run(options)
     if not is_main_process():
         return 0
     change = report["final"]["metric"] - report["teacher"]["metric"]
