@@ -189,6 +189,21 @@ def test_corrupted_weights_name_the_file(bad_copy: Path, damage: str) -> None:
         load_pruned(bad_copy)
 
 
+def test_a_flipped_weight_byte_is_caught_by_the_checksum(bad_copy: Path) -> None:
+    file = bad_copy / WEIGHTS_FILE
+    data = bytearray(file.read_bytes())
+    data[-3] ^= 0x01  # one bit of the last tensor's data: safetensors itself reads this without complaint
+    file.write_bytes(bytes(data))
+    with pytest.raises(PrunedModelError, match=rf"{WEIGHTS_FILE}: its SHA-256 differs from the one {SHAPES_FILE}"):
+        load_pruned(bad_copy)
+    load_pruned(bad_copy, verify=False)  # the escape hatch named in the message
+
+
+def test_a_record_without_checksum_still_loads(bad_copy: Path) -> None:
+    edit_record(bad_copy, lambda r: r.pop("weights_sha256"))  # folders saved before checksums existed
+    assert load_pruned(bad_copy).bert.encoder.layer[1].attention.self.num_attention_heads == 0
+
+
 # --------------------------------------------------------------------------------------------- real model
 
 

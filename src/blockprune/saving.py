@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -34,6 +35,7 @@ from .shrink import ShrinkError, ShrinkResult, apply_shapes, shape_record
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SHAPES_FILE = "pruned_shapes.json"
+_CHECKSUM_KEY = "weights_sha256"  # in the shape record: the weights file as saved
 _ALIASES_KEY = "blockprune_aliases"
 
 
@@ -99,6 +101,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], tokenizer: Any =
     with atomic_dir(path) as tmp:
         config.save_pretrained(tmp)
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", _ALIASES_KEY: json.dumps(aliases)})
+        record[_CHECKSUM_KEY] = _sha256(tmp / WEIGHTS_FILE)
         write_text(tmp / SHAPES_FILE, json.dumps(record, indent=1, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -106,6 +109,24 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], tokenizer: Any =
 
 
 # --------------------------------------------------------------------------------------------- load
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_checksum(record: dict[str, Any], weights: Path, shapes: Path) -> None:
+    """A byte changed anywhere in the weights (which safetensors would load silently) is caught here."""
+    expected = record.get(_CHECKSUM_KEY)
+    if expected is not None and _sha256(weights) != expected:
+        raise PrunedModelError(
+            f"{weights}: its SHA-256 differs from the one {shapes.name} recorded when it was saved; the file was "
+            "changed or damaged since. Save the model again (or pass verify=False to load it anyway)."
+        )
 
 
 def _check_folder(folder: Path) -> None:
@@ -203,7 +224,7 @@ def _match_dtype(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def load_pruned(path: str | os.PathLike[str], model_class: type | None = None,
-                attn_implementation: str | None = None) -> nn.Module:
+                attn_implementation: str | None = None, verify: bool = True) -> nn.Module:
     """Rebuild a model saved by :func:`save_pruned`, at its small shapes, in eval mode.
 
     Nothing is downloaded: the model is built from the saved ``config.json``, resized with
@@ -214,10 +235,13 @@ def load_pruned(path: str | os.PathLike[str], model_class: type | None = None,
         model_class: the class to build (e.g. ``BertForSequenceClassification`` or an auto class); default:
             the class named in ``config.architectures``, else ``transformers.AutoModel``.
         attn_implementation: e.g. ``"eager"`` or ``"sdpa"``; default: transformers' choice.
+        verify: check the weights file against the SHA-256 that :func:`save_pruned` recorded (folders saved
+            before checksums were recorded load without the check).
 
     Raises:
         PrunedModelError: the folder or a file is missing, a plain (unshrunk) save, a corrupted file, a shape
-            record newer than this version or inconsistent with the config or the weights. The message names
+            record newer than this version or inconsistent with the config or the weights, weights that differ
+            from the checksum recorded at save time. The message names
             the file and, for weights, the tensor.
 
     Example:
@@ -229,6 +253,8 @@ def load_pruned(path: str | os.PathLike[str], model_class: type | None = None,
     shapes, weights = folder / SHAPES_FILE, folder / WEIGHTS_FILE
     record = _read_record(shapes)
     tensors, aliases = _read_weights(weights)
+    if verify:
+        _check_checksum(record, weights, shapes)
     model = _build(folder, model_class, attn_implementation)
     try:
         apply_shapes(model, record)
