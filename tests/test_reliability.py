@@ -7,8 +7,8 @@
   replays the very same float operations in the same order (same batches, same dropout masks), so any
   difference, however small, means some state was not restored.
 * Atomic saves: a failure injected at each point of a save (and a real SIGKILL in the middle of one) leaves
-  the previous folder or file intact and loadable, with no temporary litter (except after SIGKILL, where
-  no cleanup can run: the litter is a hidden ``.*.tmp`` folder beside it).
+  the previous folder or file intact and loadable, with no temporary litter (after SIGKILL no cleanup can
+  run: the hidden ``.*.tmp`` folder beside it is swept by the next save to the same path).
 * Non-finite loss: training stops at the step whose loss is NaN, before that step updates any weight, with
   a message naming the step and the last good checkpoint, which is kept.
 * Safety: no pickle in the source, the Trainer's own checkpoint files are read with ``weights_only=True``,
@@ -516,7 +516,12 @@ def test_a_sigkill_in_the_middle_of_a_save_leaves_the_previous_folder_loadable(s
     kill_when(proc, marker.exists, signal.SIGKILL, timeout=120)
     assert torch.equal(logits(load_pruned(path), batch), logits(model, batch))
     leftovers = litter(tmp_path)  # no cleanup can run after SIGKILL: a hidden temporary folder, nothing else
-    assert len(leftovers) == 1 and re.fullmatch(r"\.small\..+\.tmp", leftovers[0]), leftovers
+    assert len(leftovers) == 1 and re.fullmatch(rf"\.small\.{proc.pid}\..+\.tmp", leftovers[0]), leftovers
+    live = tmp_path / f".small.{os.getppid()}.x.tmp"  # a save by a live process (in progress) is left alone
+    live.mkdir()
+    save_pruned(model, path, tokenizer)  # the next save sweeps the dead writer's folder
+    assert litter(tmp_path) == [live.name]
+    assert torch.equal(logits(load_pruned(path), batch), logits(model, batch))
 
 
 # ------------------------------------------------------------------------------------------------ safety

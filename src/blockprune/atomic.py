@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import glob
 import os
 import shutil
 import sys
@@ -112,18 +113,42 @@ def _publish(tmp: Path, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _sweep(path: Path) -> None:
+    """Remove the temporary folders of earlier saves to ``path`` whose process died (SIGKILL, power loss).
+
+    A temporary folder is named ``.<name>.<pid>.<random>.tmp``; one whose process still runs is another
+    save in progress and is left alone.
+    """
+    for litter in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = litter.name[len(path.name) + 2:].split(".", 1)[0]
+        if litter.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(litter, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` whole.
 
-    If the body raises, the temporary folder is removed and ``path`` (if it existed) is untouched.
+    If the body raises, the temporary folder is removed and ``path`` (if it existed) is untouched. The
+    temporary folders of earlier saves to ``path`` that were killed outright are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     old = _old_copy(path)
     if old.is_dir() and not path.exists():  # an earlier save crashed between its two renames
         os.replace(old, path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _sweep(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         _fsync_tree(tmp)

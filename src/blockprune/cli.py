@@ -15,8 +15,8 @@ import contextlib
 import json
 import shlex
 import sys
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
