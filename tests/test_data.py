@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from tiny import tiny_model
+from transformers import AutoTokenizer
 
 from blockprune.tasks import (
     ClassificationTask,
@@ -277,16 +278,7 @@ def test_accuracy_and_macro_f1_by_hand():
 
 
 def test_evaluate_matches_the_models_own_predictions(tokenizer):
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=2,
-    )
-    model = BertForSequenceClassification(config)
+    model = tiny_model("bert", "seq-cls", vocab_size=tokenizer.vocab_size, max_position_embeddings=512, num_labels=2)
     task = load_task(max_eval_samples=48, seed=0)
     model.train()
     metrics = task.evaluate(model, tokenizer, batch_size=16, progress=False)

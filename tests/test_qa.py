@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+from tiny import tiny_model
+from transformers import AutoTokenizer
 
 from blockprune.tasks import (
     DataError,
@@ -281,15 +282,7 @@ def test_load_task_qa_from_files(squad_file):
 
 
 def test_evaluate_matches_postprocessing_of_the_models_own_logits(squad_file, tokenizer):
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
-    model = BertForQuestionAnswering(config).eval()
+    model = tiny_model("bert", "qa", vocab_size=tokenizer.vocab_size, max_position_embeddings=512)
     task = load_task("qa", train_file=squad_file, validation_file=squad_file, max_length=MAX_LENGTH, doc_stride=STRIDE)
     metrics = task.evaluate(model, tokenizer, batch_size=3, progress=False)
     features = task.eval_dataset(tokenizer)
