@@ -55,7 +55,8 @@ def prune_args(tiny_dir, data_files, out, *extra):
 @pytest.mark.parametrize("preset", ["struct", "hybrid-filled"])
 def test_prune_end_to_end_writes_model_and_report(tiny_dir, data_files, tmp_path, preset, capsys):
     out = tmp_path / preset
-    extra = ["--sparsity", "0.5"] + (["--set", "attention_block=[8,8]"] if preset == "hybrid-filled" else [])
+    extra = ["--sparsity", "0.5", "--ffn-multiple", "12"] + (
+        ["--set", "attention_block=[8,8]"] if preset == "hybrid-filled" else [])
     assert main(prune_args(tiny_dir, data_files, out, "--preset", preset, *extra)) == 0
     printed = capsys.readouterr()
     assert "speedup measured" in printed.out
@@ -79,7 +80,11 @@ def test_prune_end_to_end_writes_model_and_report(tiny_dir, data_files, tmp_path
         assert (out / "fill" / "done.json").is_file()
     # the final model loads at its small shapes and reproduces the evaluated accuracy
     model = load_pruned(out / "model")
-    assert model.bert.encoder.layer[0].intermediate.dense.out_features == report["ffn_width"][0]
+    widths = [layer.intermediate.dense.out_features for layer in model.bert.encoder.layer]
+    assert widths == [-(-w // 12) * 12 for w in report["ffn_width"]]  # kept neurons + zero padding (--ffn-multiple)
+    assert any(w % 12 for w in report["ffn_width"])  # so the padding really happened
+    for layer, kept in zip(model.bert.encoder.layer, report["ffn_width"], strict=True):  # still zero after fill
+        assert not layer.output.dense.weight[:, kept:].any() and not layer.intermediate.dense.weight[kept:].any()
     assert main(["eval", str(out / "model"), "--train-file", str(data_files / "train.csv"), "--validation-file",
                  str(data_files / "dev.csv"), "--text-column", "review", "--label-column", "sentiment",
                  "--max-length", "32"]) == 0
@@ -237,3 +242,19 @@ def test_torchrun_two_cpu_processes(tiny_dir, data_files, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["heads_kept"] == [2, 2] and report["pruning"]["density"]["overall"] == pytest.approx(0.5)
     assert load_pruned(out / "model") is not None
+
+
+def test_a_run_folder_pinned_before_an_option_existed_is_reused_at_its_default(tmp_path):
+    from blockprune.pipeline import Run, RunError, RunOptions
+
+    options = dict(output_dir=str(tmp_path / "run"), max_train_samples=16, max_eval_samples=16, progress=False)
+    Run(RunOptions(**options)).check_run_dir()
+    pinned = tmp_path / "run" / "run_config.json"
+    older = json.loads(pinned.read_text())
+    del older["ffn_multiple"]  # as written by a version without --ffn-multiple
+    pinned.write_text(json.dumps(older))
+    Run(RunOptions(**options)).check_run_dir()  # at its default the new option changes nothing: accepted
+    with pytest.raises(RunError, match=r"other options \(ffn_multiple differ\)"):
+        Run(RunOptions(**options, ffn_multiple=8)).check_run_dir()
+    with pytest.raises(RunError, match=r"--ffn-multiple 0 must be a whole number ≥ 1"):
+        Run(RunOptions(**options, ffn_multiple=0))

@@ -298,3 +298,64 @@ def test_bad_shape_record_is_a_clear_error(change, message: str) -> None:
     change(record)
     with pytest.raises(ShrinkError, match=message):
         check_record(record, model)
+
+
+# --------------------------------------------------------------------------------------------- ffn_multiple
+
+
+@pytest.mark.parametrize("model_type", ["bert", "gpt2", "llama"])  # Linear, Conv1D, gated MLP
+def test_ffn_multiple_pads_with_zero_neurons_exactly(model_type: str, tmp_path) -> None:
+    from tiny import DEFAULT_TASK, prune_at_random
+
+    from blockprune import load_pruned, save_pruned
+    from blockprune.arch import weight_out_in
+
+    task = DEFAULT_TASK.get(model_type, "seq-cls")
+    model = prune_at_random(tiny_model(model_type, task), "struct", sparsity=0.6, seed=3)
+    plain = copy.deepcopy(model)
+    before = logits(model)
+    reference = shrink(plain)
+    result = shrink(model, ffn_multiple=8)
+    torch.testing.assert_close(logits(model), before, atol=TOL, rtol=0)
+    assert result.ffn_per_layer == reference.ffn_per_layer and result.neurons_kept == reference.neurons_kept
+    spec = get_arch(model)
+    for layer, block in enumerate(find_blocks(model)):
+        kept, pad = reference.ffn_per_layer[layer], result.ffn_padding[layer]
+        up, down = get_path(block, spec.ffn.up), get_path(block, spec.ffn.down)
+        width = weight_out_in(up).shape[0]
+        assert width == kept + pad and width % 8 == 0 and (pad > 0) == (kept % 8 > 0), (layer, kept, pad)
+        assert not weight_out_in(up)[kept:].any() and not weight_out_in(down)[:, kept:].any()
+    assert any(result.ffn_padding)  # the case really padded something
+    # shrinking again keeps the padded shapes and values; saving and loading keeps them too
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    again = shrink(model, ffn_multiple=8)
+    assert again.ffn_padding == result.ffn_padding
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    save_pruned(model, tmp_path / "small", result=result)
+    torch.testing.assert_close(logits(load_pruned(tmp_path / "small", model_class=type(model))), before, atol=TOL,
+                               rtol=0)
+
+
+def test_padding_neurons_stay_zero_when_training_goes_on() -> None:
+    """The fill stage trains a padded model: its zero neurons must not come back to life."""
+    from tiny import prune_at_random
+
+    model = prune_at_random(tiny_model("bert"), "struct", sparsity=0.6, seed=3)
+    result = shrink(model, ffn_multiple=8)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
+    for step in range(3):
+        out = model(**tiny_inputs(batch=3, seq_len=10), labels=torch.tensor([0, 1, 0]))
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for layer, block in enumerate(find_blocks(model)):
+        kept = result.ffn_per_layer[layer]
+        assert not block.intermediate.dense.weight[kept:].any() and not block.intermediate.dense.bias[kept:].any()
+        assert not block.output.dense.weight[:, kept:].any()
+
+
+@pytest.mark.parametrize("bad", [0, -16, 2.5, True])
+def test_bad_ffn_multiple_is_a_clear_error(bad) -> None:
+    with pytest.raises(ShrinkError, match=r"ffn_multiple=.*whole number ≥ 1"):
+        shrink(tiny_model("bert"), ffn_multiple=bad)

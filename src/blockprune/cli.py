@@ -64,6 +64,10 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=42)
 
 
+FFN_MULTIPLE_HELP = ("pad each FFN's width to a multiple of N with zero neurons (outputs unchanged; aligned widths run "
+                     "faster); 1 = no padding")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``blockprune`` command."""
     parser = argparse.ArgumentParser(
@@ -94,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a PruningConfig field, e.g. --set score_lr=0.02 --set warmup=0.05")
     prune.add_argument("--training-arg", action="append", default=[], metavar="KEY=VALUE",
                        help="override a transformers TrainingArguments field, e.g. --training-arg bf16=true")
+    prune.add_argument("--ffn-multiple", type=int, default=16, help=FFN_MULTIPLE_HELP)
     prune.add_argument("--bench-repeats", type=int, default=10)
     prune.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     prune.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -102,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     shrink = sub.add_parser("shrink", help="remove empty heads and FFN neurons from a pruned model (exact)")
     shrink.add_argument("input", help="model folder saved with save_pretrained (zeros where pruned)")
     shrink.add_argument("output", help="folder for the shrunk model (load it with blockprune.load_pruned)")
+    shrink.add_argument("--ffn-multiple", type=int, default=16, help=FFN_MULTIPLE_HELP)
 
     evaluate = sub.add_parser("eval", help="evaluate a model (pruned or not) on a task")
     evaluate.add_argument("model", help="model folder (save_pruned or save_pretrained format)")
@@ -216,7 +222,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     options = RunOptions(
         model=args.model, task=args.task, dataset=args.dataset, train_file=args.train_file,
         validation_file=args.validation_file, text_column=args.text_column, text_pair_column=args.text_pair_column,
-        label_column=args.label_column, preset=args.preset, target_speedup=args.target_speedup,
+        label_column=args.label_column, preset=args.preset, ffn_multiple=args.ffn_multiple, target_speedup=args.target_speedup,
         sparsity=args.sparsity, teacher=args.teacher, epochs=args.epochs, teacher_epochs=args.teacher_epochs,
         fill_epochs=args.fill_epochs, max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples, max_length=args.max_length, batch_size=args.batch_size,
@@ -252,13 +258,15 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     inputs = random_inputs(model, 2, 16, torch.device("cpu"))
     with torch.inference_mode():
         before = model(**inputs)
-    result = shrink(model)
+    result = shrink(model, args.ffn_multiple)
     with torch.inference_mode():
         after = model(**inputs)
     diff = max(float((b - a).abs().max()) for b, a in zip(before.values(), after.values(), strict=True)
                if isinstance(b, torch.Tensor))
     save_pruned(model, args.output, processors, result=result)
-    print(f"heads kept per layer: {result.heads_per_layer}\nFFN width per layer: {result.ffn_per_layer}\n"
+    padding = f" (+ zero neurons to multiples of {args.ffn_multiple}: {result.ffn_padding})" if any(
+        result.ffn_padding) else ""
+    print(f"heads kept per layer: {result.heads_per_layer}\nFFN width per layer: {result.ffn_per_layer}{padding}\n"
           f"parameters: {result.params_before:,} → {result.params_after:,}; max output change {diff:.2e}\n"
           f"saved to {args.output}")
     return 0

@@ -67,6 +67,7 @@ class RunOptions:
     text_pair_column: str | None = None
     label_column: str | None = None
     preset: str = "struct"
+    ffn_multiple: int = 16  # shrink pads FFN widths to a multiple of this with zero neurons (exact; faster kernels)
     target_speedup: float | None = None
     sparsity: float | None = None
     teacher: str | None = None
@@ -147,6 +148,8 @@ def pruning_config(options: RunOptions, model_path: str) -> PruningConfig:
         raise RunError(f"--preset {options.preset!r} is unknown; choose one of {sorted(PRESETS)}")
     if options.target_speedup is not None and options.sparsity is not None:
         raise RunError("give either --target-speedup or --sparsity, not both")
+    if isinstance(options.ffn_multiple, bool) or not isinstance(options.ffn_multiple, int) or options.ffn_multiple < 1:
+        raise RunError(f"--ffn-multiple {options.ffn_multiple} must be a whole number ≥ 1 (1 = no padding)")
     unknown = sorted(set(options.pruning) - {f.name for f in fields(PruningConfig)})
     if unknown:
         raise RunError(f"--set {', '.join(unknown)}: not a PruningConfig field; "
@@ -258,7 +261,9 @@ class Run:
         current = json.loads(json.dumps(self.options.result_shaping(), default=str))
         if pinned.is_file():
             previous = json.loads(pinned.read_text())
-            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+            defaults = RunOptions().result_shaping()  # an option newer than the pinned file, at its default, is no change
+            changed = sorted(k for k in set(previous) | set(current)
+                             if previous.get(k, defaults.get(k)) != current.get(k))
             if changed:
                 raise RunError(
                     f"{self.dir} holds a run with other options ({', '.join(changed)} differ); "
@@ -338,7 +343,7 @@ class Run:
             inputs = {k: v for k, v in batch.items() if k != "labels"}
             with torch.inference_mode():
                 before = model(**inputs)
-            result = shrink(model)  # outside inference mode: its new weights stay trainable
+            result = shrink(model, self.options.ffn_multiple)  # outside inference mode: new weights stay trainable
             with torch.inference_mode():
                 after = model(**inputs)
             fields = [f for f in ("logits", "start_logits", "end_logits") if getattr(before, f, None) is not None]
@@ -347,7 +352,7 @@ class Run:
                 raise RuntimeError(f"shrink changed the outputs by {diff:.2e} (> 1e-4); please report this as a bug")
             save_pruned(model, stage / "model", self.tokenizer, result=result)
             return {"heads_kept": result.heads_per_layer, "ffn_width": result.ffn_per_layer,
-                    "params_before": result.params_before, "params_after": result.params_after, "max_abs_diff": diff}
+                    "ffn_padding": result.ffn_padding, "params_before": result.params_before, "params_after": result.params_after, "max_abs_diff": diff}
 
         return self.stage("shrink", work)
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -83,6 +83,7 @@ class ShrinkResult:
         params_before: parameter count before shrinking.
         params_after: parameter count after shrinking.
         neurons_folded: neurons removed whose constant output was folded into the down bias.
+        ffn_padding: ``ffn_padding[layer]`` zero neurons appended after the kept ones (``ffn_multiple``).
     """
 
     heads_kept: list[list[list[int]]]
@@ -90,6 +91,7 @@ class ShrinkResult:
     params_before: int
     params_after: int
     neurons_folded: int = 0
+    ffn_padding: list[int] = field(default_factory=list)
 
     @property
     def heads_per_layer(self) -> list[list[int]]:
@@ -98,7 +100,7 @@ class ShrinkResult:
 
     @property
     def ffn_per_layer(self) -> list[int]:
-        """Number of FFN neurons kept, per layer."""
+        """Number of FFN neurons kept, per layer (without the zero neurons of ``ffn_padding``)."""
         return [len(layer) for layer in self.neurons_kept]
 
     def to_dict(self) -> dict[str, Any]:
@@ -333,10 +335,33 @@ def _keep_neurons(block: nn.Module, ffn: FFNSpec, keep: Sequence[int], layer: in
     set_path(block, ffn.down, slice_linear(down, cols=rows))
 
 
+def _pad_neurons(block: nn.Module, ffn: FFNSpec, multiple: int, layer: int) -> int:
+    """Append zero neurons until a non-empty FFN's width is a multiple of ``multiple``; return how many.
+
+    A zero neuron (zero up/gate row and bias, zero down column) adds exactly nothing to the output, whatever
+    the activation, and stays zero in further training (its gradients are zero too).
+    """
+    width = features(_linear(block, ffn.up, layer))[0]
+    extra = -width % multiple if width else 0
+    if extra:
+        rows = _index([*range(width), *[0] * extra])  # copies of neuron 0, zeroed right below
+        for path in (ffn.up, ffn.gate):
+            if path is not None:
+                grown = slice_linear(_linear(block, path, layer), rows=rows)
+                weight_out_in(grown)[width:] = 0
+                if grown.bias is not None:
+                    grown.bias[width:] = 0
+                set_path(block, path, grown)
+        grown = slice_linear(_linear(block, ffn.down, layer), cols=rows)
+        weight_out_in(grown)[:, width:] = 0
+        set_path(block, ffn.down, grown)
+    return extra
+
+
 # --------------------------------------------------------------------------------------------- public
 
 
-def shrink(model: nn.Module) -> ShrinkResult:
+def shrink(model: nn.Module, ffn_multiple: int = 1) -> ShrinkResult:
     """Remove every attention head and FFN neuron whose contribution is exactly zero or constant, in place.
 
     The model stays its stock class; only ``nn.Linear`` (or ``Conv1D``) modules are replaced by smaller ones
@@ -346,6 +371,9 @@ def shrink(model: nn.Module) -> ShrinkResult:
     Args:
         model: a supported Hugging Face model (see :data:`~blockprune.arch.ARCHITECTURES`) whose pruning
             masks are baked into its weights.
+        ffn_multiple: pad each non-empty FFN with zero neurons to a multiple of this width (outputs stay
+            exactly the same). Matrix kernels run faster on aligned widths: on the 2-core CPU of our
+            benchmarks an FFN of 427 neurons padded to 432 made MiniLM's forward ~5% faster. 1: no padding.
 
     Returns:
         What was kept per layer, and the parameter counts before and after.
@@ -359,9 +387,12 @@ def shrink(model: nn.Module) -> ShrinkResult:
         >>> result.heads_per_layer          # doctest: +SKIP
         [[7], [12], [3], [0], [9], [5]]
     """
+    if not isinstance(ffn_multiple, int) or isinstance(ffn_multiple, bool) or ffn_multiple < 1:
+        raise ShrinkError(f"ffn_multiple={ffn_multiple!r}: give a whole number ≥ 1 (1 = no padding)")
     before = _total_params(model)
     heads_kept: list[list[list[int]]] = []
     neurons_kept: list[list[int]] = []
+    padding: list[int] = []
     folded = 0
     with torch.no_grad():
         for layer, (stack, block) in enumerate(iter_blocks(model)):
@@ -371,8 +402,9 @@ def shrink(model: nn.Module) -> ShrinkResult:
                 keep_n, fold_idx, fold_values = [0], fold_idx[fold_idx != 0], fold_values[fold_idx != 0]
             _keep_neurons(block, stack.ffn, keep_n, layer, fold_idx, fold_values)
             neurons_kept.append(keep_n)
+            padding.append(_pad_neurons(block, stack.ffn, ffn_multiple, layer))
             folded += int(fold_idx.numel())
-    return ShrinkResult(heads_kept, neurons_kept, before, _total_params(model), folded)
+    return ShrinkResult(heads_kept, neurons_kept, before, _total_params(model), folded, padding)
 
 
 def _shrink_attention(block: nn.Module, attn: AttentionSpec, layer: int) -> list[int]:
@@ -402,7 +434,8 @@ def shape_record(model: nn.Module, result: ShrinkResult | None = None) -> dict[s
     Args:
         model: a (shrunk or not) supported model.
         result: the :class:`ShrinkResult` that produced it; when given, each layer also lists the original
-            indices kept (``kept_heads``, ``kept_neurons``), for reports. They must match the widths.
+            indices kept (``kept_heads``, ``kept_neurons``), for reports. They must match the widths (with
+            ``ffn_padding``).
 
     Example:
         >>> shape_record(model)["layers"][0]      # doctest: +SKIP
@@ -410,14 +443,14 @@ def shape_record(model: nn.Module, result: ShrinkResult | None = None) -> dict[s
     """
     layers = current_shapes(model)
     if result is not None:
-        if result.heads_per_layer != [lay["heads"] for lay in layers] or result.ffn_per_layer != [
-            lay["ffn"] for lay in layers
-        ]:
+        padding = result.ffn_padding or [0] * len(layers)
+        widths = [kept + pad for kept, pad in zip(result.ffn_per_layer, padding, strict=False)]
+        if result.heads_per_layer != [lay["heads"] for lay in layers] or widths != [lay["ffn"] for lay in layers]:
             raise ShrinkError("the ShrinkResult does not describe this model's current shapes; pass the result "
                               "returned by shrink() on this very model, or none.")
         for lay, heads, neurons in zip(layers, result.heads_kept, result.neurons_kept, strict=True):
             lay["kept_heads"] = [list(g) for g in heads]
-            lay["kept_neurons"] = list(neurons)
+            lay["kept_neurons"] = list(neurons)  # any zero neurons of ffn_multiple come after these
     return {"format": RECORD_FORMAT, "version": RECORD_VERSION, "model_type": model_type_of(model), "layers": layers}
 
 
