@@ -344,7 +344,7 @@ def test_padding_neurons_stay_zero_when_training_goes_on() -> None:
     result = shrink(model, ffn_multiple=8)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
-    for step in range(3):
+    for _ in range(3):
         out = model(**tiny_inputs(batch=3, seq_len=10), labels=torch.tensor([0, 1, 0]))
         out.loss.backward()
         optimizer.step()
