@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -96,19 +97,22 @@ def plan(quick: bool) -> list[Point]:
 
 
 def run_point(point: Point, runs: Path, common: list[str], epochs: float, teacher: Path | None,
-              rebench: bool = False) -> dict[str, Any] | None:
+              remeasure: bool = False) -> dict[str, Any] | None:
     """Run (or resume) one point; return its record, or None if it failed.
 
-    ``rebench`` measures the latency of a finished run again (its other stages are kept): the pipeline
-    redoes a stage whose done.json is gone and rebuilds the report from all stages.
+    ``remeasure`` keeps a finished run's training (teacher, prune) and redoes what follows it with this
+    version of the code: shrink (e.g. with ``--ffn-multiple`` padding), fill (for -filled presets, as it
+    trains the shrunk model), evaluate and bench. The pipeline redoes every stage whose done.json is gone.
     """
     out = runs / point.name
     command = ["blockprune", "prune", *point.flags(epochs), *common, "--output-dir", str(out)]
     if teacher is not None:
         command += ["--teacher", str(teacher)]
-    if rebench and (out / "report.json").is_file():
-        (out / "bench" / "done.json").unlink(missing_ok=True)
-    if rebench or not (out / "report.json").is_file():
+    if remeasure and (out / "report.json").is_file():
+        for stage in ("shrink", "fill", "evaluate", "bench"):
+            (out / stage / "done.json").unlink(missing_ok=True)
+        shutil.rmtree(out / "fill" / "checkpoints", ignore_errors=True)  # else fill would resume its last run
+    if remeasure or not (out / "report.json").is_file():
         log = runs / f"{point.name}.log"
         print(f"[frontier] {point.name}: {shlex.join(command)}  (log: {log})", flush=True)
         start = time.perf_counter()
@@ -293,9 +297,9 @@ def main() -> None:
     parser.add_argument("--runs-dir", default=str(ROOT / "benchmarks" / "runs"))
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--report-only", action="store_true", help="only rewrite the outputs from finished runs")
-    parser.add_argument("--rebench", action="store_true",
-                        help="measure the latency of the finished runs (or those of --only) again, one after another "
-                             "on a quiet machine; training results are kept")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="shrink, (fill,) evaluate and bench the finished runs (or those of --only) again with "
+                             "this code, one after another on a quiet machine; the pruning training is kept")
     args = parser.parse_args()
     runs = Path(args.runs_dir) / ("quick" if args.quick else "full")
     runs.mkdir(parents=True, exist_ok=True)
@@ -334,10 +338,10 @@ def main() -> None:
         missing = [p.name for p in every if p not in done]
         write_outputs([r for r in records if r is not None], args.quick, common, started, missing)
 
-    if args.rebench:
+    if args.remeasure:
         points = [p for p in points if p in finished()]
     for point in [] if args.report_only else points:
-        if run_point(point, runs, common, args.epochs, teacher, rebench=args.rebench) is not None:
+        if run_point(point, runs, common, args.epochs, teacher, remeasure=args.remeasure) is not None:
             write()
     write()
     print(f"[frontier] {len(finished())}/{len(every)} runs done; see docs/RESULTS{'_quick' if args.quick else ''}.md")
