@@ -87,6 +87,9 @@ def plan(quick: bool) -> list[Point]:
         return [p for p in points if p.name in keep]
     points.append(Point("unstructured-0.5", "unstructured", 0.5, "sparsity", label="unstructured"))
     points.append(Point("block-0.5", "block", 0.5, "sparsity", label="block 32x32"))
+    # the baselines also at hybrid-filled's highest target (hybrid tops out near 2.5x on MiniLM)
+    points.append(Point("magnitude-oneshot-2.5", "struct", 2.5, extra=ONE_SHOT, label="one-shot magnitude + fine-tune"))
+    points.append(Point("magnitude-gradual-2.5", "struct", 2.5, extra=MAGNITUDE, label="gradual magnitude"))
     # the run-to-run spread: the two points nearest the goals again with another training seed
     for t in (2.0, 3.4):
         points.append(Point(f"struct-{t}-s43", "struct", t, label="struct, seed 43", seed=43))
