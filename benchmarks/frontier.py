@@ -233,6 +233,19 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def seed_spread(records: list[dict[str, Any]]) -> list[str]:
+    """One line per run that was repeated with another seed: both results and their difference."""
+    by_name = {r["name"]: r for r in records}
+    lines = []
+    for r in records:
+        base = by_name.get(r["name"].rsplit("-s", 1)[0]) if r["seed"] != 42 else None
+        if base is not None:
+            lines.append(f"- {base['name']}: seed 42 {-base['drop_points']:+.2f} points / {base['speedup_measured_b32']:.2f}x, "
+                         f"seed {r['seed']} {-r['drop_points']:+.2f} points / {r['speedup_measured_b32']:.2f}x "
+                         f"(accuracy spread {abs(base['drop_points'] - r['drop_points']):.2f} points)")
+    return lines
+
+
 def write_outputs(records: list[dict[str, Any]], quick: bool, common: list[str], started: str,
                   missing: list[str] | None = None) -> None:
     from blockprune.atomic import write_text
@@ -269,7 +282,7 @@ Embedded task: MiniLM-L6 (all-MiniLM-L6-v2, 6 layers, 12 heads, FFN 1536) on Rot
 teacher (median of alternating runs, seq 128), theoretical = FLOPs ratio of the transformer layers.
 
 Produced by `python benchmarks/frontier.py{' --quick' if quick else ''}` (started {started}); common flags:
-`{shlex.join(common)}`. Machine: {machine.get('processor') or machine.get('platform')}, {machine.get('cpu_count')} CPUs,
+`{shlex.join(common)}`, each run's own flags below. Machine: {machine.get('processor') or machine.get('platform')}, {machine.get('cpu_count')} CPUs,
 {machine.get('threads')} torch threads; versions: {', '.join(f'{k} {v}' for k, v in versions.items())}.
 
 The teacher is MiniLM-L6 fine-tuned once by the pipeline's teacher stage (1 epoch, lr 5e-5, batch 32, max
@@ -285,6 +298,13 @@ in points. Wall time is the sum of a run's stages (its prune stage distils from 
 {chr(10).join(goals(records)) or '- no finished runs yet'}
 
 Not run yet (the goals above speak only of the runs in the table): {', '.join(missing or []) or 'none'}.
+
+## Run-to-run spread
+
+Each point is one run. Runs named `-s43` repeat a run with training seed 43 (data split and teacher unchanged);
+runs named `-e2` prune for 2 epochs instead of 1.
+
+{chr(10).join(seed_spread(records)) or '- no repeated runs yet'}
 
 ## Commands
 
