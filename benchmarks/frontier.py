@@ -341,7 +341,11 @@ def main() -> None:
             parser.error(f"--only {','.join(unknown)}: no such run; the plan has {', '.join(p.name for p in every)}")
         points = [p for name in wanted for p in every if p.name == name]  # in the order given
 
+    import transformers
+
     from blockprune.pipeline import Run, RunOptions
+
+    transformers.utils.logging.disable_progress_bar()  # the teacher stage runs in this process; the runs get --no-progress
 
     teacher_opts = RunOptions(output_dir=str(runs / "teacher"), progress=False, teacher_epochs=1.0,
                               max_train_samples=2000 if args.quick else None,
