@@ -94,7 +94,7 @@ def plan(quick: bool) -> list[Point]:
     for t in (2.0, 3.4):
         points.append(Point(f"struct-{t}-s43", "struct", t, label="struct, seed 43", seed=43))
     # a longer pruning schedule (2 epochs instead of 1), where the goals are tight
-    for t in (2.25, 3.6, 2.0, 3.0):
+    for t in (2.25, 3.6, 2.0, 2.1):
         points.append(Point(f"struct-{t}-e2", "struct", t, label="struct, 2 epochs", epochs=2.0))
     return points
 
