@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -97,6 +96,9 @@ def plan(quick: bool) -> list[Point]:
     # a longer pruning schedule (2 epochs instead of 1), where the goals are tight
     for t in (2.25, 3.6, 2.0, 2.1):
         points.append(Point(f"struct-{t}-e2", "struct", t, label="struct, 2 epochs", epochs=2.0))
+    # 6 of 12 heads (as at 2x) with a smaller FFN: half the heads, 55% of the FFN neurons, 2 epochs
+    points.append(Point("struct-heads6-ffn0.45-e2", "struct", 0.55, "sparsity", ["--set", "attention_sparsity=0.5"],
+                        label="struct, 2 epochs", epochs=2.0))
     return points
 
 
@@ -104,18 +106,19 @@ def run_point(point: Point, runs: Path, common: list[str], epochs: float, teache
               remeasure: bool = False) -> dict[str, Any] | None:
     """Run (or resume) one point; return its record, or None if it failed.
 
-    ``remeasure`` keeps a finished run's training (teacher, prune) and redoes what follows it with this
-    version of the code: shrink (e.g. with ``--ffn-multiple`` padding), fill (for -filled presets, as it
-    trains the shrunk model), evaluate and bench. The pipeline redoes every stage whose done.json is gone.
+    ``remeasure`` keeps a finished run's training (teacher, prune, and fill for -filled presets) and redoes
+    what follows it with this version of the code: shrink (not for -filled presets, whose fill trained the
+    shrunk model), evaluate and bench. The pipeline redoes every stage whose done.json is gone.
     """
     out = runs / point.name
     command = ["blockprune", "prune", *point.flags(epochs), *common, "--output-dir", str(out)]
     if teacher is not None:
         command += ["--teacher", str(teacher)]
     if remeasure and (out / "report.json").is_file():
-        for stage in ("shrink", "fill", "evaluate", "bench"):
+        # a -filled run keeps its fill training (and so its shrink): only evaluate and bench are redone
+        filled = point.preset.endswith("-filled")
+        for stage in ("evaluate", "bench") if filled else ("shrink", "evaluate", "bench"):
             (out / stage / "done.json").unlink(missing_ok=True)
-        shutil.rmtree(out / "fill" / "checkpoints", ignore_errors=True)  # else fill would resume its last run
     if remeasure or not (out / "report.json").is_file():
         log = runs / f"{point.name}.log"
         print(f"[frontier] {point.name}: {shlex.join(command)}  (log: {log})", flush=True)
@@ -323,8 +326,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--report-only", action="store_true", help="only rewrite the outputs from finished runs")
     parser.add_argument("--remeasure", action="store_true",
-                        help="shrink, (fill,) evaluate and bench the finished runs (or those of --only) again with "
-                             "this code, one after another on a quiet machine; the pruning training is kept")
+                        help="shrink (except -filled runs), evaluate and bench the finished runs (or those of --only) "
+                             "again with this code, one after another on a quiet machine; training is kept")
     args = parser.parse_args()
     runs = Path(args.runs_dir) / ("quick" if args.quick else "full")
     runs.mkdir(parents=True, exist_ok=True)
