@@ -94,7 +94,7 @@ def plan(quick: bool) -> list[Point]:
     for t in (2.0, 3.4):
         points.append(Point(f"struct-{t}-s43", "struct", t, label="struct, seed 43", seed=43))
     # a longer pruning schedule (2 epochs instead of 1), where the goals are tight
-    for t in (2.25, 3.6, 2.0, 2.1):
+    for t in (2.25, 3.6, 2.1):
         points.append(Point(f"struct-{t}-e2", "struct", t, label="struct, 2 epochs", epochs=2.0))
     # 6 of 12 heads (as at 2x) with a smaller FFN: half the heads, 55% of the FFN neurons, 2 epochs
     points.append(Point("struct-heads6-ffn0.45-e2", "struct", 0.55, "sparsity", ["--set", "attention_sparsity=0.5"],
