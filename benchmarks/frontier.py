@@ -8,7 +8,7 @@ are never lost.
 
 Usage:
     python benchmarks/frontier.py            # the full frontier (hours on a 2-core CPU)
-    python benchmarks/frontier.py --quick    # a smoke version (1,500 train examples, 4 runs): ~10 min
+    python benchmarks/frontier.py --quick    # a smoke version (1,500 train examples, 4 runs): ~5 min alone on 2 cores
     python benchmarks/frontier.py --only struct-2.0,hybrid-filled-2.0
 
 Outputs: benchmarks/results/frontier.json (records), docs/RESULTS.md, docs/frontier.png
