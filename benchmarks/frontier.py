@@ -51,9 +51,12 @@ class Point:
     epochs: float | None = None  # None: the frontier's --epochs
     seed: int | None = None  # None: the CLI's default seed (42)
 
+    def epochs_or(self, default: float) -> float:
+        return self.epochs or default
+
     def flags(self, epochs: float) -> list[str]:
         target = ["--target-speedup" if self.target_kind == "speedup" else "--sparsity", str(self.target)]
-        epochs = self.epochs or epochs
+        epochs = self.epochs_or(epochs)
         seed = [] if self.seed is None else ["--seed", str(self.seed)]
         return ["--preset", self.preset, *target, *self.extra, *seed, "--epochs", str(epochs), "--fill-epochs",
                 str(epochs)]
@@ -138,7 +141,7 @@ def run_point(point: Point, runs: Path, common: list[str], epochs: float, teache
         "preset": point.preset,
         "target": point.target,
         "target_kind": point.target_kind,
-        "epochs": point.epochs or epochs,
+        "epochs": point.epochs_or(epochs),
         "seed": 42 if point.seed is None else point.seed,
         "achieved": report["target"]["achieved"],
         "metric_name": report["metric_name"],

@@ -251,7 +251,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_shrink(args: argparse.Namespace) -> int:
     from .measure import random_inputs
     from .saving import save_pruned
-    from .shrink import shrink
+    from .shrink import check_ffn_multiple, shrink
+
+    check_ffn_multiple(args.ffn_multiple, "--ffn-multiple ")  # before loading anything
 
     model = load_model(args.input).eval()
     processors = folder_processors(args.input)  # before shrinking, so a broken processor file fails fast

@@ -42,7 +42,7 @@ from .config import HEAD, PRESETS, PruningConfig
 from .measure import count_params, ffn_per_layer, flops_per_token, heads_per_layer, speedup
 from .pruner import Pruner
 from .saving import load_pruned, save_pruned
-from .shrink import shrink
+from .shrink import ShrinkError, check_ffn_multiple, shrink
 from .tasks import Task, embedded_model_path, load_task
 from .training import TrainSettings, check_overrides, train
 
@@ -148,8 +148,10 @@ def pruning_config(options: RunOptions, model_path: str) -> PruningConfig:
         raise RunError(f"--preset {options.preset!r} is unknown; choose one of {sorted(PRESETS)}")
     if options.target_speedup is not None and options.sparsity is not None:
         raise RunError("give either --target-speedup or --sparsity, not both")
-    if isinstance(options.ffn_multiple, bool) or not isinstance(options.ffn_multiple, int) or options.ffn_multiple < 1:
-        raise RunError(f"--ffn-multiple {options.ffn_multiple} must be a whole number ≥ 1 (1 = no padding)")
+    try:
+        check_ffn_multiple(options.ffn_multiple, "--ffn-multiple ")
+    except ShrinkError as err:
+        raise RunError(str(err)) from err
     unknown = sorted(set(options.pruning) - {f.name for f in fields(PruningConfig)})
     if unknown:
         raise RunError(f"--set {', '.join(unknown)}: not a PruningConfig field; "
@@ -395,7 +397,7 @@ class Run:
             }
 
         stale = read_done(self.dir / "bench")
-        if stale is not None and "heads_before" not in stale:  # measured by blockprune < 0.1.0's final form
+        if stale is not None and "heads_before" not in stale:  # written before the dense totals were recorded
             (self.dir / "bench" / "done.json").unlink()
         return self.stage("bench", work)
 

@@ -361,6 +361,12 @@ def _pad_neurons(block: nn.Module, ffn: FFNSpec, multiple: int, layer: int) -> i
 # --------------------------------------------------------------------------------------------- public
 
 
+def check_ffn_multiple(value: object, name: str = "ffn_multiple=") -> None:
+    """Raise :class:`ShrinkError` unless ``value`` is a whole number ≥ 1; ``name`` prefixes the message."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ShrinkError(f"{name}{value!r} must be a whole number ≥ 1 (1 = no padding)")
+
+
 def shrink(model: nn.Module, ffn_multiple: int = 1) -> ShrinkResult:
     """Remove every attention head and FFN neuron whose contribution is exactly zero or constant, in place.
 
@@ -387,8 +393,7 @@ def shrink(model: nn.Module, ffn_multiple: int = 1) -> ShrinkResult:
         >>> result.heads_per_layer          # doctest: +SKIP
         [[7], [12], [3], [0], [9], [5]]
     """
-    if not isinstance(ffn_multiple, int) or isinstance(ffn_multiple, bool) or ffn_multiple < 1:
-        raise ShrinkError(f"ffn_multiple={ffn_multiple!r}: give a whole number ≥ 1 (1 = no padding)")
+    check_ffn_multiple(ffn_multiple)
     before = _total_params(model)
     heads_kept: list[list[list[int]]] = []
     neurons_kept: list[list[int]] = []
