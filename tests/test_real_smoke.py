@@ -38,3 +38,14 @@ def test_patch_and_train_a_few_steps_on_the_embedded_model():
         optimizer.zero_grad()
     assert any(not torch.equal(b, g.scores) for b, g in zip(before, pruner.groups, strict=True))
     assert pruner.stats()["overall"] == pytest.approx(0.5, abs=0.03)
+
+
+@pytest.mark.real
+def test_eval_command_scores_the_embedded_model_on_the_test_split(capsys):
+    import json
+
+    from blockprune.cli import main
+
+    assert main(["eval", str(embedded_model_dir()), "--eval-split", "test", "--max-eval-samples", "64"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["loss"] > 0

@@ -60,6 +60,9 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--label-column", help="label column (default: label)")
     group.add_argument("--max-train-samples", type=int, help="use a seeded subset of the training data")
     group.add_argument("--max-eval-samples", type=int, help="use a seeded subset of the evaluation data")
+    group.add_argument("--eval-split", choices=["dev", "test"], default="dev",
+                       help="embedded data only: evaluate on dev (where choices are made) or on the held-out test "
+                            "split (report only; tune nothing on it)")
     group.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
     group.add_argument("--seed", type=int, default=42)
 
@@ -225,7 +228,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         label_column=args.label_column, preset=args.preset, ffn_multiple=args.ffn_multiple, target_speedup=args.target_speedup,
         sparsity=args.sparsity, teacher=args.teacher, epochs=args.epochs, teacher_epochs=args.teacher_epochs,
         fill_epochs=args.fill_epochs, max_train_samples=args.max_train_samples,
-        max_eval_samples=args.max_eval_samples, max_length=args.max_length, batch_size=args.batch_size,
+        max_eval_samples=args.max_eval_samples, eval_split=args.eval_split, max_length=args.max_length,
+        batch_size=args.batch_size,
         learning_rate=args.learning_rate, teacher_learning_rate=args.teacher_learning_rate, alpha=args.alpha,
         temperature=args.temperature, seed=args.seed, pruning=_key_values(args.set, "--set"),
         training_args=_key_values(args.training_arg, "--training-arg"), trust_remote_code=args.trust_remote_code,
@@ -281,7 +285,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      validation_file=args.validation_file, text_column=args.text_column,
                      text_pair_column=args.text_pair_column, label_column=args.label_column, seed=args.seed,
                      max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
-                     max_length=args.max_length)
+                     max_length=args.max_length, eval_split=args.eval_split)
     model = load_model(args.model, task.model_class())
     tokenizer = task.load_processor(args.model)
     metrics = task.evaluate(model, tokenizer, batch_size=args.batch_size)

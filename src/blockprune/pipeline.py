@@ -76,6 +76,7 @@ class RunOptions:
     fill_epochs: float = 1.0
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    eval_split: str = "dev"  # embedded data: "test" evaluates on the held-out test split (report only)
     max_length: int = 128
     batch_size: int = 32
     learning_rate: float = 5e-5
@@ -255,6 +256,7 @@ class Run:
             o.task, dataset=o.dataset, train_file=o.train_file, validation_file=o.validation_file,
             text_column=o.text_column, text_pair_column=o.text_pair_column, label_column=o.label_column, seed=o.seed,
             max_train_samples=o.max_train_samples, max_eval_samples=o.max_eval_samples, max_length=o.max_length,
+            eval_split=o.eval_split,
         )
 
     def check_run_dir(self) -> None:

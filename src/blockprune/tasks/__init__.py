@@ -8,7 +8,7 @@ Example:
     >>> from blockprune.tasks import embedded_model_path, load_task
     >>> task = load_task()                                      # doctest: +SKIP
     >>> task.describe()["num_train"]                            # doctest: +SKIP
-    10824
+    9530
 """
 
 from .base import DataError, FeatureDataset, PaddingCollator, Task

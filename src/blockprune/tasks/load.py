@@ -8,7 +8,7 @@ training, so bad input fails in seconds with one clear message.
 Example:
     >>> task = load_task()                    # doctest: +SKIP
     >>> task.num_train, task.num_eval         # doctest: +SKIP
-    (10824, 1928)
+    (9530, 1928)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from .base import DataError, Task, subsample
 from .causal_lm import CausalLMTask, documents_from_records, read_documents
 from .classification import ClassificationTask, TextExample, check_rows, choose_label_names, classification_task
-from .embedded import DATA_PIP, LABEL_NAMES, rotten_tomatoes_split
+from .embedded import DATA_PIP, LABEL_NAMES, SPLIT_NAMES, rotten_tomatoes_split
 from .images import ImageTask, folder_examples, scan_image_folder, verify_images
 from .qa import DEFAULT_DOC_STRIDE, QATask
 from .qa_data import read_squad, squad_from_records
@@ -64,6 +64,7 @@ def load_task(
     *,
     dataset_config: str | None = None,
     validation_split: str = "validation",
+    eval_split: str = "dev",
     label_names: Sequence[str] | None = None,
     metric: str | None = None,
     max_train_samples: int | None = None,
@@ -87,6 +88,8 @@ def load_task(
             causal-lm reads ``text_column`` (default ``"text"``) of record files.
         seed: seed of the subsampling and of any hold-out split.
         validation_split: hub split used for evaluation.
+        eval_split: which held-out side of the embedded data to evaluate on: ``"dev"`` (default; where
+            choices are made) or ``"test"`` (for reporting only: nothing should be tuned on it).
         label_names: fixed label order for classification (e.g. to match a trained model's ``id2label``).
         metric: primary metric: ``"accuracy"`` (default) or ``"macro_f1"`` for classification (text or
             images); ``"f1"`` (default) or ``"exact_match"`` for QA; ``"perplexity"`` for causal-lm.
@@ -112,6 +115,11 @@ def load_task(
         raise DataError(f"validation_file={validation_file} was given without train_file; give the training file too.")
     _check_task_options(kind, text_column=text_column, text_pair_column=text_pair_column,
                         label_column=label_column, label_names=label_names)
+    if eval_split not in SPLIT_NAMES:
+        raise DataError(f"eval_split={eval_split!r} is unknown; choose one of {list(SPLIT_NAMES)}.")
+    if eval_split != "dev" and not (kind == "text-classification" and dataset is None and train_file is None):
+        raise DataError(f"eval_split={eval_split!r} applies to the embedded Rotten Tomatoes data only; give your "
+                        "own held-out data as the validation data instead.")
     common: dict[str, Any] = {"metric": metric}
     if max_length is not None and kind != "image-classification":
         common["max_length"] = max_length
@@ -126,7 +134,8 @@ def load_task(
     else:
         columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
         built = _load_classification(
-            dataset, dataset_config, validation_split, train_file, validation_file, columns, label_names, seed, common
+            dataset, dataset_config, validation_split, train_file, validation_file, columns, label_names, seed, common,
+            eval_split,
         )
     built.train_examples = subsample(built.train_examples, max_train_samples, seed)
     built.eval_examples = subsample(built.eval_examples, max_eval_samples, seed)
@@ -152,12 +161,13 @@ def _load_classification(
     label_names: Sequence[str] | None,
     seed: int,
     common: dict[str, Any],
+    eval_split: str = "dev",
 ) -> ClassificationTask:
     if dataset is None and train_file is None:
         given = [k for k, v in columns.items() if v is not None] + (["label_names"] if label_names else [])
         if given:
             raise DataError(f"{given} given without data; pass train_file=... or dataset=... with them.")
-        return _embedded(common)
+        return _embedded(common, eval_split)
     if train_file is not None:
         train, train_where = read_records(train_file), str(train_file)
         if validation_file is not None:
@@ -188,14 +198,15 @@ def _load_classification(
     )
 
 
-def _embedded(common: dict[str, Any]) -> ClassificationTask:
-    train, dev = rotten_tomatoes_split()
+def _embedded(common: dict[str, Any], eval_split: str) -> ClassificationTask:
+    splits = rotten_tomatoes_split()
 
     def examples(rows: list[dict[str, Any]]) -> list[TextExample]:
         return [TextExample(text=r["text"], label=r["label"]) for r in rows]
 
-    source = f"embedded: Rotten Tomatoes reviews ({DATA_PIP}), split by movie"
-    return ClassificationTask(examples(train), examples(dev), list(LABEL_NAMES), source=source, **common)
+    source = f"embedded: Rotten Tomatoes reviews ({DATA_PIP}), split by movie, evaluated on {eval_split}"
+    held_out = getattr(splits, eval_split)
+    return ClassificationTask(examples(splits.train), examples(held_out), list(LABEL_NAMES), source=source, **common)
 
 
 def _load_qa(
