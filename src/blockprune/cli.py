@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--sparsity", type=float, help="fraction of the pruned linears' weights removed")
     prune.add_argument("--teacher", help="a fine-tuned model folder to distill from (default: fine-tune --model)")
     prune.add_argument("--epochs", type=float, default=1.0, help="epochs of the pruning stage")
+    prune.add_argument("--min-pruning-steps", type=int, default=0,
+                       help="the pruning stage takes at least this many optimizer steps: more epochs over small data, "
+                            "so that learned scores have time to rank (the report gives the steps and epochs run)")
     prune.add_argument("--teacher-epochs", type=float, default=1.0, help="epochs to fine-tune the teacher")
     prune.add_argument("--fill-epochs", type=float, default=1.0, help="epochs of the fill stage (-filled presets)")
     prune.add_argument("--learning-rate", type=float, default=5e-5)
@@ -226,7 +229,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         model=args.model, task=args.task, dataset=args.dataset, train_file=args.train_file,
         validation_file=args.validation_file, text_column=args.text_column, text_pair_column=args.text_pair_column,
         label_column=args.label_column, preset=args.preset, ffn_multiple=args.ffn_multiple, target_speedup=args.target_speedup,
-        sparsity=args.sparsity, teacher=args.teacher, epochs=args.epochs, teacher_epochs=args.teacher_epochs,
+        sparsity=args.sparsity, teacher=args.teacher, epochs=args.epochs, min_pruning_steps=args.min_pruning_steps,
+        teacher_epochs=args.teacher_epochs,
         fill_epochs=args.fill_epochs, max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples, eval_split=args.eval_split, max_length=args.max_length,
         batch_size=args.batch_size,

@@ -34,6 +34,8 @@ HEAD = "head"
 NEURON: tuple[int, int] = (1, -1)
 
 BlockSetting = tuple[int, int] | str
+SCORE_INITS = ("constant", "magnitude")
+ALLOCATIONS = ("uniform", "global")
 
 
 class ConfigError(ValueError):
@@ -85,6 +87,14 @@ class PruningConfig:
     regularization: float = _help("sigmoid_threshold: initial weight of the L1 penalty (adapted to the target)", 1.0)
     score_lr: float = _help("learning rate of the mask scores (no weight decay)", 1e-2)
     score_init: float = _help("initial value of learned scores", 0.0)
+    score_init_from: str = _help(
+        "constant: every learned score starts at score_init | magnitude: at score_init + the block's sum |W| "
+        "divided by the mean of its matrix (movement then starts from the magnitude ranking)", "constant")
+    allocation: str = _help(
+        "topk/magnitude: uniform keeps the scheduled fraction of every matrix | global ranks the blocks of a kind "
+        "(heads with heads, neurons with neurons) across all layers, so layers end up uneven", "uniform")
+    min_blocks: int = _help("global allocation: blocks (e.g. heads) every matrix keeps at least", 0)
+    ignored_layers: tuple[int, ...] = _help("indices of transformer layers left dense (not patched)", ())
     version: int = _help("format version of this config", CONFIG_VERSION)
 
     def __post_init__(self) -> None:
@@ -107,6 +117,17 @@ class PruningConfig:
             raise ConfigError(
                 f"warmup={self.warmup} and cooldown={self.cooldown} must be >= 0 and sum to less than 1"
             )
+        if self.score_init_from not in SCORE_INITS:
+            raise ConfigError(f"score_init_from={self.score_init_from!r} is unknown; choose one of {list(SCORE_INITS)}")
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"allocation={self.allocation!r} is unknown; choose one of {list(ALLOCATIONS)}")
+        if isinstance(self.min_blocks, bool) or not isinstance(self.min_blocks, int) or self.min_blocks < 0:
+            raise ConfigError(f"min_blocks={self.min_blocks!r} must be an integer >= 0")
+        layers = self.ignored_layers
+        if not isinstance(layers, list | tuple) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
+            raise ConfigError(f"ignored_layers={layers!r} must be a list of layer indices >= 0, e.g. [0, 5]")
+        object.__setattr__(self, "ignored_layers", tuple(sorted(set(layers))))
         if not 0 < self.threshold < 1:
             raise ConfigError(f"threshold={self.threshold} must be in (0, 1) (it is compared with a sigmoid)")
         if self.regularization < 0 or self.score_lr <= 0:
@@ -133,7 +154,7 @@ class PruningConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (blocks as lists)."""
         data = asdict(self)
-        for key in ("attention_block", "ffn_block"):
+        for key in ("attention_block", "ffn_block", "ignored_layers"):
             if isinstance(data[key], tuple):
                 data[key] = list(data[key])
         return data

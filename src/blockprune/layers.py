@@ -61,7 +61,11 @@ class ScoreGroup(nn.Module):
             self.scores = nn.Parameter(torch.full(shape, float(init)))
         else:
             self.register_buffer("scores", torch.zeros(shape), persistent=False)
+        # the hard mask of the last training forward pass: finalize bakes in what the weights were trained with
+        self.register_buffer("last_mask", torch.ones(shape))
+        self.register_buffer("has_last_mask", torch.zeros((), dtype=torch.bool))
         self.members: list[MaskedLinear] = []
+        self._cache: tuple[tuple, torch.Tensor] | None = None
 
     @property
     def weights_per_block(self) -> int:
@@ -75,10 +79,53 @@ class ScoreGroup(nn.Module):
             total = total + member.block_magnitude()
         return total
 
+    def ranking_values(self) -> torch.Tensor:
+        """What the method ranks: the learned scores, or the block magnitudes (detached)."""
+        return self.scores.detach() if self.method.learned else self.importance()
+
+    def _cache_key(self) -> tuple | None:
+        """Changes whenever the hard mask could: density, threshold, and the values it is computed from."""
+        sources = [self.scores] if self.method.learned else [m.base_layer.weight for m in self.members]
+        try:
+            versions = tuple((t._version, t.data_ptr()) for t in sources)
+        except RuntimeError:  # inference tensors keep no version counter: do not cache
+            return None
+        return (self.density, self.threshold, *versions)
+
+    def hard_mask(self) -> torch.Tensor:
+        """The current {0, 1} block mask without gradient, computed once and shared by every member."""
+        key = self._cache_key()
+        if key is None or self._cache is None or self._cache[0] != key:
+            hard = self.method.hard(self.ranking_values(), self.density, self.threshold)
+            self._cache = None if key is None else (key, hard)
+            return hard
+        return self._cache[1]
+
     def mask(self) -> torch.Tensor:
-        """The current {0, 1} block mask (with straight-through gradients for learned methods)."""
-        scores = self.scores if self.method.learned else self.importance()
-        return self.method.fn(scores, self.density, self.threshold)
+        """The current {0, 1} block mask (with straight-through gradients for learned methods).
+
+        In a training forward pass (training mode, gradients on) the hard mask is also recorded as the one
+        :meth:`final_mask` returns, until the next :meth:`forget_last_mask`.
+        """
+        hard = self.hard_mask()
+        if self.training and torch.is_grad_enabled():
+            with torch.no_grad():
+                self.last_mask.copy_(hard)
+                self.has_last_mask.fill_(True)
+        return self.method.apply(hard, self.scores)
+
+    @torch.no_grad()
+    def final_mask(self) -> torch.Tensor:
+        """The mask to bake in: that of the last training forward pass if one ran since the densities changed.
+
+        Scores move once more after the last forward pass (the optimizer step that follows it), so
+        recomputing the mask at the end could keep a block whose weights were frozen while it was masked.
+        """
+        return self.last_mask.clone() if bool(self.has_last_mask) else self.hard_mask()
+
+    def forget_last_mask(self) -> None:
+        """Drop the recorded training mask (the schedule changed the density since it was made)."""
+        self.has_last_mask.fill_(False)
 
     def extra_repr(self) -> str:
         return f"method={self.method.name}, kind={self.kind}, shape={tuple(self.scores.shape)}"

@@ -7,8 +7,10 @@ mask only when it is applied.
 
 A *method* maps scores to a {0, 1} mask of the same shape. Masks are binary in the forward pass; the
 learned methods pass gradients straight through to the scores (the straight-through estimator of
-Bengio et al. 2013, as used by movement pruning, Sanh et al. 2020). A new method is one registered
-function:
+Bengio et al. 2013, as used by movement pruning, Sanh et al. 2020) — through a *surrogate* of the
+scores (the scores themselves, or their sigmoid). A method is its hard part, ``hard(values, density,
+threshold)`` on detached values, plus that surrogate, so the hard mask can be computed once and reused
+by every linear that shares it. A new method is one registered function:
 
 Example:
     >>> @register_method("random_half", learned=False)   # doctest: +SKIP
@@ -87,31 +89,49 @@ def kept_count(n: int, density: float) -> int:
     return max(0, min(n, round(density * n)))
 
 
+def _identity(scores: torch.Tensor) -> torch.Tensor:
+    return scores
+
+
 @dataclass(frozen=True)
 class Method:
     """A registered masking method.
 
     Attributes:
         name: registry key.
-        fn: ``fn(scores, density, threshold) -> mask`` (same shape as ``scores``, values in {0, 1}).
+        hard: ``hard(values, density, threshold) -> mask`` on detached values (same shape, values in {0, 1}).
         learned: scores are trainable parameters (movement); otherwise they are recomputed from weights.
         regularized: an L1 penalty on ``sigmoid(scores)`` drives the sparsity (soft movement).
+        surrogate: what the straight-through gradient flows into (learned methods): ``scores -> tensor``.
     """
 
     name: str
-    fn: MaskFn
+    hard: MaskFn
     learned: bool
     regularized: bool = False
+    surrogate: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def fn(self, scores: torch.Tensor, density: float, threshold: float) -> torch.Tensor:
+        """The mask: the hard part in the forward pass, the surrogate's gradient in the backward pass."""
+        return self.apply(self.hard(scores.detach(), density, threshold), scores)
+
+    def apply(self, hard: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Attach the straight-through gradient of ``scores`` to an already computed ``hard`` mask."""
+        return hard if self.surrogate is None else straight_through(hard, self.surrogate(scores))
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, *, learned: bool, regularized: bool = False) -> Callable[[MaskFn], MaskFn]:
-    """Decorator adding a masking function to :data:`METHODS` under ``name``."""
+def register_method(name: str, *, learned: bool, regularized: bool = False,
+                    surrogate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Callable[[MaskFn], MaskFn]:
+    """Decorator adding a hard masking function to :data:`METHODS` under ``name``.
+
+    A learned method without a ``surrogate`` passes its gradient straight to the scores.
+    """
 
     def wrap(fn: MaskFn) -> MaskFn:
-        METHODS[name] = Method(name, fn, learned, regularized)
+        METHODS[name] = Method(name, fn, learned, regularized, (surrogate or _identity) if learned else None)
         return fn
 
     return wrap
@@ -132,24 +152,30 @@ def get_method(name: str) -> Method:
 @register_method("topk", learned=True)
 def topk_mask(scores: torch.Tensor, density: float, threshold: float) -> torch.Tensor:
     """Hard movement pruning: keep the ``density`` fraction of blocks with the highest scores."""
-    return straight_through(topk_hard(scores, kept_count(scores.numel(), density)), scores)
+    return topk_hard(scores, kept_count(scores.numel(), density))
 
 
-@register_method("sigmoid_threshold", learned=True, regularized=True)
+@register_method("sigmoid_threshold", learned=True, regularized=True, surrogate=torch.sigmoid)
 def sigmoid_threshold_mask(scores: torch.Tensor, density: float, threshold: float) -> torch.Tensor:
     """Soft movement pruning: keep blocks whose ``sigmoid(score)`` exceeds ``threshold``.
 
     ``density`` caps how many blocks survive: the :class:`~blockprune.pruner.Pruner` allocates it
     across all soft groups of a kind from one global ranking of the scores, so the scheduled sparsity
     is met globally while each matrix ends up with the density its scores earned. The gradient flows
-    through the sigmoid, so the L1 penalty and the task loss both move the scores.
+    through the sigmoid (``sigmoid'(s)`` scales it, so saturated scores learn slowly); see
+    ``sigmoid_threshold_straight`` for the original method's straight-through gradient.
     """
     probs = torch.sigmoid(scores)
-    hard = topk_hard(probs, kept_count(scores.numel(), density)) * (probs.detach() > threshold)
-    return straight_through(hard, probs)
+    return topk_hard(probs, kept_count(scores.numel(), density)) * (probs > threshold)
+
+
+register_method("sigmoid_threshold_straight", learned=True, regularized=True)(sigmoid_threshold_mask)
+"""``sigmoid_threshold`` with the gradient passed straight to the scores, as in the original movement pruning:
+the same forward mask, but the backward pass skips ``sigmoid'``, so a score far from the threshold keeps learning
+at full speed (the L1 penalty still acts on ``sigmoid(scores)``)."""
 
 
 @register_method("magnitude", learned=False)
 def magnitude_mask(scores: torch.Tensor, density: float, threshold: float) -> torch.Tensor:
     """Baseline: ``scores`` hold block magnitudes; keep the largest ``density`` fraction (no gradient)."""
-    return topk_hard(scores.detach(), kept_count(scores.numel(), density))
+    return topk_hard(scores, kept_count(scores.numel(), density))

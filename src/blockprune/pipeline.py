@@ -72,6 +72,7 @@ class RunOptions:
     sparsity: float | None = None
     teacher: str | None = None
     epochs: float = 1.0
+    min_pruning_steps: int = 0  # the pruning stage takes at least this many optimizer steps (more epochs if needed)
     teacher_epochs: float = 1.0
     fill_epochs: float = 1.0
     max_train_samples: int | None = None
@@ -107,16 +108,30 @@ def default_target(options: RunOptions) -> None:
         options.target_speedup = 2.0
 
 
-def flops_split(model_path: str, seq_len: int, trust_remote_code: bool = False) -> tuple[int, int]:
-    """FLOPs per token of the attention part (Q/K/V/O + matmuls) and of the FFN part of a dense model.
-
-    The model is built on the ``meta`` device from its config: no weights are read.
-    """
+def meta_model(model_path: str, trust_remote_code: bool = False) -> nn.Module:
+    """The dense model built on the ``meta`` device from its config: shapes only, no weights read."""
     config = transformers.AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
-        model = transformers.AutoModel.from_config(config, trust_remote_code=trust_remote_code)
-    flops = flops_per_token(model, seq_len)
+        return transformers.AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def flops_split(model_path: str, seq_len: int, trust_remote_code: bool = False) -> tuple[int, int]:
+    """FLOPs per token of the attention part (Q/K/V/O + matmuls) and of the FFN part of a dense model."""
+    flops = flops_per_token(meta_model(model_path, trust_remote_code), seq_len)
     return flops["total"] - flops["ffn_linear"], flops["ffn_linear"]
+
+
+def target_without_ignored(target: float, ignored: int, layers: int) -> float:
+    """The speedup the pruned layers need so that the whole model reaches ``target`` with ``ignored`` dense layers.
+
+    Layers of one model cost the same, so the dense ones keep ``ignored / layers`` of the FLOPs.
+    """
+    dense = ignored / layers
+    keep = (1.0 / target - dense) / (1.0 - dense) if dense < 1 else 0.0
+    if keep <= 0:
+        raise RunError(f"--target-speedup {target} cannot be reached with {ignored} of {layers} layers left dense "
+                       "(ignored_layers); ask for less or leave fewer layers out")
+    return 1.0 / keep
 
 
 def sparsities_for_speedup(target: float, attention_flops: int, ffn_flops: int, head_pruning: bool) -> dict[str, float]:
@@ -161,7 +176,11 @@ def pruning_config(options: RunOptions, model_path: str) -> PruningConfig:
     if options.target_speedup is None:
         return preset.replace(sparsity=options.sparsity)
     split = flops_split(model_path, options.max_length, options.trust_remote_code)
-    return preset.replace(**sparsities_for_speedup(options.target_speedup, *split, preset.attention_block == HEAD))
+    target = options.target_speedup
+    if preset.ignored_layers:
+        layers = len(heads_per_layer(meta_model(model_path, options.trust_remote_code)))
+        target = target_without_ignored(target, len(preset.ignored_layers), layers)
+    return preset.replace(**sparsities_for_speedup(target, *split, preset.attention_block == HEAD))
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -232,6 +251,8 @@ class Run:
             progress=options.progress, overrides=dict(options.training_args),
         )
         check_overrides(self.settings.overrides)
+        if options.min_pruning_steps < 0:
+            raise RunError(f"--min-pruning-steps {options.min_pruning_steps} must be >= 0")
         self.check_teacher_labels()
 
     # -- checks before any long work
@@ -330,12 +351,14 @@ class Run:
         def work(stage: Path) -> dict[str, Any]:
             student = self.load_hf(teacher_path)
             pruner = Pruner(student, self.config)
-            train(student, self.task, self.tokenizer, stage, self.settings, pruner=pruner,
-                  teacher=self.load_hf(teacher_path))
+            settings = TrainSettings(**{**asdict(self.settings), "min_steps": self.options.min_pruning_steps})
+            trained = train(student, self.task, self.tokenizer, stage, settings, pruner=pruner,
+                            teacher=self.load_hf(teacher_path))
             stats = pruner.stats()
             pruner.finalize()
             save_hf_model(student, stage / "model", self.tokenizer)
-            return {"config": self.config.to_dict(), "density": stats}
+            return {"config": self.config.to_dict(), "density": stats, "steps": trained["steps"],
+                    "epochs": trained["epochs"]}
 
         return self.stage("prune", work)
 
@@ -457,7 +480,8 @@ class Run:
             "model": self.model_path if o.model is None else o.model,
             "preset": o.preset,
             "target": {"kind": target_kind, "value": o.target_speedup or o.sparsity, "achieved": achieved},
-            "pruning": {"config": stages["prune"]["config"], "density": stages["prune"]["density"]},
+            "pruning": {"config": stages["prune"]["config"], "density": stages["prune"]["density"],
+                        "steps": stages["prune"].get("steps"), "epochs": stages["prune"].get("epochs")},
             "teacher": {"metric": stages["teacher"]["metrics"][task.metric_name],
                         "metrics": stages["teacher"]["metrics"],
                         "latency_ms": {k: v["reference_ms"] for k, v in by_batch.items()}},

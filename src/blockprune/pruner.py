@@ -83,29 +83,45 @@ class PrunerState(nn.Module):
 
 
 @torch.no_grad()
-def allocate_global_density(groups: list[ScoreGroup], density: float, threshold: float) -> None:
-    """Share a density allowance among soft-movement ``groups`` by one global ranking of their scores.
+def allocate_global_density(groups: list[ScoreGroup], density: float, threshold: float | None,
+                            min_blocks: int = 0) -> None:
+    """Share a density allowance among ``groups`` by one global ranking of their scores.
 
     Blocks are taken from the highest score down until they cover ``density`` of the groups' weights
     (each block weighs the number of weights it covers); each group's ``density`` is set to the fraction
-    of its blocks taken. The sigmoid ``threshold`` then drops taken blocks below it — unless that would
-    leave less than ``1 - TARGET_TOLERANCE`` of the allowance, in which case the threshold is suspended
-    (set to 0) for this step so the density never collapses below the schedule.
+    of its blocks taken. ``min_blocks`` of the best blocks of every group are taken first (a floor, e.g.
+    one head per layer). For soft movement (``threshold`` given) the sigmoid threshold then drops taken
+    blocks below it — unless that would leave less than ``1 - TARGET_TOLERANCE`` of the allowance, in which
+    case the threshold is suspended (set to 0) for this step so the density never collapses below the
+    schedule. Hard top-k groups (``threshold=None``) keep exactly the blocks taken.
     """
     if not groups:
         return
-    scores = torch.cat([g.scores.detach().reshape(-1).float().cpu() for g in groups])
+    scores = torch.cat([g.ranking_values().detach().reshape(-1).float().cpu() for g in groups])
     weights = torch.cat([torch.full((g.scores.numel(),), float(g.weights_per_block)) for g in groups])
     owner = torch.cat([torch.full((g.scores.numel(),), i) for i, g in enumerate(groups)])
-    order = torch.argsort(scores, descending=True, stable=True)
+    key = scores.clone()
+    if min_blocks:
+        start = 0
+        for g in groups:
+            n = g.scores.numel()
+            best = torch.topk(scores[start:start + n], min(min_blocks, n)).indices
+            key[start + best] = math.inf
+            start += n
+    order = torch.argsort(key, descending=True, stable=True)
     budget = density * float(weights.sum())
     taken = torch.cumsum(weights[order], 0) <= budget + 1e-6
+    if min_blocks:
+        taken |= torch.isinf(key[order])
     counts = torch.bincount(owner[order][taken], minlength=len(groups))
-    above = torch.sigmoid(scores[order][taken]) > threshold
-    keep_threshold = float(weights[order][taken][above].sum()) >= (1.0 - TARGET_TOLERANCE) * budget
+    keep_threshold = True
+    if threshold is not None:
+        above = torch.sigmoid(scores[order][taken]) > threshold
+        keep_threshold = float(weights[order][taken][above].sum()) >= (1.0 - TARGET_TOLERANCE) * budget
     for group, count in zip(groups, counts.tolist(), strict=True):
         group.density = count / group.scores.numel()
-        group.threshold = threshold if keep_threshold else 0.0
+        if threshold is not None:
+            group.threshold = threshold if keep_threshold else 0.0
 
 
 def is_patched(model: nn.Module) -> bool:
@@ -159,13 +175,22 @@ class Pruner:
             self._patch()
         if not self.layers:
             raise PatchError(f"the configuration patched no module in {type(model).__name__}")
+        if config.score_init_from == "magnitude":
+            self._init_scores_from_magnitude()
         device = next(iter(self.layers.values())).weight.device
         model.add_module(STATE_NAME, self.state.to(device))
 
     # ----------------------------------------------------------------------------------- patching
     def _patch(self) -> None:
         cfg = self.config
-        for index, (stack, block) in enumerate(iter_blocks(self.model, self.spec)):
+        blocks = list(iter_blocks(self.model, self.spec))
+        outside = [i for i in cfg.ignored_layers if i >= len(blocks)]
+        if outside:
+            raise PatchError(f"ignored_layers {outside} do not exist: the model has {len(blocks)} transformer layers "
+                             f"(0..{len(blocks) - 1})")
+        for index, (stack, block) in enumerate(blocks):
+            if index in cfg.ignored_layers:
+                continue
             for attn in stack.attention:
                 self._patch_attention(index, block, attn)
             ffn = stack.ffn
@@ -179,6 +204,20 @@ class Pruner:
             else:
                 for path in [*ups, ffn.down]:
                     self._wrap_grid(index, block, path, cfg.ffn_method, cfg.ffn_block, "ffn")
+
+    @torch.no_grad()
+    def _init_scores_from_magnitude(self) -> None:
+        """Learned scores start at ``score_init`` plus their block's ``sum |W|`` over its matrix's mean.
+
+        Movement scores starting at one constant carry no ranking until they have moved; starting from the
+        magnitude ranking (normalised per matrix so that every layer starts on one scale, around 1) lets a
+        short schedule prune by magnitude first and by movement as the scores learn.
+        """
+        for group in self.state.groups:
+            if group.method.learned:
+                magnitude = group.importance()
+                mean = magnitude.mean()
+                group.scores.add_(magnitude / mean if float(mean) > 0 else magnitude)
 
     def _patch_attention(self, index: int, block: nn.Module, attn: AttentionSpec) -> None:
         """One score per unit (head, or KV head with its query heads) in head mode; else block grids."""
@@ -277,11 +316,17 @@ class Pruner:
         ffn_sparsity = sparsity_at(step, total_steps, cfg.sparsity, cfg.warmup, cfg.cooldown)
         attn_sparsity = sparsity_at(step, total_steps, cfg.final_attention_sparsity, cfg.warmup, cfg.cooldown)
         self._target = {"attention": 1.0 - attn_sparsity, "ffn": 1.0 - ffn_sparsity}
+        before = [(g.density, g.threshold) for g in self.state.groups]
         for group in self.state.groups:
             group.density = self._target[group.kind]
         regularized = self._regularized()
+        hard = [g for g in self.state.groups if not g.method.regularized] if cfg.allocation == "global" else []
         for kind in ("attention", "ffn"):
             allocate_global_density([g for g in regularized if g.kind == kind], self._target[kind], cfg.threshold)
+            allocate_global_density([g for g in hard if g.kind == kind], self._target[kind], None, cfg.min_blocks)
+        for group, (density, threshold) in zip(self.state.groups, before, strict=True):
+            if (group.density, group.threshold) != (density, threshold):
+                group.forget_last_mask()  # the mask of the last forward pass no longer follows the schedule
         progress = ramp_progress(step, total_steps, cfg.warmup, cfg.cooldown)
         if regularized and progress > 0.0:
             if step > int(self.state.last_step):  # each step updates the controller once, also after a resume
@@ -362,7 +407,7 @@ class Pruner:
         modules: dict[str, float] = {}
         kept = {"attention": 0.0, "ffn": 0.0}
         total = {"attention": 0, "ffn": 0}
-        masks = {id(g): g.mask() for g in self.state.groups}
+        masks = {id(g): g.final_mask() for g in self.state.groups}
         for name, layer in self.layers.items():
             weight_mask, _ = layer.masks(masks[id(layer.group)])
             n = layer.out_features * layer.in_features
@@ -385,7 +430,7 @@ class Pruner:
         if STATE_NAME not in dict(self.model.named_children()):
             raise PatchError("finalize() was already called on this pruner")
         # masks first: baking one member changes the magnitudes the next member's mask would see
-        masks = {id(g): g.mask() for g in self.state.groups}
+        masks = {id(g): g.final_mask() for g in self.state.groups}
         for name, layer in self.layers.items():
             block, path = self._sites[name]
             set_path(block, path, layer.to_linear(masks[id(layer.group)]))

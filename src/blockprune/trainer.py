@@ -25,15 +25,25 @@ from transformers import TrainerCallback
 
 from .pruner import Pruner
 
+MASKED_LOGIT = -1e4
+"""Logit given to padded positions before the softmax: exp(-1e4 / T) is exactly 0 in float32."""
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0,
+                      valid: torch.Tensor | None = None) -> torch.Tensor:
     """KL(teacher || student) on temperature-softened logits, times ``T²`` (Hinton et al. 2015).
 
-    Logits are compared along the last dimension; leading dimensions are averaged.
+    Logits are compared along the last dimension; leading dimensions are averaged. ``valid`` (same shape as
+    the logits, e.g. the attention mask for question answering's per-token start/end logits) leaves the
+    positions where it is false out of both softmaxes.
     """
     t = temperature
-    s_log = F.log_softmax(student_logits.float() / t, dim=-1)
-    t_log = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
+    if valid is not None:
+        student_logits = student_logits.masked_fill(~valid, MASKED_LOGIT)
+        teacher_logits = teacher_logits.masked_fill(~valid, MASKED_LOGIT)
+    s_log = F.log_softmax(student_logits / t, dim=-1)
+    t_log = F.log_softmax(teacher_logits / t, dim=-1)
     kl = F.kl_div(s_log.reshape(-1, s_log.shape[-1]), t_log.reshape(-1, t_log.shape[-1]), log_target=True,
                   reduction="batchmean")
     return kl * t * t
@@ -44,6 +54,14 @@ def logit_fields(outputs: Any) -> list[str]:
     if getattr(outputs, "start_logits", None) is not None:
         return ["start_logits", "end_logits"]
     return ["logits"]
+
+
+def _token_mask(inputs: dict[str, Any], fields: list[str], outputs: Any) -> torch.Tensor | None:
+    """For per-token logits (question answering), the attention mask: padded tokens are no answer positions."""
+    mask = inputs.get("attention_mask")
+    if fields != ["start_logits", "end_logits"] or mask is None or mask.shape != outputs.start_logits.shape:
+        return None
+    return mask.bool()
 
 
 class PruningObjective(nn.Module):
@@ -104,7 +122,9 @@ class PruningObjective(nn.Module):
             with torch.no_grad():
                 teacher_out = self.teacher(**teacher_inputs)
             fields = logit_fields(outputs)
-            kd = sum(distillation_loss(getattr(outputs, f), getattr(teacher_out, f), self.temperature) for f in fields)
+            valid = _token_mask(inputs, fields, outputs)
+            kd = sum(distillation_loss(getattr(outputs, f), getattr(teacher_out, f), self.temperature, valid)
+                     for f in fields)
             kd = kd / len(fields)
             loss = kd if loss is None else (1.0 - self.alpha) * loss + self.alpha * kd
         if self.pruner is not None and self.training:

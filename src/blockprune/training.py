@@ -58,6 +58,7 @@ class TrainSettings:
     warmup_ratio: float = 0.06
     max_length: int | None = None
     seed: int = 42
+    min_steps: int = 0  # at least this many optimizer steps: more epochs over small data (0 = epochs decide)
     save_steps: int = 200
     logging_steps: int = 50
     alpha: float = 0.9
@@ -158,9 +159,23 @@ def check_overrides(overrides: dict[str, Any]) -> None:
         )
 
 
-def training_arguments(out_dir: Path, settings: TrainSettings, steps_per_epoch: int,
-                       group_by_length: bool = False) -> transformers.TrainingArguments:
+def optimizer_steps(num_examples: int, settings: TrainSettings) -> int:
+    """Optimizer steps the stage will take: ``epochs`` over the data, or ``min_steps`` when that is more.
+
+    Counted as the Trainer counts them: per process (``WORLD_SIZE`` under torchrun), per accumulated step.
+    """
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    accumulation = max(1, int(settings.overrides.get("gradient_accumulation_steps", 1)))
+    per_epoch = max(1, math.ceil(math.ceil(num_examples / world) / settings.batch_size) // accumulation)
+    return max(math.ceil(settings.epochs * per_epoch), settings.min_steps)
+
+
+def training_arguments(out_dir: Path, settings: TrainSettings, group_by_length: bool = False,
+                       max_steps: int = -1) -> transformers.TrainingArguments:
     """TrainingArguments of a stage: checkpoints every ``save_steps``, only the last one kept.
+
+    ``max_steps > 0`` replaces the epochs (see :func:`optimizer_steps`); warm-up is a fraction of the real
+    optimizer steps either way.
 
     ``group_by_length`` batches token sequences of similar length together (in shuffled mega-batches), so
     padding to the longest in the batch wastes little: on short, varied texts this cuts the FLOPs of an epoch.
@@ -169,10 +184,12 @@ def training_arguments(out_dir: Path, settings: TrainSettings, steps_per_epoch: 
     values: dict[str, Any] = dict(
         output_dir=str(out_dir / "checkpoints"),
         num_train_epochs=settings.epochs,
+        max_steps=max_steps,
         learning_rate=settings.learning_rate,
         per_device_train_batch_size=settings.batch_size,
         weight_decay=settings.weight_decay,
-        warmup_steps=int(settings.warmup_ratio * settings.epochs * steps_per_epoch),
+        # a float in [0, 1) is a fraction of the Trainer's real optimizer steps (accumulation and processes included)
+        warmup_steps=float(settings.warmup_ratio) if 0 < settings.warmup_ratio < 1 else int(settings.warmup_ratio),
         lr_scheduler_type="linear",
         logging_steps=settings.logging_steps,
         save_strategy="steps",
@@ -202,17 +219,22 @@ def train(
     pruner: Pruner | None = None,
     teacher: nn.Module | None = None,
     score_lr: float | None = None,
-) -> float:
-    """Train ``model`` in place on ``task`` (resuming from ``out_dir/checkpoints``); return the seconds spent.
+) -> dict[str, Any]:
+    """Train ``model`` in place on ``task`` (resuming from ``out_dir/checkpoints``).
+
+    Returns:
+        ``seconds`` spent, optimizer ``steps`` of the whole stage and the ``epochs`` they make over the data
+        (more than ``settings.epochs`` when ``settings.min_steps`` extended a short schedule).
 
     With a ``pruner``, the masks follow its schedule over the run's optimizer steps and the scores get
     their own learning rate; with a ``teacher``, the loss distills from it.
     """
     out_dir = Path(out_dir)
     dataset = task.train_dataset(tokenizer, settings.max_length)
-    steps_per_epoch = max(1, math.ceil(len(dataset) / settings.batch_size))
     tokens = len(dataset) > 0 and isinstance(dataset[0], dict) and "input_ids" in dataset[0]
-    args = training_arguments(out_dir, settings, steps_per_epoch, group_by_length=tokens)
+    steps = optimizer_steps(len(dataset), settings)
+    extended = settings.min_steps > 0 and steps == settings.min_steps
+    args = training_arguments(out_dir, settings, group_by_length=tokens, max_steps=steps if extended else -1)
     objective = PruningObjective(model, pruner, teacher, settings.alpha, settings.temperature)
     watch = StopOnNonFinite(objective)
     callbacks: list[transformers.TrainerCallback] = [watch]
@@ -237,7 +259,9 @@ def train(
     finally:
         watch.handle.remove()
     model.eval()
-    return time.perf_counter() - start
+    per_epoch = optimizer_steps(len(dataset), dataclasses.replace(settings, epochs=1.0, min_steps=0))
+    return {"seconds": time.perf_counter() - start, "steps": int(trainer.state.max_steps),
+            "epochs": round(trainer.state.max_steps / per_epoch, 3)}
 
 
 def pick_device(model: nn.Module) -> torch.device:
