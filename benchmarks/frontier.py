@@ -1,236 +1,249 @@
-"""Accuracy vs measured speedup on the embedded task, for every preset and the magnitude baselines.
+"""Frontier v2: accuracy on a held-out test split vs measured speedup, blockprune against what a user would pick.
 
-Every point is one real `blockprune prune` run (a subprocess, so its command line is exactly what a user
-would type), all distilled from one shared dense teacher, all with the same training budget. Runs are
-resumable: a finished run (its report.json exists) is skipped; an interrupted one resumes its stages.
-After each run the records, docs/RESULTS.md and the Pareto plot are written again, so partial results
-are never lost.
+Protocol (docs/RESULTS.md states it with the numbers):
+
+* **Splits.** The embedded Rotten Tomatoes reviews split by movie into train / dev / test (9,530 / 1,928 /
+  1,294). Every choice (targets, epochs, learning rates) is made on dev; every reported number is on test.
+* **Reference.** The dense MiniLM-L6 fine-tuned until dev accuracy stops improving (best epoch kept): the
+  teacher of every run and the dense point of every Δ. **Control**: the reference distilled into itself with
+  the same budget as the compressed runs.
+* **Equal budgets.** Every compressed model gets ``--budget-epochs`` epochs of training after the teacher
+  (blockprune: pruning epochs, split half/half with the fill stage for ``-filled`` presets; baselines: the
+  same number of distillation epochs after their removal).
+* **Seeds.** Every point runs with each of ``--seeds``; tables give mean ± std over seeds.
+* **Timing** (``--time``, on a quiet machine, after training): one process, torch and OMP threads pinned,
+  ≥30 interleaved pairs per workload, median and IQR of the per-pair speedup (frontier_timing.py).
 
 Usage:
-    python benchmarks/frontier.py            # the full frontier (hours on a 2-core CPU)
-    python benchmarks/frontier.py --quick    # a smoke version (1,500 train examples, 4 runs): ~5 min alone on 2 cores
-    python benchmarks/frontier.py --only struct-2.0,hybrid-filled-2.0
+    python benchmarks/frontier.py                    # train every point of the plan (resumable), then report
+    python benchmarks/frontier.py --time             # then: time every finished run's shapes (quiet machine!)
+    python benchmarks/frontier.py --only bp-struct-2.0,layer-drop-3 --seeds 42
+    python benchmarks/frontier.py --quick            # smoke version: 1,500 train examples, 1 seed, 3 points
+    python benchmarks/frontier.py --report-only      # rewrite the outputs from finished runs
 
-Outputs: benchmarks/results/frontier.json (records), docs/RESULTS.md, docs/frontier.png
-(--quick writes frontier_quick.json / RESULTS_quick.md / frontier_quick.png instead).
+Outputs: benchmarks/results/frontier.json (one record per run and seed), docs/RESULTS.md, docs/frontier.png
+(--quick: frontier_quick.json, RESULTS_quick.md, frontier_quick.png).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shlex
-import subprocess
-import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+
+THREADS = int(os.environ.get("FRONTIER_THREADS", "2"))
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))  # pinned before torch is imported
+os.environ.setdefault("MKL_NUM_THREADS", str(THREADS))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shlex  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
-
-QUICK_TRAIN, QUICK_EVAL = 1500, 500
-QUICK_TEACHER = "2 epochs, lr 1e-4"
+QUICK_TRAIN = 1500
 MAGNITUDE = ["--set", "attention_method=magnitude", "--set", "ffn_method=magnitude"]
-ONE_SHOT = MAGNITUDE + ["--set", "warmup=0.0", "--set", "cooldown=0.98"]
 
 
 @dataclass
 class Point:
-    """One run of the frontier."""
+    """One point of the frontier (run once per seed)."""
 
     name: str
-    preset: str
-    target: float
-    target_kind: str = "speedup"
+    method: str  # blockprune | layer-drop | magnitude-oneshot | magnitude-gradual | dense-control
+    target: float  # speedup target (theoretical) or, for layer-drop, layers kept
+    label: str
+    preset: str = "struct"
     extra: list[str] = field(default_factory=list)
-    label: str = ""
-    epochs: float | None = None  # None: the frontier's --epochs
-    seed: int | None = None  # None: the CLI's default seed (42)
 
-    def epochs_or(self, default: float) -> float:
-        return self.epochs or default
-
-    def flags(self, epochs: float) -> list[str]:
-        target = ["--target-speedup" if self.target_kind == "speedup" else "--sparsity", str(self.target)]
-        epochs = self.epochs_or(epochs)
-        seed = [] if self.seed is None else ["--seed", str(self.seed)]
-        return ["--preset", self.preset, *target, *self.extra, *seed, "--epochs", str(epochs), "--fill-epochs",
-                str(epochs)]
+    @property
+    def baseline(self) -> bool:
+        return self.method != "blockprune"
 
 
 def plan(quick: bool) -> list[Point]:
-    """The runs, most informative first (a partial frontier still shows the goals).
-
-    ``struct`` removes whole heads and neurons, so every target is reachable; ``hybrid`` sizes the FFN alone
-    to reach the target (tiles in attention only pay when a head empties), which caps it near 2.5x on
-    MiniLM at seq 128 — hence its own targets. Baselines prune heads + neurons by magnitude, like ``struct``.
-    """
-    struct_targets = [2.0, 3.0] if quick else [2.0, 2.25, 3.0, 3.4, 2.1, 3.6, 1.5]
-    hybrid_targets = [2.0] if quick else [2.0, 2.5, 1.5]
-    points: list[Point] = []
-    for t in struct_targets:
-        points.append(Point(f"struct-{t}", "struct", t, label="struct"))
-        if t in (1.5, 2.0, 3.0):  # 2.1/2.25/3.4/3.6 aim past 2x/3x measured; baselines are compared at round targets
-            points.append(Point(f"magnitude-oneshot-{t}", "struct", t, extra=ONE_SHOT,
-                                label="one-shot magnitude + fine-tune"))
-            points.append(Point(f"magnitude-gradual-{t}", "struct", t, extra=MAGNITUDE, label="gradual magnitude"))
-        if t in hybrid_targets:
-            points.append(Point(f"hybrid-filled-{t}", "hybrid-filled", t, label="hybrid-filled"))
-            points.append(Point(f"hybrid-{t}", "hybrid", t, label="hybrid"))
-    for t in hybrid_targets:
-        if t not in struct_targets:
-            points.append(Point(f"hybrid-filled-{t}", "hybrid-filled", t, label="hybrid-filled"))
-            points.append(Point(f"hybrid-{t}", "hybrid", t, label="hybrid"))
+    """The points, most informative first: the 2x comparison, then 3x, then 1.5x."""
+    points = [Point("dense-control", "dense-control", 1.0, "dense control (distilled, same budget)", preset="")]
+    for target, layers in ((2.0, 3), (3.0, 2), (1.5, 4)):
+        points += [
+            Point(f"bp-struct-{target}", "blockprune", target, "blockprune struct"),
+            Point(f"layer-drop-{layers}", "layer-drop", layers, "layer drop + distillation", preset=""),
+            Point(f"magnitude-oneshot-{target}", "magnitude-oneshot", target, "one-shot magnitude + distillation"),
+            Point(f"magnitude-gradual-{target}", "magnitude-gradual", target, "gradual magnitude", extra=MAGNITUDE),
+            Point(f"bp-struct-global-{target}", "blockprune", target, "blockprune struct, global top-k",
+                  extra=["--set", "allocation=global"]),
+        ]
     if quick:
-        keep = ("struct-2.0", "magnitude-oneshot-2.0", "hybrid-filled-2.0", "struct-3.0")
+        keep = ("dense-control", "bp-struct-2.0", "layer-drop-3")
         return [p for p in points if p.name in keep]
-    points.append(Point("unstructured-0.5", "unstructured", 0.5, "sparsity", label="unstructured"))
-    points.append(Point("block-0.5", "block", 0.5, "sparsity", label="block 32x32"))
-    # the baselines also at hybrid-filled's highest target (hybrid tops out near 2.5x on MiniLM)
-    points.append(Point("magnitude-oneshot-2.5", "struct", 2.5, extra=ONE_SHOT, label="one-shot magnitude + fine-tune"))
-    points.append(Point("magnitude-gradual-2.5", "struct", 2.5, extra=MAGNITUDE, label="gradual magnitude"))
-    # the run-to-run spread: the two points nearest the goals again with another training seed
-    for t in (2.0, 3.4):
-        points.append(Point(f"struct-{t}-s43", "struct", t, label="struct, seed 43", seed=43))
-    # a longer pruning schedule (2 epochs instead of 1), where the goals are tight
-    for t in (2.25, 3.6, 2.1):
-        points.append(Point(f"struct-{t}-e2", "struct", t, label="struct, 2 epochs", epochs=2.0))
-    # 6 of 12 heads (as at 2x) with a smaller FFN: half the heads, 55% of the FFN neurons, 2 epochs
-    points.append(Point("struct-heads6-ffn0.45-e2", "struct", 0.55, "sparsity", ["--set", "attention_sparsity=0.5"],
-                        label="struct, 2 epochs", epochs=2.0))
     return points
 
 
-def run_point(point: Point, runs: Path, common: list[str], epochs: float, teacher: Path | None,
-              remeasure: bool = False) -> dict[str, Any] | None:
-    """Run (or resume) one point; return its record, or None if it failed.
+def run_dir(runs: Path, point: Point, seed: int) -> Path:
+    return runs / f"{point.name}-s{seed}"
 
-    ``remeasure`` keeps a finished run's training (teacher, prune, and fill for -filled presets) and redoes
-    what follows it with this version of the code: shrink (not for -filled presets, whose fill trained the
-    shrunk model), evaluate and bench. The pipeline redoes every stage whose done.json is gone.
-    """
-    out = runs / point.name
-    command = ["blockprune", "prune", *point.flags(epochs), *common, "--output-dir", str(out)]
-    if teacher is not None:
-        command += ["--teacher", str(teacher)]
-    if remeasure and (out / "report.json").is_file():
-        # a -filled run keeps its fill training (and so its shrink): only evaluate and bench are redone
-        filled = point.preset.endswith("-filled")
-        for stage in ("evaluate", "bench") if filled else ("shrink", "evaluate", "bench"):
-            (out / stage / "done.json").unlink(missing_ok=True)
-    if remeasure or not (out / "report.json").is_file():
-        log = runs / f"{point.name}.log"
-        print(f"[frontier] {point.name}: {shlex.join(command)}  (log: {log})", flush=True)
-        start = time.perf_counter()
-        with open(log, "a") as handle:
-            code = subprocess.call([sys.executable, "-m", "blockprune.cli", *command[1:]], stdout=handle,
-                                   stderr=subprocess.STDOUT, cwd=ROOT)
-        if code != 0:
-            print(f"[frontier] {point.name} failed (exit {code}); see {log}", flush=True)
-            return None
-        print(f"[frontier] {point.name} done in {time.perf_counter() - start:.0f} s", flush=True)
-    report = json.loads((out / "report.json").read_text())
-    by_batch = report["speedup"]["measured_by_batch"]
+
+def blockprune_command(point: Point, out: Path, teacher: Path, epochs: float, seed: int,
+                       common: list[str]) -> list[str]:
+    filled = point.preset.endswith("-filled")
+    prune_epochs = epochs / 2 if filled else epochs
+    flags = ["--preset", point.preset, "--target-speedup", str(point.target), *point.extra,
+             "--epochs", str(prune_epochs), "--seed", str(seed), "--teacher", str(teacher)]
+    if filled:
+        flags += ["--fill-epochs", str(epochs / 2)]
+    return ["blockprune", "prune", *flags, *common, "--output-dir", str(out)]
+
+
+def train_point(point: Point, seed: int, runs: Path, ref: dict[str, Any], ctx: dict[str, Any],
+                common: list[str]) -> dict[str, Any] | None:
+    """Produce (or resume) one run; return its accuracy record (dev and test), or None if it failed."""
+    import frontier_methods as fm
+
+    out = run_dir(runs, point, seed)
+    teacher = Path(ref["model"])
+    epochs, dev, test, tokenizer = ctx["epochs"], ctx["dev"], ctx["test"], ctx["tokenizer"]
+    start = time.perf_counter()
+    command = ""
+    if point.method in ("blockprune", "magnitude-gradual"):
+        args = blockprune_command(point, out, teacher, epochs, seed, common)
+        command = shlex.join(args)
+        if not (out / "report.json").is_file():
+            log = out.with_suffix(".log")
+            print(f"[frontier] {out.name}: {command}  (log: {log})", flush=True)
+            with open(log, "a") as handle:
+                code = subprocess.call([sys.executable, "-m", "blockprune.cli", *args[1:]], stdout=handle,
+                                       stderr=subprocess.STDOUT, cwd=ROOT)
+            if code != 0:
+                print(f"[frontier] {out.name} failed (exit {code}); see {log}", flush=True)
+                return None
+        result = fm.evaluate_folder(out, dev, test) | {"model": str(out / "model")}
+        report = json.loads((out / "report.json").read_text())
+        result["steps"] = (report.get("pruning") or {}).get("steps")
+    else:
+        print(f"[frontier] {out.name}: {point.method} (in process)", flush=True)
+        if point.method == "dense-control":
+            result = fm.control(out, teacher, tokenizer, dev, test, epochs, seed)
+        elif point.method == "layer-drop":
+            result = fm.layer_drop(out, teacher, tokenizer, dev, test, int(point.target), epochs, seed)
+        else:
+            result = fm.magnitude_oneshot(out, teacher, tokenizer, dev, test, point.target, epochs, seed)
+        command = f"python benchmarks/frontier.py --only {point.name} --seeds {seed} (in process: {point.method})"
+    print(f"[frontier] {out.name}: test {result['test']:.4f} dev {result['dev']:.4f} "
+          f"({time.perf_counter() - start:.0f} s)", flush=True)
+    return result | {"command": command}
+
+
+def time_runs(runs: Path, finished: list[tuple[Point, int]], ref: dict[str, Any], ctx: dict[str, Any],
+              retime: bool) -> None:
+    """Time every distinct shape of the finished runs against the reference (frontier_timing.py)."""
+    import frontier_methods as fm
+    import frontier_timing as ft
+    import torch
+
+    torch.set_num_threads(THREADS)
+    cache_file = runs / "timing.json"
+    cache = {} if retime or not cache_file.is_file() else json.loads(cache_file.read_text())
+    reference = fm.load_classifier(Path(ref["model"]))
+    batches = ft.test_set_batches(ctx["tokenizer"], ctx["test"])
+    for point, seed in finished:
+        folder = run_dir(runs, point, seed) / "model"
+        model = fm.load_classifier(folder) if not (folder / "pruned_shapes.json").is_file() else fm.load_pruned(folder)
+        key = ft.shape_key(model)
+        if key not in cache:
+            print(f"[frontier] timing {point.name}-s{seed} ({key}) with {torch.get_num_threads()} threads", flush=True)
+            cache[key] = ft.time_against(reference, model, batches)
+            from blockprune.atomic import write_text
+
+            write_text(cache_file, json.dumps(cache, indent=1) + "\n")
+        (run_dir(runs, point, seed) / "shape_key.txt").write_text(key + "\n")
+
+
+def record(point: Point, seed: int, result: dict[str, Any], ref: dict[str, Any], control: float | None,
+           timing: dict[str, Any] | None, epochs: float) -> dict[str, Any]:
+    """One record of frontier.json (the v1 keys kept, the v2 keys added)."""
+    from blockprune.pipeline import machine, versions
+
+    b32 = (timing or {}).get("b32", {})
+    b1 = (timing or {}).get("b1", {})
+    theoretical = (timing or {}).get("theoretical")
     return {
-        "name": point.name,
-        "label": point.label,
-        "preset": point.preset,
-        "target": point.target,
-        "target_kind": point.target_kind,
-        "epochs": point.epochs_or(epochs),
-        "seed": 42 if point.seed is None else point.seed,
-        "achieved": report["target"]["achieved"],
-        "metric_name": report["metric_name"],
-        "metric": report["final"]["metric"],
-        "teacher_metric": report["teacher"]["metric"],
-        "drop_points": round((report["teacher"]["metric"] - report["final"]["metric"]) * 100, 2),
-        "speedup_measured_b32": by_batch.get("32"),
-        "speedup_measured_b1": by_batch.get("1"),
-        "speedup_theoretical": report["speedup"]["theoretical"],
-        "efficiency_b32": by_batch.get("32", 0) / report["speedup"]["theoretical"],
-        "params_linear": report["params"]["linear"]["after"],
-        "params_linear_dense": report["params"]["linear"]["before"],
-        "heads_kept": report["heads_kept"],
-        "ffn_width": report["ffn_width"],
-        "wall_seconds": round(sum(s["seconds"] for s in report["stages"].values()), 1),
-        "train_step_ratio": None,
-        "command": report["command"],
-        "versions": report["versions"],
-        "machine": report["machine"],
+        "name": point.name, "label": point.label, "method": point.method, "baseline": point.baseline,
+        "preset": point.preset, "target": point.target,
+        "target_kind": "layers" if point.method == "layer-drop" else "speedup",
+        "seed": seed, "split": "test", "epochs": epochs, "budget_epochs": epochs,
+        "achieved": theoretical, "metric_name": "accuracy", "metric": result["test"], "dev_metric": result["dev"],
+        "teacher_metric": ref["test"], "reference_metric": ref["test"], "control_metric": control,
+        "drop_points": round((ref["test"] - result["test"]) * 100, 2),
+        "speedup_measured_b32": b32.get("speedup"), "speedup_iqr_b32": b32.get("speedup_iqr"),
+        "speedup_measured_b1": b1.get("speedup"), "speedup_iqr_b1": b1.get("speedup_iqr"),
+        "speedup_measured_testset": (timing or {}).get("testset", {}).get("speedup"),
+        "speedup_iqr_testset": (timing or {}).get("testset", {}).get("speedup_iqr"),
+        "speedup_theoretical": theoretical,
+        "efficiency_b32": b32["speedup"] / theoretical if b32 and theoretical else None,
+        "threads": (timing or {}).get("threads"), "steps": result.get("steps"),
+        "command": result.get("command", ""), "versions": versions(), "machine": machine(),
     }
 
 
-def train_step_ratio() -> float | None:
-    """The masked/dense training-step ratio from benchmarks/train_step.py, if it was run."""
-    path = RESULTS / "train_step.json"
-    return json.loads(path.read_text())["ratio"] if path.is_file() else None
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def best(records: list[dict[str, Any]], max_drop: float) -> dict[str, Any] | None:
-    ok = [r for r in records if r["drop_points"] <= max_drop and r["speedup_measured_b32"]]
-    return max(ok, key=lambda r: r["speedup_measured_b32"], default=None)
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per point: test accuracy mean ± std over seeds, speedups (one shape per point when uniform)."""
+    rows = []
+    for name in dict.fromkeys(r["name"] for r in records):
+        rs = [r for r in records if r["name"] == name]
+        acc, std = mean_std([r["metric"] * 100 for r in rs])
+        speed = [r["speedup_measured_b32"] for r in rs if r["speedup_measured_b32"]]
+        rows.append({"name": name, "label": rs[0]["label"], "method": rs[0]["method"], "seeds": len(rs),
+                     "acc": acc, "std": std, "delta_ref": acc - rs[0]["reference_metric"] * 100,
+                     "delta_control": acc - rs[0]["control_metric"] * 100 if rs[0]["control_metric"] else None,
+                     "b32": statistics.median(speed) if speed else None,
+                     "iqr": statistics.median([r["speedup_iqr_b32"] for r in rs if r["speedup_iqr_b32"]] or [0]),
+                     "b1": statistics.median([r["speedup_measured_b1"] for r in rs if r["speedup_measured_b1"]] or [0]),
+                     "testset": statistics.median(
+                         [r["speedup_measured_testset"] for r in rs if r["speedup_measured_testset"]] or [0]),
+                     "theoretical": rs[0]["speedup_theoretical"], "dev": statistics.fmean(r["dev_metric"] for r in rs),
+                     "min_efficiency": min((r["efficiency_b32"] for r in rs if r["efficiency_b32"]), default=None)})
+    return rows
 
 
-def goals(records: list[dict[str, Any]]) -> list[str]:
-    """The goals of the frontier, each with whether this run reached it."""
-    lines = []
-    for speed, drop in ((2.0, 1.0), (3.0, 2.5)):
-        b = best(records, drop)
-        if b is None:
-            lines.append(f"- ≥{speed}x measured (b32) with ≤{drop} points drop: **no run within {drop} points yet**")
-            continue
-        reached = "reached" if b["speedup_measured_b32"] >= speed else (
-            f"**not reached** (best {b['speedup_measured_b32']:.2f}x, short by {speed - b['speedup_measured_b32']:.2f}x)")
-        lines.append(f"- ≥{speed}x measured (b32) with ≤{drop} points drop: {reached} — {b['name']}: "
-                     f"{b['speedup_measured_b32']:.2f}x at {-b['drop_points']:+.2f} points")
-    filled = {r["target"]: r for r in records if r["preset"] == "hybrid-filled"}
-    baselines = [r for r in records if r["name"].startswith("magnitude-")]
-    verdicts = []
-    for r in baselines:
-        f = filled.get(r["target"])
-        if f is not None:
-            verdicts.append(f"{r['name']}: hybrid-filled {f['metric']:.4f} vs {r['metric']:.4f} "
-                            f"({'≥' if f['metric'] >= r['metric'] else '<'})")
-    if verdicts:
-        all_ok = all("≥" in v for v in verdicts)
-        lines.append(f"- hybrid-filled at or above the magnitude baselines at every target: "
-                     f"{'reached' if all_ok else '**not reached**'} ({'; '.join(verdicts)})")
-    shrunk = [r for r in records if r["preset"] not in ("unstructured", "block")]
-    if shrunk:
-        worst = min(shrunk, key=lambda r: r["efficiency_b32"])
-        lines.append(f"- measured/theoretical ≥ 0.9 for every shrunk model: "
-                     f"{'reached' if worst['efficiency_b32'] >= 0.9 else '**not reached**'} "
-                     f"(lowest {worst['efficiency_b32']:.2f}, {worst['name']})")
-    ratio = train_step_ratio()
-    if ratio is not None:
-        lines.append(f"- pruning training step ≤ 1.25x a dense step: {'reached' if ratio <= 1.25 else '**not reached**'}"
-                     f" ({ratio:.2f}x, benchmarks/train_step.py)")
-    return lines
+def compare(rows: list[dict[str, Any]], a: str, b: str) -> str:
+    """``a`` vs ``b`` in points, saying whether the gap is larger than the spread of the seeds."""
+    ra, rb = next((r for r in rows if r["name"] == a), None), next((r for r in rows if r["name"] == b), None)
+    if ra is None or rb is None:
+        return f"{a} vs {b}: not run yet"
+    gap = ra["acc"] - rb["acc"]
+    spread = ra["std"] + rb["std"]
+    verdict = "larger than the seed spread" if abs(gap) > spread else "within noise (gap ≤ sum of the two stds)"
+    return f"{a} {ra['acc']:.2f} vs {b} {rb['acc']:.2f}: {gap:+.2f} points, {verdict} ({spread:.2f})"
 
 
-def plot(records: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], ref: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    if records:
-        teacher = records[0]["teacher_metric"]
-        ax.axhline(teacher * 100, color="black", linestyle="--", linewidth=1, label=f"dense teacher ({teacher:.2%})")
-        ax.axhline((teacher - 0.01) * 100, color="grey", linestyle=":", linewidth=1, label="teacher − 1 point")
-    for label in dict.fromkeys(r["label"] for r in records):
-        pts = sorted((r for r in records if r["label"] == label), key=lambda r: r["speedup_measured_b32"] or 0)
-        xs = [r["speedup_measured_b32"] for r in pts]
-        ys = [r["metric"] * 100 for r in pts]
-        ax.plot(xs, ys, marker="o", label=label)
-    ax.set_xlabel("measured CPU speedup, batch 32 × seq 128 (x)")
-    ax.set_ylabel(f"dev {records[0]['metric_name'] if records else 'metric'} (%)")
-    ax.set_title("blockprune on MiniLM-L6 / Rotten Tomatoes: accuracy vs measured speedup")
+    ax.axhline(ref["test"] * 100, color="black", linestyle="--", linewidth=1,
+               label=f"converged dense reference ({ref['test']:.2%} test)")
+    for label in dict.fromkeys(r["label"] for r in rows):
+        pts = sorted((r for r in rows if r["label"] == label and r["b32"]), key=lambda r: r["b32"])
+        if pts:
+            ax.errorbar([r["b32"] for r in pts], [r["acc"] for r in pts], yerr=[r["std"] for r in pts],
+                        xerr=[r["iqr"] / 2 for r in pts], marker="o", capsize=3, label=label)
+    ax.set_xlabel("measured CPU speedup, batch 32 × seq 128 (x, median of ≥30 interleaved pairs)")
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.set_title("MiniLM-L6 / Rotten Tomatoes: accuracy vs measured speedup (test split)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -240,78 +253,61 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def seed_spread(records: list[dict[str, Any]]) -> list[str]:
-    """One line per run that was repeated with another seed: both results and their difference."""
-    by_name = {r["name"]: r for r in records}
-    lines = []
-    for r in records:
-        base = by_name.get(r["name"].rsplit("-s", 1)[0]) if r["seed"] != 42 else None
-        if base is not None:
-            lines.append(f"- {base['name']}: seed 42 {-base['drop_points']:+.2f} points / {base['speedup_measured_b32']:.2f}x, "
-                         f"seed {r['seed']} {-r['drop_points']:+.2f} points / {r['speedup_measured_b32']:.2f}x "
-                         f"(accuracy spread {abs(base['drop_points'] - r['drop_points']):.2f} points)")
-    return lines
-
-
-def write_outputs(records: list[dict[str, Any]], quick: bool, common: list[str], started: str,
-                  missing: list[str] | None = None) -> None:
+def write_outputs(records: list[dict[str, Any]], ref: dict[str, Any], quick: bool, missing: list[str],
+                  epochs: float, seeds: list[int]) -> None:
     from blockprune.atomic import write_text
+    from blockprune.pipeline import versions
 
     suffix = "_quick" if quick else ""
-    ratio = train_step_ratio()
-    for r in records:
-        r["train_step_ratio"] = ratio if r["preset"] == "hybrid" else None
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_text(RESULTS / f"frontier{suffix}.json", json.dumps(records, indent=1) + "\n")
-    plot(records, DOCS / f"frontier{suffix}.png")
-    rows = [
-        "| run | preset | target | achieved (theor.) | dev acc | Δ acc (pts) | speedup b32 | speedup b1 | theoretical "
-        "| meas/theor | linear params | heads kept | wall (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in records:
-        rows.append(
-            f"| {r['name']} | {r['preset']} | {r['target']} {'x' if r['target_kind'] == 'speedup' else 'sparsity'} "
-            f"| {r['achieved']:.2f} | {r['metric']:.4f} | {-r['drop_points']:+.2f} | {r['speedup_measured_b32']:.2f}x "
-            f"| {r['speedup_measured_b1']:.2f}x | {r['speedup_theoretical']:.2f}x | {r['efficiency_b32']:.2f} "
-            f"| {r['params_linear'] / 1e6:.2f}M / {r['params_linear_dense'] / 1e6:.2f}M | {sum(r['heads_kept'])} "
-            f"| {r['wall_seconds']:.0f} |"
-        )
-    versions = records[0]["versions"] if records else {}
-    machine = records[0]["machine"] if records else {}
-    commands = "\n".join(f"    {r['command'].replace(str(ROOT) + '/', '')}" for r in records)
-    teacher = records[0]["teacher_metric"] if records else float("nan")
-    text = f"""# Results{' (quick)' if quick else ''}: accuracy vs measured speedup
+    rows = summarize(records)
+    if rows:
+        plot(rows, ref, DOCS / f"frontier{suffix}.png")
 
-Embedded task: MiniLM-L6 (all-MiniLM-L6-v2, 6 layers, 12 heads, FFN 1536) on Rotten Tomatoes snippets
-(fresh/rotten, split by movie: 10,824 train / 1,928 dev). Every run distils from the same dense teacher
-(fine-tuned once) with the same training budget; speedups are CPU latency of the final model vs the dense
-teacher (median of alternating runs, seq 128), theoretical = FLOPs ratio of the transformer layers.
+    def x(value: float | None) -> str:
+        return f"{value:.2f}x" if value else "not timed"
 
-Produced by `python benchmarks/frontier.py{' --quick' if quick else ''}` (started {started}); common flags:
-`{shlex.join(common)}`, each run's own flags below. Machine: {machine.get('processor') or machine.get('platform')}, {machine.get('cpu_count')} CPUs,
-{machine.get('threads')} torch threads; versions: {', '.join(f'{k} {v}' for k, v in versions.items())}.
+    table = ["| point | method | seeds | test acc (mean ± std) | Δ reference | Δ control | b32×s128 (IQR) | b1×s128 "
+             "| test set | theoretical | dev acc |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        dc = f"{r['delta_control']:+.2f}" if r["delta_control"] is not None else "—"
+        table.append(f"| {r['name']} | {r['label']} | {r['seeds']} | {r['acc']:.2f} ± {r['std']:.2f} "
+                     f"| {r['delta_ref']:+.2f} | {dc} | {x(r['b32'])} (±{r['iqr'] / 2:.2f}) | {x(r['b1'])} "
+                     f"| {x(r['testset'])} | {x(r['theoretical'])} | {r['dev']:.2f} |")
+    comparisons = [compare(rows, f"bp-struct-{t}", other) for t, layers in ((2.0, 3), (3.0, 2), (1.5, 4))
+                   for other in (f"layer-drop-{layers}", f"magnitude-oneshot-{t}", f"magnitude-gradual-{t}",
+                                 f"bp-struct-global-{t}")]
+    history = ", ".join(f"epoch {h['epoch']}: dev {h['dev']:.4f} / test {h['test']:.4f}" for h in ref["history"])
+    control = next((r for r in rows if r["name"] == "dense-control"), None)
+    commands = "\n".join(f"    {c}" for c in dict.fromkeys(r["command"].replace(str(ROOT) + "/", "")
+                                                          for r in records))
+    text = f"""# Results{' (quick)' if quick else ''}: accuracy on a held-out test split vs measured speedup
 
-The teacher is MiniLM-L6 fine-tuned once by the pipeline's teacher stage ({QUICK_TEACHER if quick else '1 epoch, lr 5e-5'},
-batch 32, max length 128, seed 42{f', {QUICK_TRAIN:,} training examples' if quick else ''}): dev accuracy {teacher:.4f}. Δ acc is final − teacher,
-in points. Wall time is the sum of a run's stages (its prune stage distils from the teacher).
+Embedded task: MiniLM-L6 (all-MiniLM-L6-v2, 6 layers, 12 heads, FFN 1536) on Rotten Tomatoes snippets, split by
+movie into train / dev / test (9,530 / 1,928 / 1,294{f'; {QUICK_TRAIN:,} train examples used' if quick else ''}).
+Every choice is made on dev; **every number below is test accuracy**, which nothing was tuned on.
+Produced by `python benchmarks/frontier.py{' --quick' if quick else ''}` then `python benchmarks/frontier.py --time`
+(versions: {', '.join(f'{k} {v}' for k, v in versions().items())}).
+
+- **Reference**: dense MiniLM fine-tuned one epoch at a time until dev stopped improving ({history}); best
+  epoch {ref['epoch']}: test {ref['test']:.2%}. It is the teacher of every run.
+- **Control**: the reference distilled into itself with the same budget:
+  {f"{control['acc']:.2f} ± {control['std']:.2f}" if control else 'not run yet'}.
+- **Budget**: {epochs:g} epochs of training after the teacher for every compressed model; seeds {seeds}.
+- **Speed**: CPU latency vs the reference, {THREADS} pinned threads (torch and OMP), one process, ≥30 interleaved
+  pairs (10 for the test-set pass), median of the per-pair speedup, ± half the IQR; "test set" times the test
+  set itself at its real lengths (batches of 32, padded per batch). Runs with identical shapes share one timing.
 
 ![frontier](frontier{suffix}.png)
 
-{chr(10).join(rows)}
+{chr(10).join(table)}
 
-## Goals
+## Comparisons (a claim is made only where the gap exceeds the seeds' spread)
 
-{chr(10).join(goals(records)) or '- no finished runs yet'}
+{chr(10).join('- ' + c for c in comparisons)}
 
-Not run yet (the goals above speak only of the runs in the table): {', '.join(missing or []) or 'none'}.
-
-## Run-to-run spread
-
-Each point is one run. Runs named `-s43` repeat a run with training seed 43 (data split and teacher unchanged);
-runs named `-e2` prune for 2 epochs instead of 1.
-
-{chr(10).join(seed_spread(records)) or '- no repeated runs yet'}
+Not run yet: {', '.join(missing) or 'none'}.
 
 ## Commands
 
@@ -322,67 +318,69 @@ runs named `-e2` prune for 2 epochs instead of 1.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke version: {QUICK_TRAIN} train / {QUICK_EVAL} dev examples, 4 runs")
-    parser.add_argument("--only", help="comma-separated run names, run in that order")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_TRAIN} train examples, 1 seed, 3 points")
+    parser.add_argument("--only", help="comma-separated point names, run in that order")
+    parser.add_argument("--seeds", default="42,43,44")
+    parser.add_argument("--budget-epochs", type=float, default=2.0)
     parser.add_argument("--runs-dir", default=str(ROOT / "benchmarks" / "runs"))
-    parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--report-only", action="store_true", help="only rewrite the outputs from finished runs")
-    parser.add_argument("--remeasure", action="store_true",
-                        help="shrink (except -filled runs), evaluate and bench the finished runs (or those of --only) "
-                             "again with this code, one after another on a quiet machine; training is kept")
+    parser.add_argument("--time", action="store_true", help="time the finished runs (quiet machine), then report")
+    parser.add_argument("--retime", action="store_true", help="forget earlier timings and time again")
     args = parser.parse_args()
-    runs = Path(args.runs_dir) / ("quick" if args.quick else "full")
+    seeds = [42] if args.quick and args.seeds == "42,43,44" else [int(s) for s in args.seeds.split(",")]
+    runs = Path(args.runs_dir) / ("v2-quick" if args.quick else "v2")
     runs.mkdir(parents=True, exist_ok=True)
-    common = ["--no-progress"]
+    common = ["--no-progress", "--bench-repeats", "2"]
     if args.quick:
-        common += ["--max-train-samples", str(QUICK_TRAIN), "--max-eval-samples", str(QUICK_EVAL), "--bench-repeats", "4"]
-    else:
-        common += ["--bench-repeats", "20"]
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        common += ["--max-train-samples", str(QUICK_TRAIN)]
     every = plan(args.quick)
     points = every
     if args.only:
         wanted = args.only.split(",")
         unknown = sorted(set(wanted) - {p.name for p in every})
         if unknown:
-            parser.error(f"--only {','.join(unknown)}: no such run; the plan has {', '.join(p.name for p in every)}")
-        points = [p for name in wanted for p in every if p.name == name]  # in the order given
+            parser.error(f"--only {','.join(unknown)}: no such point; the plan has {', '.join(p.name for p in every)}")
+        points = [p for name in wanted for p in every if p.name == name]
 
+    import frontier_methods as fm
     import transformers
 
-    from blockprune.pipeline import Run, RunOptions
+    from blockprune.tasks import embedded_model_path
 
-    transformers.utils.logging.disable_progress_bar()  # the teacher stage runs in this process; the runs get --no-progress
+    transformers.utils.logging.disable_progress_bar()
+    dev, test = fm.tasks(QUICK_TRAIN if args.quick else None)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(embedded_model_path())
+    ctx = {"dev": dev, "test": test, "tokenizer": tokenizer, "epochs": args.budget_epochs}
+    ref = fm.reference(runs / "reference", tokenizer, dev, test)
 
-    # on the small quick data, 1 epoch at 5e-5 leaves the teacher underfit (63% after 63 steps): 2 epochs at 1e-4
-    teacher_opts = RunOptions(output_dir=str(runs / "teacher"), progress=False,
-                              teacher_epochs=2.0 if args.quick else 1.0,
-                              teacher_learning_rate=1e-4 if args.quick else 5e-5,
-                              max_train_samples=QUICK_TRAIN if args.quick else None,
-                              max_eval_samples=QUICK_EVAL if args.quick else None)
-    teacher_run = Run(teacher_opts)
-    teacher_run.check_run_dir()
-    print("[frontier] teacher: fine-tuning the dense model once for all runs", flush=True)
-    teacher = Path(teacher_run.stage_teacher()["model"])
+    def finished() -> list[tuple[Point, int]]:
+        return [(p, s) for p in every for s in seeds if fm.read_done(run_dir(runs, p, s) / "frontier-result")]
 
-    def finished() -> list[Point]:
-        return [p for p in every if (runs / p.name / "report.json").is_file()]
-
-    def write() -> None:
-        # the records hold every finished run of the plan, also those of earlier invocations
-        done = finished()
-        records = [run_point(p, runs, common, args.epochs, teacher) for p in done]
-        missing = [p.name for p in every if p not in done]
-        write_outputs([r for r in records if r is not None], args.quick, common, started, missing)
-
-    if args.remeasure:
-        points = [p for p in points if p in finished()]
-    for point in [] if args.report_only else points:
-        if run_point(point, runs, common, args.epochs, teacher, remeasure=args.remeasure) is not None:
-            write()
-    write()
-    print(f"[frontier] {len(finished())}/{len(every)} runs done; see docs/RESULTS{'_quick' if args.quick else ''}.md")
+    if not args.report_only and not args.time:
+        for point in points:
+            for seed in seeds:
+                folder = run_dir(runs, point, seed) / "frontier-result"
+                if fm.read_done(folder) is None:
+                    result = train_point(point, seed, runs, ref, ctx, common)
+                    if result is not None:
+                        fm.write_done(folder, result)
+    if args.time or args.retime:
+        time_runs(runs, finished(), ref, ctx, args.retime)
+    timings = json.loads((runs / "timing.json").read_text()) if (runs / "timing.json").is_file() else {}
+    control = [fm.read_done(run_dir(runs, p, s) / "frontier-result")["test"] for p, s in finished()
+               if p.method == "dense-control"]
+    control_metric = statistics.fmean(control) if control else None
+    records = []
+    for point, seed in finished():
+        key_file = run_dir(runs, point, seed) / "shape_key.txt"
+        timing = timings.get(key_file.read_text().strip()) if key_file.is_file() else None
+        result = fm.read_done(run_dir(runs, point, seed) / "frontier-result")
+        records.append(record(point, seed, result, ref, control_metric, timing, args.budget_epochs))
+    done = {(p.name, s) for p, s in finished()}
+    missing = [f"{p.name} (seeds {[s for s in seeds if (p.name, s) not in done]})" for p in every
+               if any((p.name, s) not in done for s in seeds)]
+    write_outputs(records, ref, args.quick, missing, args.budget_epochs, seeds)
+    print(f"[frontier] {len(done)} runs done; see docs/RESULTS{'_quick' if args.quick else ''}.md", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,176 @@
+"""The models the frontier compares, each produced into a folder of its own: reference, control, baselines.
+
+* **reference**: the dense model fine-tuned epoch by epoch until dev accuracy stops improving; the best
+  epoch is kept. It is the teacher of every other run and the dense point every Δ is taken against.
+* **control**: the reference distilled into a copy of itself with the same budget as the compressed runs,
+  so that "Δ vs control" separates the cost of compression from the gain of more training.
+* **layer-drop**: evenly spaced layers of the reference kept, then distilled (the DistilBERT recipe).
+* **magnitude-oneshot**: heads and neurons removed by magnitude at step 0 to the shapes ``struct`` reaches
+  at the same target, shrunk, then distilled.
+* blockprune's own runs and the gradual magnitude baseline are ``blockprune prune`` commands (see frontier.py).
+
+Every producer is resumable: a folder with ``done.json`` is finished; training resumes from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from blockprune import Pruner, load_pruned, save_pruned, shrink
+from blockprune.atomic import write_text
+from blockprune.pipeline import RunOptions, pruning_config, save_hf_model
+from blockprune.tasks import Task, embedded_model_path, load_task
+from blockprune.training import TrainSettings, train
+
+FFN_MULTIPLE = 16
+MAX_REFERENCE_EPOCHS = 5
+
+
+def read_done(folder: Path) -> dict[str, Any] | None:
+    done = folder / "done.json"
+    return json.loads(done.read_text()) if done.is_file() else None
+
+
+def write_done(folder: Path, data: dict[str, Any]) -> dict[str, Any]:
+    write_text(folder / "done.json", json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return data
+
+
+def tasks(max_train_samples: int | None = None) -> tuple[Task, Task]:
+    """The embedded task evaluated on dev (for choices) and on test (for the reported numbers).
+
+    ``max_train_samples`` takes the same seeded subset as ``blockprune prune --max-train-samples N`` (seed 42).
+    """
+    return (load_task(max_train_samples=max_train_samples),
+            load_task(eval_split="test", max_train_samples=max_train_samples))
+
+
+def evaluate(model: nn.Module, tokenizer: Any, dev: Task, test: Task) -> dict[str, float]:
+    model.eval()
+    return {"dev": dev.evaluate(model, tokenizer, batch_size=64, progress=False)["accuracy"],
+            "test": test.evaluate(model, tokenizer, batch_size=64, progress=False)["accuracy"]}
+
+
+def load_classifier(folder: Path) -> nn.Module:
+    """A model folder in either format (``save_pruned`` or ``save_pretrained``), as a sequence classifier."""
+    from transformers import AutoModelForSequenceClassification
+
+    from blockprune.cli import load_model
+
+    return load_model(str(folder), AutoModelForSequenceClassification).eval()
+
+
+def reference(root: Path, tokenizer: Any, dev: Task, test: Task, log: Any = print) -> dict[str, Any]:
+    """Fine-tune the dense model one epoch at a time (lr 5e-5, warm-up and linear decay each epoch) until dev
+    accuracy stops improving; keep the best epoch. Returns ``{"model", "epoch", "dev", "test", "history"}``."""
+    done = read_done(root)
+    if done is not None:
+        return done
+    from transformers import AutoModelForSequenceClassification
+
+    base = embedded_model_path()
+    model = AutoModelForSequenceClassification.from_pretrained(base, **dev.model_kwargs())
+    history: list[dict[str, Any]] = []
+    for epoch in range(1, MAX_REFERENCE_EPOCHS + 1):
+        folder = root / f"epoch-{epoch}"
+        finished = read_done(folder)
+        if finished is None:
+            log(f"[frontier] reference: epoch {epoch}")
+            train(model, dev, tokenizer, folder, TrainSettings(epochs=1.0, seed=42 + epoch - 1, progress=False))
+            save_hf_model(model, folder / "model", tokenizer)
+            finished = write_done(folder, {"epoch": epoch, **evaluate(model, tokenizer, dev, test)})
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(folder / "model")
+        history.append(finished)
+        log(f"[frontier] reference epoch {epoch}: dev {finished['dev']:.4f}")
+        if len(history) >= 2 and history[-1]["dev"] <= max(h["dev"] for h in history[:-1]):
+            break
+    best = max(history, key=lambda h: h["dev"])
+    return write_done(root, {"model": str(root / f"epoch-{best['epoch']}" / "model"), "epoch": best["epoch"],
+                             "dev": best["dev"], "test": best["test"], "history": history})
+
+
+def distil(student: nn.Module, teacher_dir: Path, folder: Path, tokenizer: Any, dev: Task, test: Task,
+           epochs: float, seed: int, shrunk: bool) -> dict[str, Any]:
+    """Distil ``student`` from the reference for ``epochs`` (α 0.9, T 2, lr 5e-5), save and evaluate it."""
+    teacher = load_classifier(teacher_dir)
+    settings = TrainSettings(epochs=epochs, seed=seed, progress=False)
+    trained = train(student.train(), dev, tokenizer, folder, settings, teacher=teacher)
+    if shrunk:
+        save_pruned(student, folder / "model", tokenizer)
+    else:
+        save_hf_model(student, folder / "model", tokenizer)
+    return {"model": str(folder / "model"), "steps": trained["steps"], **evaluate(student, tokenizer, dev, test)}
+
+
+def control(folder: Path, teacher_dir: Path, tokenizer: Any, dev: Task, test: Task, epochs: float,
+            seed: int) -> dict[str, Any]:
+    """The dense reference distilled into a copy of itself with the compressed runs' budget."""
+    done = read_done(folder)
+    return done or write_done(folder, distil(load_classifier(teacher_dir), teacher_dir, folder, tokenizer, dev,
+                                             test, epochs, seed, shrunk=False))
+
+
+def kept_layers(total: int, keep: int) -> list[int]:
+    """Evenly spaced layer indices, first layer included: 3 of 6 → [0, 2, 4]; 2 of 6 → [0, 3]."""
+    return [i * total // keep for i in range(keep)]
+
+
+def drop_layers(model: nn.Module, keep: list[int]) -> nn.Module:
+    """Keep only the transformer layers ``keep`` of a BERT-like classifier (in place); config follows."""
+    encoder = model.base_model.encoder
+    encoder.layer = nn.ModuleList([encoder.layer[i] for i in keep])
+    model.config.num_hidden_layers = len(keep)
+    for new_index, layer in enumerate(encoder.layer):
+        attention = getattr(layer.attention, "self", None)
+        if attention is not None and hasattr(attention, "layer_idx"):
+            attention.layer_idx = new_index
+    return model
+
+
+def layer_drop(folder: Path, teacher_dir: Path, tokenizer: Any, dev: Task, test: Task, keep: int,
+               epochs: float, seed: int) -> dict[str, Any]:
+    done = read_done(folder)
+    if done is not None:
+        return done
+    student = load_classifier(teacher_dir)
+    layers = kept_layers(student.config.num_hidden_layers, keep)
+    drop_layers(student, layers)
+    return write_done(folder, {"layers": layers, **distil(student, teacher_dir, folder, tokenizer, dev, test,
+                                                            epochs, seed, shrunk=False)})
+
+
+def magnitude_oneshot(folder: Path, teacher_dir: Path, tokenizer: Any, dev: Task, test: Task, target: float,
+                      epochs: float, seed: int) -> dict[str, Any]:
+    """All removal at step 0: the struct shapes of ``target`` chosen by weight magnitude, shrunk, then distilled."""
+    done = read_done(folder)
+    if done is not None:
+        return done
+    student = load_classifier(teacher_dir)
+    config = pruning_config(RunOptions(preset="struct", target_speedup=target), str(teacher_dir))
+    config = replace(config, attention_method="magnitude", ffn_method="magnitude")
+    pruner = Pruner(student, config)
+    pruner.step(1, 1)  # the final sparsity at once
+    pruner.finalize()
+    shrink(student, FFN_MULTIPLE)
+    return write_done(folder, distil(student, teacher_dir, folder, tokenizer, dev, test, epochs, seed, shrunk=True))
+
+
+def evaluate_folder(folder: Path, dev: Task, test: Task) -> dict[str, float]:
+    """Dev and test accuracy of a finished ``blockprune prune`` run's final model (``D/model``)."""
+    done = read_done(folder / "frontier-eval")
+    if done is not None:
+        return done
+    from transformers import AutoTokenizer
+
+    model = load_pruned(folder / "model") if (folder / "model" / "pruned_shapes.json").is_file() else None
+    model = load_classifier(folder / "model") if model is None else model
+    tokenizer = AutoTokenizer.from_pretrained(folder / "model")
+    with torch.inference_mode():
+        return write_done(folder / "frontier-eval", evaluate(model, tokenizer, dev, test))
