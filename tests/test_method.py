@@ -11,7 +11,7 @@ from tiny import FFN, HEADS, LAYERS, tiny_inputs, tiny_model
 from blockprune import Pruner, PruningConfig
 from blockprune.config import ConfigError
 from blockprune.measure import ffn_per_layer, heads_per_layer
-from blockprune.pipeline import RunError, target_without_ignored
+from blockprune.plan import PlanError, target_without_ignored
 from blockprune.pruner import PatchError
 from blockprune.shrink import shrink
 from blockprune.trainer import distillation_loss
@@ -90,7 +90,7 @@ def test_ignored_layers_stay_dense_and_unknown_layers_are_refused():
 def test_target_with_ignored_layers_asks_more_of_the_pruned_ones():
     # 2 of 6 layers dense, whole model 2x: the other 4 must keep (1/2 - 1/3) / (2/3) = 1/4 of their FLOPs
     assert target_without_ignored(2.0, 2, 6) == pytest.approx(4.0)
-    with pytest.raises(RunError, match="cannot be reached with 3 of 6 layers left dense"):
+    with pytest.raises(PlanError, match="cannot be reached with 3 of 6 layers left dense"):
         target_without_ignored(2.0, 3, 6)
 
 

@@ -28,6 +28,9 @@ _EXPORTS = {
     "tasks": ["DataError", "Task", "load_task", "embedded_model_path"],
     "pipeline": ["RunError", "RunOptions", "run"],
     "report": ["render_report"],
+    "plan": ["PlanError", "make_plan", "planned_config"],
+    "card": ["write_run_card"],
+    "hub": ["HubError", "push"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

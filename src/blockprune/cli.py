@@ -1,4 +1,4 @@
-"""The ``blockprune`` command: ``prune | shrink | eval | bench | export | report``.
+"""The ``blockprune`` command: ``prune | shrink | eval | bench | export | report | plan | push``.
 
 ``blockprune prune`` with no flags runs the embedded default offline (MiniLM-L6 on Rotten Tomatoes
 snippets). Every error a user can fix ends the command with one line naming the fix (exit code 2).
@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     prune.add_argument("--no-progress", action="store_true", help="no progress bars")
     prune.add_argument("--output-dir", default="runs/demo")
+    prune.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the final model with its card after the run")
+    prune.add_argument("--hub-private", action="store_true", help="with --push-to-hub: create the repository private")
+    prune.add_argument("--hub-token", help="with --push-to-hub: hub token (default: HF_TOKEN or `hf auth login`)")
 
     shrink = sub.add_parser("shrink", help="remove empty heads and FFN neurons from a pruned model (exact)")
     shrink.add_argument("input", help="model folder saved with save_pretrained (zeros where pruned)")
@@ -139,6 +142,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="render report.md / report.html / plots of a run directory again")
     report.add_argument("run_dir")
+
+    plan = sub.add_parser("plan", help="sparsities, per-layer shapes, size and speedup a target implies (no training)")
+    plan.add_argument("--model", help="local model folder or hub name (default: the embedded MiniLM-L6)")
+    plan.add_argument("--preset", default="struct", choices=sorted(PRESETS))
+    plan_target = plan.add_mutually_exclusive_group()
+    plan_target.add_argument("--target-speedup", type=float, help="theoretical FLOPs speedup (default 2.0)")
+    plan_target.add_argument("--sparsity", type=float, help="fraction of the pruned linears' weights removed")
+    plan.add_argument("--max-length", type=int, default=128, help="tokens per sequence of the FLOPs count")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a PruningConfig field")
+    plan.add_argument("--ffn-multiple", type=int, default=16, help=FFN_MULTIPLE_HELP)
+    plan.add_argument("--measure", action="store_true",
+                      help="also time a random model of the planned shapes against the dense one on this machine")
+    plan.add_argument("--batch-sizes", default="1,32", help="batch sizes of --measure (comma-separated)")
+    plan.add_argument("--repeats", type=int, default=10, help="timed passes of --measure")
+    plan.add_argument("--device", default="cpu", help="device of --measure")
+    plan.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    plan.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    push = sub.add_parser("push", help="upload a final model folder with its model card to the Hugging Face Hub")
+    push.add_argument("path", help="a run directory (its model/ is pushed) or a model folder")
+    push.add_argument("repo_id", help="hub repository, e.g. your-name/minilm-struct-2x")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--token", help="hub token (default: HF_TOKEN or the one saved by `hf auth login`)")
     return parser
 
 
@@ -240,10 +266,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
         output_dir=args.output_dir, bench_repeats=args.bench_repeats, progress=not args.no_progress,
         command="blockprune " + shlex.join(args.argv),
     )
+    if args.push_to_hub and is_main_process():
+        from .hub import check_hub
+
+        check_hub(args.push_to_hub, args.hub_token)  # offline or not logged in: fail now, not after training
     with _quiet_transformers(args.no_progress):
         report = run(options)
     if not is_main_process():
         return 0
+    if args.push_to_hub:
+        from .hub import push
+
+        print(f"pushed {push(options.output_dir, args.push_to_hub, private=args.hub_private, token=args.hub_token)}")
     change = report["final"]["metric"] - report["teacher"]["metric"]
     lower_better = not report.get("higher_is_better", True)
     change_text = f"{change:+.4f}, lower is better" if lower_better else f"{change * 100:+.2f} points"
@@ -274,6 +308,9 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     diff = max(float((b - a).abs().max()) for b, a in zip(before.values(), after.values(), strict=True)
                if isinstance(b, torch.Tensor))
     save_pruned(model, args.output, processors, result=result)
+    from .card import write_shrink_card
+
+    write_shrink_card(args.output, result, source=args.input, ffn_multiple=args.ffn_multiple)
     padding = f" (+ zero neurons to multiples of {args.ffn_multiple}: {result.ffn_padding})" if any(
         result.ffn_padding) else ""
     print(f"heads kept per layer: {result.heads_per_layer}\nFFN width per layer: {result.ffn_per_layer}{padding}\n"
@@ -343,8 +380,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .plan import measure_plan, plan, to_json, to_text
+
+    try:
+        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    except ValueError:
+        raise ValueError(f"--batch-sizes takes comma-separated integers, got {args.batch_sizes!r}") from None
+    result = plan(args.model, args.preset, args.target_speedup, args.sparsity, args.max_length,
+                  _key_values(args.set, "--set"), args.ffn_multiple, args.trust_remote_code)
+    if args.measure:
+        result["measured"] = measure_plan(result, batch_sizes, args.repeats, args.device,
+                                          trust_remote_code=args.trust_remote_code)
+    print(to_json(result) if args.json else to_text(result), end="" if args.json else "\n")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push
+
+    print(f"pushed {push(args.path, args.repo_id, private=args.private, token=args.token)}")
+    return 0
+
+
 COMMANDS = {"prune": cmd_prune, "shrink": cmd_shrink, "eval": cmd_eval, "bench": cmd_bench, "export": cmd_export,
-            "report": cmd_report}
+            "report": cmd_report, "plan": cmd_plan, "push": cmd_push}
 
 
 def main(argv: list[str] | None = None) -> int:

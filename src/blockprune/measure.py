@@ -173,7 +173,7 @@ def count_params(model: nn.Module) -> dict[str, int]:
         ``total`` (each shared tensor once), ``embedding`` (all ``nn.Embedding`` tables), ``non_embedding``,
         ``linear`` (weight elements of the prunable block linears: Q, K, V, O, up, gate, down; biases not
         included) and ``linear_nonzero`` (how many of those weights are non-zero: the density of a model whose
-        masks were baked in as zeros).
+        masks were baked in as zeros; all of them for a model on the ``meta`` device, which has no values).
 
     Example:
         >>> count_params(model)["linear"]        # doctest: +SKIP
@@ -189,7 +189,7 @@ def count_params(model: nn.Module) -> dict[str, int]:
         "embedding": embedding,
         "non_embedding": total - embedding,
         "linear": sum(w.numel() for w in weights),
-        "linear_nonzero": int(sum(int(torch.count_nonzero(w.detach())) for w in weights)),
+        "linear_nonzero": int(sum(w.numel() if w.is_meta else int(torch.count_nonzero(w.detach())) for w in weights)),
     }
 
 

@@ -28,7 +28,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,15 +38,15 @@ import transformers
 from torch import nn
 
 from . import __version__, atomic
-from .config import HEAD, PRESETS, PruningConfig
+from .config import PruningConfig
 from .measure import count_params, ffn_per_layer, flops_per_token, heads_per_layer, speedup
+from .plan import PlanError, make_plan, planned_config
 from .pruner import Pruner
 from .saving import load_pruned, save_pruned
-from .shrink import ShrinkError, check_ffn_multiple, shrink
+from .shrink import shrink
 from .tasks import Task, embedded_model_path, load_task
 from .training import TrainSettings, check_overrides, train
 
-MAX_SPARSITY = 0.95
 FILLED_SUFFIX = "-filled"
 
 
@@ -108,79 +108,13 @@ def default_target(options: RunOptions) -> None:
         options.target_speedup = 2.0
 
 
-def meta_model(model_path: str, trust_remote_code: bool = False) -> nn.Module:
-    """The dense model built on the ``meta`` device from its config: shapes only, no weights read."""
-    config = transformers.AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    with torch.device("meta"):
-        return transformers.AutoModel.from_config(config, trust_remote_code=trust_remote_code)
-
-
-def flops_split(model_path: str, seq_len: int, trust_remote_code: bool = False) -> tuple[int, int]:
-    """FLOPs per token of the attention part (Q/K/V/O + matmuls) and of the FFN part of a dense model."""
-    flops = flops_per_token(meta_model(model_path, trust_remote_code), seq_len)
-    return flops["total"] - flops["ffn_linear"], flops["ffn_linear"]
-
-
-def target_without_ignored(target: float, ignored: int, layers: int) -> float:
-    """The speedup the pruned layers need so that the whole model reaches ``target`` with ``ignored`` dense layers.
-
-    Layers of one model cost the same, so the dense ones keep ``ignored / layers`` of the FLOPs.
-    """
-    dense = ignored / layers
-    keep = (1.0 / target - dense) / (1.0 - dense) if dense < 1 else 0.0
-    if keep <= 0:
-        raise RunError(f"--target-speedup {target} cannot be reached with {ignored} of {layers} layers left dense "
-                       "(ignored_layers); ask for less or leave fewer layers out")
-    return 1.0 / keep
-
-
-def sparsities_for_speedup(target: float, attention_flops: int, ffn_flops: int, head_pruning: bool) -> dict[str, float]:
-    """Sparsities that give a theoretical ``target`` speedup of the transformer layers.
-
-    With whole heads and neurons (``struct``), every pruned FLOP goes away after shrink, so both keep
-    ``1 / target``. Tiles inside attention only pay off when a head empties completely, which cannot be
-    planned; so for tile presets the FFN alone is sized to reach the target (attention heads all kept),
-    and attention is pruned at ``1 - 1/target``: every head it empties is extra speed, reported as achieved.
-    """
-    if target <= 1.0:
-        raise RunError(f"--target-speedup {target} must be greater than 1 (1 = the dense model)")
-    dense_keep = 1.0 / target
-    if head_pruning:
-        ffn_keep = dense_keep
-    else:
-        ffn_keep = ((attention_flops + ffn_flops) / target - attention_flops) / ffn_flops
-    if 1.0 - dense_keep > MAX_SPARSITY or 1.0 - ffn_keep > MAX_SPARSITY:
-        hint = "" if head_pruning else " with tiles in attention (try --preset struct, which removes whole heads)"
-        raise RunError(
-            f"--target-speedup {target} cannot be reached{hint}: it needs more than {MAX_SPARSITY:.0%} of the "
-            "prunable weights removed. Ask for less."
-        )
-    return {"sparsity": round(1.0 - ffn_keep, 4), "attention_sparsity": round(1.0 - dense_keep, 4)}
-
-
 def pruning_config(options: RunOptions, model_path: str) -> PruningConfig:
-    """The preset with the target sparsity and any user overrides (validated)."""
-    if options.preset not in PRESETS:
-        raise RunError(f"--preset {options.preset!r} is unknown; choose one of {sorted(PRESETS)}")
-    if options.target_speedup is not None and options.sparsity is not None:
-        raise RunError("give either --target-speedup or --sparsity, not both")
+    """The preset with the target sparsity and any user overrides (validated; see :func:`plan.planned_config`)."""
     try:
-        check_ffn_multiple(options.ffn_multiple, "--ffn-multiple ")
-    except ShrinkError as err:
+        return planned_config(options.preset, options.target_speedup, options.sparsity, options.pruning,
+                              options.ffn_multiple, model_path, options.max_length, options.trust_remote_code)
+    except PlanError as err:
         raise RunError(str(err)) from err
-    unknown = sorted(set(options.pruning) - {f.name for f in fields(PruningConfig)})
-    if unknown:
-        raise RunError(f"--set {', '.join(unknown)}: not a PruningConfig field; "
-                       f"choose among {sorted(f.name for f in fields(PruningConfig))}")
-    preset = PruningConfig.preset(options.preset, **options.pruning)
-    if options.target_speedup is None:
-        return preset.replace(sparsity=options.sparsity)
-    split = flops_split(model_path, options.max_length, options.trust_remote_code)
-    target = options.target_speedup
-    if preset.ignored_layers:
-        layers = len(heads_per_layer(meta_model(model_path, options.trust_remote_code)))
-        target = target_without_ignored(target, len(preset.ignored_layers), layers)
-    return preset.replace(**sparsities_for_speedup(target, *split, preset.attention_block == HEAD))
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -242,6 +176,7 @@ class Run:
         self.dir = Path(options.output_dir)
         self.model_path = self._model_path()
         self.config = pruning_config(options, self.model_path)
+        self.plan = self._plan()
         self.task = self._load_task()
         # a tokenizer, or an image processor for image tasks: the task decides (Task.load_processor)
         self.tokenizer = self.task.load_processor(self.teacher_source(), trust_remote_code=options.trust_remote_code)
@@ -264,6 +199,17 @@ class Run:
             if not Path(model).is_dir():
                 raise RunError(f"--model {model} does not exist; give a local model folder or a hub name")
         return model
+
+    def _plan(self) -> dict[str, Any]:
+        """The shapes and theoretical speedup the target implies, from the config alone (``plan`` in report.json)."""
+        o = self.options
+        kind = "speedup" if o.target_speedup is not None else "sparsity"
+        try:
+            return make_plan(self.model_path, self.config, preset=o.preset,
+                             target={"kind": kind, "value": o.target_speedup or o.sparsity}, seq_len=o.max_length,
+                             ffn_multiple=o.ffn_multiple, trust_remote_code=o.trust_remote_code)
+        except ValueError as err:  # a preview only: a model the planner cannot build must not stop the run
+            return {"error": str(err)}
 
     def teacher_source(self) -> str:
         teacher = self.options.teacher
@@ -457,6 +403,9 @@ class Run:
         from .report import render_report
 
         render_report(self.dir)
+        from .card import write_run_card
+
+        write_run_card(self.dir, report)  # D/model/README.md, with the plots just drawn
         barrier()
         return report
 
@@ -499,6 +448,7 @@ class Run:
             "heads_total": bench["heads_before"],
             "ffn_width": shrunk["ffn_width"],
             "ffn_total": bench["ffn_before"],
+            "plan": self.plan,
             "stages": {name: {"seconds": round(s.get("seconds", 0.0), 1)} for name, s in stages.items()},
             "command": o.command or "blockprune.run(RunOptions(...)) from Python",
             "versions": versions(),

@@ -1,0 +1,107 @@
+"""`blockprune plan`: the shapes, sizes and speedup a target implies, checked against real prune + shrink."""
+
+import json
+import time
+
+import pytest
+import torch
+from tiny import tiny_model
+
+from blockprune import Pruner
+from blockprune.cli import main
+from blockprune.measure import ffn_per_layer, heads_per_layer, speedup
+from blockprune.plan import make_plan, plan, planned_config
+from blockprune.shrink import shrink
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    """Config folders of a tiny BERT (4 heads, FFN 64) and a tiny Llama (4 query heads on 2 KV heads)."""
+    dirs = {}
+    for model_type in ("bert", "llama"):
+        path = tmp_path_factory.mktemp(model_type)
+        tiny_model(model_type, task="base").config.save_pretrained(path)
+        dirs[model_type] = path
+    return dirs
+
+
+def pruned_and_shrunk(model_type: str, config, ffn_multiple: int, seed: int = 0):
+    """What training would leave, without training: random scores, end of schedule, finalize, shrink."""
+    model = tiny_model(model_type, task="base")
+    dense = tiny_model(model_type, task="base")
+    pruner = Pruner(model, config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for group in pruner.groups:
+            group.scores.copy_(torch.randn(group.scores.shape, generator=generator))
+    pruner.step(10, 10)
+    pruner.finalize()
+    shrink(model, ffn_multiple)
+    return dense, model
+
+
+@pytest.mark.parametrize(("model_type", "target", "multiple"), [("bert", 2.0, 16), ("bert", 2.5, 16),
+                                                                ("bert", 3.0, 1), ("llama", 2.0, 8)])
+def test_struct_plan_matches_real_prune_and_shrink(model_dirs, model_type, target, multiple):
+    config = planned_config("struct", target_speedup=target, ffn_multiple=multiple,
+                            model_path=str(model_dirs[model_type]))
+    planned = make_plan(str(model_dirs[model_type]), config, preset="struct", ffn_multiple=multiple)
+    dense, small = pruned_and_shrunk(model_type, config, multiple)
+    assert planned["kind"] == {"attention": "exact", "ffn": "exact"} and planned["notes"] == []
+    assert planned["heads"] == heads_per_layer(small)
+    assert planned["ffn"] == ffn_per_layer(small)
+    assert planned["heads_total"] == heads_per_layer(dense) and planned["ffn_total"] == ffn_per_layer(dense)
+    real = speedup(dense, small, seq_len=planned["seq_len"], latency=False)
+    assert planned["theoretical_speedup"] == pytest.approx(real["theoretical"], rel=1e-9)
+    assert planned["flops_per_token"]["after"] == real["model_flops_per_token"]
+
+
+def test_plan_reaches_the_target_speedup(model_dirs):
+    result = plan(str(model_dirs["bert"]), "struct", target_speedup=2.0, ffn_multiple=1)
+    assert result["heads"] == [2, 2] and result["ffn"] == [32, 32]
+    assert result["theoretical_speedup"] == pytest.approx(2.0, rel=0.02)
+    assert result["params"]["linear"]["after"] == pytest.approx(result["params"]["linear"]["before"] / 2)
+
+
+def test_tile_presets_are_planned_as_a_budget(model_dirs):
+    result = plan(str(model_dirs["bert"]), "hybrid", target_speedup=1.5, max_length=8, ffn_multiple=1,
+                  overrides={"attention_block": [8, 8]})
+    assert result["kind"] == {"attention": "upper bound", "ffn": "budget"}
+    assert result["heads"] == result["heads_total"]  # tiles: every head kept in the plan
+    assert result["theoretical_speedup"] == pytest.approx(1.5, rel=0.05)
+    assert any("budget" in note for note in result["notes"])
+
+
+def test_plan_json_with_measure_has_latencies(model_dirs, capsys):
+    assert main(["plan", "--model", str(model_dirs["bert"]), "--target-speedup", "2", "--max-length", "16",
+                 "--measure", "--batch-sizes", "1,2", "--repeats", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    measured = result["measured"]
+    assert [b["batch_size"] for b in measured["batches"]] == [1, 2]
+    for batch in measured["batches"]:
+        assert batch["reference_ms"] > 0 and batch["model_ms"] > 0 and batch["measured"] > 0
+    assert measured["theoretical"] == pytest.approx(result["theoretical_speedup"])
+    assert measured["seq_len"] == 16 and measured["device"] == "cpu"
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--target-speedup", "40"], "cannot be reached"),
+    (["--target-speedup", "0.9"], "must be greater than 1"),
+    (["--set", "not_a_field=1"], "not a PruningConfig field"),
+    (["--ffn-multiple", "0"], "--ffn-multiple"),
+])
+def test_plan_errors_are_one_line(model_dirs, capsys, args, needle):
+    assert main(["plan", "--model", str(model_dirs["bert"]), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("blockprune plan: error: ") and needle in err and "\n" not in err
+
+
+@pytest.mark.real
+def test_plan_on_the_embedded_minilm_is_quick_and_exact(capsys):
+    start = time.perf_counter()
+    assert main(["plan", "--preset", "struct", "--target-speedup", "2"]) == 0
+    assert time.perf_counter() - start < 30
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit() and "/" in line]
+    assert [row[1:3] for row in rows] == [["6/12", "768/1536"]] * 6
+    assert "theoretical speedup 2.00x" in out
