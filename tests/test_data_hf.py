@@ -107,6 +107,15 @@ def test_bad_split_lists_the_available_splits(glue_dir):
         load_task(dataset=str(glue_dir), dataset_config="mnli", validation_split="dev", test_split="held", **PAIR)
 
 
+def test_a_test_split_with_hidden_labels_is_refused(tmp_path, splits):
+    hidden = datasets.DatasetDict({"train": splits["train"], "validation": splits["validation_matched"],
+                                   "test": splits["test"].map(lambda row: {"label": -1})})
+    hidden.save_to_disk(str(tmp_path / "hidden"))
+    with pytest.raises(DataError, match=r"split 'test': every 'label' is -1, i.e. the labels are hidden"):
+        load_task(dataset=str(tmp_path / "hidden"), test_split="test", **PAIR)
+    assert load_task(dataset=str(tmp_path / "hidden"), **PAIR).num_eval == SPLIT_SIZES["validation_matched"]
+
+
 def test_bad_or_missing_config_lists_the_available_configs(glue_dir):
     with pytest.raises(DataError, match=r"has no config 'mnlx'; its configs are \['mnli'\].*--dataset-config"):
         load_task(dataset=str(glue_dir), dataset_config="mnlx", **PAIR)
@@ -260,6 +269,7 @@ def test_prune_end_to_end_on_a_saved_glue_config(tiny_dir, glue_dir, tmp_path, c
             "--teacher-learning-rate", "1e-3", "--bench-repeats", "2", "--no-progress", "--max-length", "32",
             "--ffn-multiple", "1", "--output-dir", str(out)]
     assert main(args) == 0
+    assert "speedup measured" in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     assert report["data"]["num_train"] == SPLIT_SIZES["train"]
     assert report["data"]["num_eval"] == SPLIT_SIZES["validation_matched"]

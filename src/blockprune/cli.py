@@ -66,7 +66,7 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--text-pair-column", help="second text column for sentence pairs")
     group.add_argument("--label-column", help="label column (default: label)")
     group.add_argument("--max-train-samples", type=int, help="use a seeded subset of the training data")
-    group.add_argument("--max-eval-samples", type=int, help="use a seeded subset of the evaluation data")
+    group.add_argument("--max-eval-samples", type=int, help="use a seeded subset of the evaluation (and test) data")
     group.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
     group.add_argument("--seed", type=int, default=42)
 

@@ -196,7 +196,6 @@ def _load_classification(
             eval_where = f"{train_where} (held-out {HOLDOUT_FRACTION:.0%})"
         source = f"files: train={train_file}, validation={validation_file or eval_where}"
     else:
-        assert spec is not None
         splits = load_splits(spec)
         train, evaluation, test = splits.train, splits.validation, splits.test
         train_where, eval_where = spec.where(spec.train_split), spec.where(spec.validation_split)
@@ -210,9 +209,20 @@ def _load_classification(
     )
     task = classification_task(train, evaluation, eval_where=eval_where, source=source, **options, **common)
     if test is not None and spec is not None:  # checked like the validation split, against the training labels
-        task.test_examples = classification_task(train, test, eval_where=spec.where(str(spec.test_split)),
-                                                 **options).eval_examples
+        test_where = spec.where(str(spec.test_split))
+        _refuse_hidden_labels(test, str(options["label_column"]), test_where)
+        task.test_examples = classification_task(train, test, eval_where=test_where, **options).eval_examples
     return task
+
+
+def _refuse_hidden_labels(records: list[Record], column: str, where: str) -> None:
+    """A test split whose every label is -1 hides its labels (as GLUE's do); it cannot be scored."""
+    if records and all(str(r.get(column)).strip() == "-1" for r in records):
+        raise DataError(
+            f"{where}: every {column!r} is -1, i.e. the labels are hidden (as in GLUE's test splits), so it "
+            "cannot be scored; choose a labelled split as test_split (--test-split), e.g. validation_mismatched "
+            "for MNLI, or leave it out."
+        )
 
 
 def _embedded(common: dict[str, Any]) -> ClassificationTask:
@@ -246,7 +256,6 @@ def _load_qa(
             train, evaluation = holdout(train, HOLDOUT_FRACTION, seed, key=lambda e: e.context)
         source = f"files: train={train_file}, validation={validation_file or 'held-out 10% of train'}"
     else:
-        assert spec is not None
         train, evaluation, test = _dataset_examples(spec, squad_from_records)
         source = spec.describe()
     task = QATask(train, evaluation, source=source, **common)
@@ -276,7 +285,6 @@ def _load_causal_lm(
             train, evaluation = _holdout_documents(train, train_file, seed)
         source = f"files: train={train_file}, validation={validation_file or 'held-out 10% of train documents'}"
     else:
-        assert spec is not None
         train, evaluation, test = _dataset_examples(
             spec, lambda records, where: documents_from_records(records, text_column, where)
         )
