@@ -47,8 +47,8 @@ def tasks(max_train_samples: int | None = None) -> tuple[Task, Task]:
 
     ``max_train_samples`` takes the same seeded subset as ``blockprune prune --max-train-samples N`` (seed 42).
     """
-    return (load_task(max_train_samples=max_train_samples),
-            load_task(eval_split="test", max_train_samples=max_train_samples))
+    dev = load_task(max_train_samples=max_train_samples)
+    return dev, dev.test_task()
 
 
 def evaluate(model: nn.Module, tokenizer: Any, dev: Task, test: Task) -> dict[str, float]:

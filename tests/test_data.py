@@ -90,19 +90,13 @@ def test_embedded_dev_is_the_dev_of_the_earlier_two_way_split_and_test_comes_fro
     assert len(train) + len(test) == 10_824 and len(dev) == 1_928
 
 
-def test_load_task_eval_split_test_evaluates_on_the_held_out_test_side_only():
-    dev_task, test_task = load_task(), load_task(eval_split="test")
-    assert dev_task.train_examples == test_task.train_examples
-    assert test_task.num_eval == 1_294 and dev_task.num_eval == 1_928
-    assert not {e.text for e in test_task.eval_examples} & {e.text for e in test_task.train_examples}
-    assert "evaluated on test" in test_task.describe()["source"]
-
-
-def test_eval_split_is_refused_where_it_does_not_apply(nli_files):
-    with pytest.raises(DataError, match="eval_split='valid' is unknown"):
-        load_task(eval_split="valid")
-    with pytest.raises(DataError, match="applies to the embedded Rotten Tomatoes data only"):
-        load_nli(*nli_files, eval_split="test")
+def test_the_embedded_task_carries_its_test_side_for_reports_only():
+    task = load_task()
+    assert (task.num_eval, len(task.test_examples)) == (1_928, 1_294)
+    test = task.test_task()
+    assert test.eval_examples == task.test_examples and test.train_examples == task.train_examples
+    assert not {e.text for e in task.test_examples} & {e.text for e in task.train_examples + task.eval_examples}
+    assert task.describe()["num_test"] == 1_294
 
 
 def test_embedded_split_is_deterministic():

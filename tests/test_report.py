@@ -253,3 +253,13 @@ def test_lower_is_better_metric_is_worded_as_values_and_change(run_dir: Path,
     labels = [t.get_text() for t in tradeoff.axes[0].texts]
     assert any("(+0.8, lower is better)" in label for label in labels), labels
     assert tradeoff.axes[0].get_ylabel() == "perplexity, lower is better"
+
+
+def test_test_split_metrics_are_shown_beside_the_validation_ones(run_dir: Path) -> None:
+    report = json.loads(json.dumps(REPORT))
+    report["teacher"]["test_metrics"] = {"accuracy": 0.851}
+    report["final"]["test_metrics"] = {"accuracy": 0.829}
+    write_report(run_dir, report)
+    text = render_report(run_dir)["report.md"].read_text(encoding="utf-8")
+    assert "| Teacher accuracy (test split) | 85.1% |" in text
+    assert "| Final accuracy (test split) | 82.9% |" in text

@@ -49,8 +49,15 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data (default: the embedded Rotten Tomatoes snippets)")
     group.add_argument("--task", default="text-classification",
                        choices=["text-classification", "question-answering", "causal-lm", "image-classification"])
-    group.add_argument("--dataset", help="Hugging Face hub dataset name (needs the `datasets` package and network)")
-    group.add_argument("--train-file", help="local CSV/TSV/JSON/JSONL (SQuAD JSON for question answering; also "
+    group.add_argument("--dataset", help="Hugging Face hub dataset name (needs the `datasets` package and network), "
+                       "or a local folder saved with DatasetDict.save_to_disk")
+    group.add_argument("--dataset-config", help="the dataset's configuration, e.g. mnli of glue")
+    group.add_argument("--train-split", default="train", help="split of --dataset to train on")
+    group.add_argument("--validation-split", default="validation",
+                       help="split of --dataset to evaluate on, e.g. validation_matched")
+    group.add_argument("--test-split", help="a held-out split of --dataset, scored only for the report")
+    group.add_argument("--train-file", help="local CSV/TSV/JSON/JSONL/parquet or a Dataset.save_to_disk folder "
+                       "(SQuAD JSON for question answering; also "
                        ".txt, one document per line, for causal-lm); an image folder <root>/<label>/<images> "
                        "for image-classification")
     group.add_argument("--validation-file",
@@ -59,10 +66,7 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--text-pair-column", help="second text column for sentence pairs")
     group.add_argument("--label-column", help="label column (default: label)")
     group.add_argument("--max-train-samples", type=int, help="use a seeded subset of the training data")
-    group.add_argument("--max-eval-samples", type=int, help="use a seeded subset of the evaluation data")
-    group.add_argument("--eval-split", choices=["dev", "test"], default="dev",
-                       help="embedded data only: evaluate on dev (where choices are made) or on the held-out test "
-                            "split (report only; tune nothing on it)")
+    group.add_argument("--max-eval-samples", type=int, help="use a seeded subset of the evaluation (and test) data")
     group.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
     group.add_argument("--seed", type=int, default=42)
 
@@ -252,13 +256,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .pipeline import RunOptions, is_main_process, run
 
     options = RunOptions(
-        model=args.model, task=args.task, dataset=args.dataset, train_file=args.train_file,
+        model=args.model, task=args.task, dataset=args.dataset, dataset_config=args.dataset_config,
+        train_split=args.train_split, validation_split=args.validation_split, test_split=args.test_split,
+        train_file=args.train_file,
         validation_file=args.validation_file, text_column=args.text_column, text_pair_column=args.text_pair_column,
         label_column=args.label_column, preset=args.preset, ffn_multiple=args.ffn_multiple, target_speedup=args.target_speedup,
         sparsity=args.sparsity, teacher=args.teacher, epochs=args.epochs, min_pruning_steps=args.min_pruning_steps,
         teacher_epochs=args.teacher_epochs,
         fill_epochs=args.fill_epochs, max_train_samples=args.max_train_samples,
-        max_eval_samples=args.max_eval_samples, eval_split=args.eval_split, max_length=args.max_length,
+        max_eval_samples=args.max_eval_samples, max_length=args.max_length,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate, teacher_learning_rate=args.teacher_learning_rate, alpha=args.alpha,
         temperature=args.temperature, seed=args.seed, pruning=_key_values(args.set, "--set"),
@@ -322,14 +328,18 @@ def cmd_shrink(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .tasks import load_task
 
-    task = load_task(args.task, dataset=args.dataset, train_file=args.train_file,
+    task = load_task(args.task, dataset=args.dataset, dataset_config=args.dataset_config,
+                     train_split=args.train_split, validation_split=args.validation_split,
+                     test_split=args.test_split, train_file=args.train_file,
                      validation_file=args.validation_file, text_column=args.text_column,
                      text_pair_column=args.text_pair_column, label_column=args.label_column, seed=args.seed,
                      max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
-                     max_length=args.max_length, eval_split=args.eval_split)
+                     max_length=args.max_length)
     model = load_model(args.model, task.model_class())
     tokenizer = task.load_processor(args.model)
     metrics = task.evaluate(model, tokenizer, batch_size=args.batch_size)
+    if task.test_examples:  # reported next to the validation metrics, under "test"
+        metrics["test"] = task.test_task().evaluate(model, tokenizer, batch_size=args.batch_size)
     print(json.dumps(metrics, indent=1, sort_keys=True))
     return 0
 

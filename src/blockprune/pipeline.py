@@ -61,6 +61,10 @@ class RunOptions:
     model: str | None = None
     task: str = "text-classification"
     dataset: str | None = None
+    dataset_config: str | None = None
+    train_split: str = "train"
+    validation_split: str = "validation"
+    test_split: str | None = None  # scored only for the report (teacher and final model), never for choices
     train_file: str | None = None
     validation_file: str | None = None
     text_column: str | None = None
@@ -77,7 +81,6 @@ class RunOptions:
     fill_epochs: float = 1.0
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
-    eval_split: str = "dev"  # embedded data: "test" evaluates on the held-out test split (report only)
     max_length: int = 128
     batch_size: int = 32
     learning_rate: float = 5e-5
@@ -220,10 +223,11 @@ class Run:
     def _load_task(self) -> Task:
         o = self.options
         return load_task(
-            o.task, dataset=o.dataset, train_file=o.train_file, validation_file=o.validation_file,
+            o.task, dataset=o.dataset, dataset_config=o.dataset_config, train_split=o.train_split,
+            validation_split=o.validation_split, test_split=o.test_split, train_file=o.train_file,
+            validation_file=o.validation_file,
             text_column=o.text_column, text_pair_column=o.text_pair_column, label_column=o.label_column, seed=o.seed,
             max_train_samples=o.max_train_samples, max_eval_samples=o.max_eval_samples, max_length=o.max_length,
-            eval_split=o.eval_split,
         )
 
     def check_run_dir(self) -> None:
@@ -287,9 +291,7 @@ class Run:
                 train(model, self.task, self.tokenizer, stage, settings)
                 save_hf_model(model, stage / "model", self.tokenizer)
                 source = str(stage / "model")
-            metrics = self.task.evaluate(model, self.tokenizer, batch_size=self.options.batch_size,
-                                         progress=self.options.progress)
-            return {"model": source, "metrics": metrics}
+            return {"model": source, **self.scores(model)}
 
         return self.stage("teacher", work)
 
@@ -347,10 +349,18 @@ class Run:
     def load_final(self) -> nn.Module:
         return load_pruned(self.final_model_dir(), model_class=self.task.model_class())
 
+    def scores(self, model: nn.Module) -> dict[str, Any]:
+        """``metrics`` on the validation split, and ``test_metrics`` when the task has a test split (report only)."""
+        o = self.options
+        out = {"metrics": self.task.evaluate(model, self.tokenizer, batch_size=o.batch_size, progress=o.progress)}
+        if self.task.test_examples:
+            out["test_metrics"] = self.task.test_task().evaluate(model, self.tokenizer, batch_size=o.batch_size,
+                                                                 progress=o.progress)
+        return out
+
     def stage_evaluate(self) -> dict[str, Any]:
         def work(stage: Path) -> dict[str, Any]:
-            return {"metrics": self.task.evaluate(self.load_final(), self.tokenizer, batch_size=self.options.batch_size,
-                                                  progress=self.options.progress)}
+            return self.scores(self.load_final())
 
         return self.stage("evaluate", work)
 
@@ -433,9 +443,11 @@ class Run:
                         "steps": stages["prune"].get("steps"), "epochs": stages["prune"].get("epochs")},
             "teacher": {"metric": stages["teacher"]["metrics"][task.metric_name],
                         "metrics": stages["teacher"]["metrics"],
+                        **_test_metrics(stages["teacher"]),
                         "latency_ms": {k: v["reference_ms"] for k, v in by_batch.items()}},
             "final": {"metric": stages["evaluate"]["metrics"][task.metric_name],
                       "metrics": stages["evaluate"]["metrics"],
+                      **_test_metrics(stages["evaluate"]),
                       "latency_ms": {k: v["model_ms"] for k, v in by_batch.items()}},
             "speedup": {"measured": by_batch[main_batch]["measured"] if main_batch in by_batch else None,
                         "measured_by_batch": {k: v["measured"] for k, v in by_batch.items()},
@@ -455,6 +467,11 @@ class Run:
             "machine": machine(),
             "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
+
+
+def _test_metrics(stage: dict[str, Any]) -> dict[str, Any]:
+    """``{"test_metrics": ...}`` of a stage that scored a test split, else nothing."""
+    return {"test_metrics": stage["test_metrics"]} if "test_metrics" in stage else {}
 
 
 def run(options: RunOptions) -> dict[str, Any]:

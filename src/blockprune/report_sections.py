@@ -223,6 +223,9 @@ def _summary(report: dict[str, Any], tradeoff: Figure | Note) -> Section:
     add(f"Final {metric}", _metric_text(final, scale) if final is not None else None)
     change = _change(report, 2 if scale == 1 else 1)
     add("Change", f"{change} ({LOWER})" if change and not higher_is_better(report) else change)
+    for who in ("teacher", "final"):  # a held-out test split, scored for the report only
+        value = number(dig(report, who, "test_metrics", metric))
+        add(f"{who.capitalize()} {metric} (test split)", _metric_text(value, scale) if value is not None else None)
     for batch, value in _batches(dig(report, "speedup", "measured_by_batch")):
         add(f"Measured speedup (batch {batch})", f"{value:.2f}\u00d7")
     if not _batches(dig(report, "speedup", "measured_by_batch")) and number(dig(report, "speedup", "measured")):

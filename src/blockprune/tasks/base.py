@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 from abc import ABC, abstractmethod
@@ -117,10 +118,13 @@ class Task(ABC):
         max_length: default token length of one feature (unused by image tasks).
         source: human-readable origin of the data, for reports.
         train_examples, eval_examples: the raw examples (after any subsampling), one per question/text.
+        test_examples: held-out examples evaluated only for reporting (a dataset's ``test_split``), never
+            used for training or choosing; empty when there is none. Score them with :meth:`test_task`.
     """
 
     train_examples: list[Any]
     eval_examples: list[Any]
+    test_examples: list[Any]
     name: str
     metrics: tuple[str, ...]
     metric_name: str
@@ -143,6 +147,7 @@ class Task(ABC):
         """
         self.train_examples = train
         self.eval_examples = eval
+        self.test_examples = []
         self.metric_name = check_metric(metric, self.metrics)
         self.source = source
         if max_length is not None:
@@ -157,6 +162,22 @@ class Task(ABC):
     def num_eval(self) -> int:
         """Number of evaluation examples (after any subsampling)."""
         return len(self.eval_examples)
+
+    def test_task(self) -> Task:
+        """This task with its test examples as the evaluation set, so ``task.test_task().evaluate(...)`` scores them.
+
+        Raises:
+            DataError: the task has no test examples.
+
+        Example:
+            >>> task = load_task(dataset="./glue_saved", test_split="test")         # doctest: +SKIP
+            >>> task.test_task().evaluate(model, tokenizer)["accuracy"]             # doctest: +SKIP
+        """
+        if not self.test_examples:
+            raise DataError("This task has no test examples; load it with test_split=... (--test-split).")
+        twin = copy.copy(self)
+        twin.eval_examples, twin.test_examples = list(self.test_examples), []
+        return twin
 
     @abstractmethod
     def model_class(self) -> type:
@@ -234,6 +255,7 @@ class Task(ABC):
             "source": self.source,
             "num_train": self.num_train,
             "num_eval": self.num_eval,
+            **({"num_test": len(self.test_examples)} if self.test_examples else {}),
             "metric": self.metric_name,
             "higher_is_better": self.higher_is_better,
             "max_length": self.max_length,

@@ -1,10 +1,11 @@
 """Causal language modelling: plain text grouped into fixed-length blocks, scored by perplexity.
 
 Documents come from a ``.txt`` file (one document per non-blank line, as the Hugging Face ``text`` loader
-reads it) or from the text column of a ``.csv``/``.tsv``/``.json``/``.jsonl`` file. Each document is tokenized
-without special tokens, the documents are joined with the tokenizer's end-of-sequence token (when it has one)
-and the token stream is cut into blocks of ``max_length`` tokens. Training drops the short tail block (unless
-it is the only one), so every training batch is full; evaluation keeps it so that every token is scored.
+reads it) or from the text column of a ``.csv``/``.tsv``/``.json``/``.jsonl``/``.parquet`` file or of a
+dataset split. Each document is tokenized without special tokens, the documents are joined with the
+tokenizer's end-of-sequence token (when it has one) and the token stream is cut into blocks of ``max_length``
+tokens. Training drops the short tail block (unless it is the only one), so every training batch is full;
+evaluation keeps it so that every token is scored.
 Targets are the inputs themselves: the model shifts them by one position.
 
 Perplexity is ``exp`` of the mean next-token cross-entropy over all scored tokens, so *lower is better*
@@ -33,6 +34,7 @@ from .records import Record, check_not_missing, read_records, read_text, require
 METRICS = ("perplexity",)
 DEFAULT_MAX_LENGTH = 128
 TEXT_SUFFIXES = (".txt", ".text")
+RECORD_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 IGNORE_INDEX = -100
 
 
@@ -52,10 +54,10 @@ def read_documents(path: str | os.PathLike[str], text_column: str = "text") -> l
             raise DataError(f"Text file not found: {path}. Check the path (train_file / validation_file).")
         text = read_text(path, f"Text file {path} holds no text; give a file with at least one non-blank line.")
         return [line.strip() for line in text.splitlines() if line.strip()]
-    if path.suffix.lower() not in (".csv", ".tsv", ".json", ".jsonl"):
+    if path.suffix.lower() not in RECORD_SUFFIXES and not path.is_dir():  # a folder: a Dataset.save_to_disk table
         raise DataError(
             f"Unsupported text file type {path.suffix!r} for {path}; use .txt (one document per line) or "
-            ".csv/.tsv/.json/.jsonl with a text column."
+            ".csv/.tsv/.json/.jsonl/.parquet with a text column."
         )
     return documents_from_records(read_records(path), text_column, str(path))
 

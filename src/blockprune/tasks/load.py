@@ -1,9 +1,11 @@
 """``load_task``: one entry point from user options to a validated :class:`~blockprune.tasks.base.Task`.
 
-Sources, in order of precedence: local files (``train_file`` [+ ``validation_file``]; image folders for
-image classification), a Hugging Face hub ``dataset`` (needs ``datasets`` and a network; text tasks only),
-and, for text classification with nothing given, the embedded offline Rotten Tomatoes task. All reading and checking happens here, before any tokenization or
-training, so bad input fails in seconds with one clear message.
+Sources: local files (``train_file`` [+ ``validation_file``]: CSV/TSV/JSON/JSONL/parquet, or a folder saved
+with ``Dataset.save_to_disk``; image folders for image classification), a named ``dataset`` (text tasks only:
+a hub name, or a folder saved with ``DatasetDict.save_to_disk``; with ``dataset_config`` and the splits named
+by ``train_split`` / ``validation_split`` / ``test_split``; needs ``datasets``, see :mod:`.hf`), and, for
+text classification with nothing given, the embedded offline Rotten Tomatoes task. All reading and checking
+happens here, before any tokenization or training, so bad input fails in seconds with one clear message.
 
 Example:
     >>> task = load_task()                    # doctest: +SKIP
@@ -21,11 +23,12 @@ from typing import Any, TypeVar
 from .base import DataError, Task, subsample
 from .causal_lm import CausalLMTask, documents_from_records, read_documents
 from .classification import ClassificationTask, TextExample, check_rows, choose_label_names, classification_task
-from .embedded import DATA_PIP, LABEL_NAMES, SPLIT_NAMES, rotten_tomatoes_split
+from .embedded import DATA_PIP, LABEL_NAMES, rotten_tomatoes_split
+from .hf import DatasetSpec, load_splits
 from .images import ImageTask, folder_examples, scan_image_folder, verify_images
 from .qa import DEFAULT_DOC_STRIDE, QATask
 from .qa_data import read_squad, squad_from_records
-from .records import load_hub_split, read_records
+from .records import Record, read_records
 
 T = TypeVar("T")
 PathLike = str | os.PathLike[str]
@@ -63,8 +66,9 @@ def load_task(
     seed: int = 42,
     *,
     dataset_config: str | None = None,
+    train_split: str = "train",
     validation_split: str = "validation",
-    eval_split: str = "dev",
+    test_split: str | None = None,
     label_names: Sequence[str] | None = None,
     metric: str | None = None,
     max_train_samples: int | None = None,
@@ -78,8 +82,14 @@ def load_task(
     Args:
         task: ``"text-classification"`` (alias ``"classification"``), ``"question-answering"`` (``"qa"``),
             ``"causal-lm"`` (``"clm"``) or ``"image-classification"`` (``"image"``).
-        dataset: a Hugging Face hub dataset name (optional ``dataset_config``); needs ``datasets`` + network.
-        train_file, validation_file: local ``.csv``/``.tsv``/``.json``/``.jsonl`` files (SQuAD v1 JSON for QA;
+        dataset: a Hugging Face hub dataset name, or a local folder saved with ``DatasetDict.save_to_disk``
+            (or holding one such folder per config); needs the ``datasets`` package (and a network for the hub).
+        dataset_config: the dataset's configuration (``"mnli"`` of ``"glue"``; the sub-folder of a local one).
+        train_split, validation_split: the splits of ``dataset`` to train on and to evaluate on.
+        test_split: an optional held-out split of ``dataset``, loaded into ``task.test_examples`` and scored
+            only for reporting (:meth:`Task.test_task`); never trained on or used to choose anything.
+        train_file, validation_file: local ``.csv``/``.tsv``/``.json``/``.jsonl``/``.parquet`` files or
+            folders saved with ``Dataset.save_to_disk`` (SQuAD v1 JSON or flat records for QA;
             also ``.txt``, one document per line, for causal-lm); image folders ``root/<label>/<images>`` for
             image-classification. Without a validation file, a seeded 10% of the training data is held out
             (by context for QA, by distinct document for causal-lm, by image for image-classification).
@@ -87,14 +97,11 @@ def load_task(
             ``"label"``). Labels may be strings or integers; the label set is the sorted training labels.
             causal-lm reads ``text_column`` (default ``"text"``) of record files.
         seed: seed of the subsampling and of any hold-out split.
-        validation_split: hub split used for evaluation.
-        eval_split: which held-out side of the embedded data to evaluate on: ``"dev"`` (default; where
-            choices are made) or ``"test"`` (for reporting only: nothing should be tuned on it).
         label_names: fixed label order for classification (e.g. to match a trained model's ``id2label``).
         metric: primary metric: ``"accuracy"`` (default) or ``"macro_f1"`` for classification (text or
             images); ``"f1"`` (default) or ``"exact_match"`` for QA; ``"perplexity"`` for causal-lm.
         max_train_samples, max_eval_samples: keep a seeded subset of that many examples (documents for
-            causal-lm, images for image-classification).
+            causal-lm, images for image-classification); ``max_eval_samples`` limits the test split too.
         max_length: default tokens per feature (128 for classification and causal-lm blocks, 384 for QA;
             ignored for images).
         doc_stride, max_answer_length: QA window overlap and longest answer, in tokens.
@@ -105,6 +112,8 @@ def load_task(
     Example:
         >>> task = load_task(train_file="train.csv", validation_file="dev.csv",
         ...                  text_column="review", label_column="sentiment")     # doctest: +SKIP
+        >>> task = load_task(dataset="glue", dataset_config="mnli", text_column="premise",
+        ...                  text_pair_column="hypothesis", validation_split="validation_matched")  # doctest: +SKIP
     """
     kind = TASK_ALIASES.get(task)
     if kind is None:
@@ -113,33 +122,42 @@ def load_task(
         raise DataError("Give either dataset= (hub) or train_file/validation_file (local), not both.")
     if validation_file is not None and train_file is None:
         raise DataError(f"validation_file={validation_file} was given without train_file; give the training file too.")
+    spec = _dataset_spec(dataset, dataset_config, train_split, validation_split, test_split)
     _check_task_options(kind, text_column=text_column, text_pair_column=text_pair_column,
                         label_column=label_column, label_names=label_names)
-    if eval_split not in SPLIT_NAMES:
-        raise DataError(f"eval_split={eval_split!r} is unknown; choose one of {list(SPLIT_NAMES)}.")
-    if eval_split != "dev" and not (kind == "text-classification" and dataset is None and train_file is None):
-        raise DataError(f"eval_split={eval_split!r} applies to the embedded Rotten Tomatoes data only; give your "
-                        "own held-out data as the validation data instead.")
     common: dict[str, Any] = {"metric": metric}
     if max_length is not None and kind != "image-classification":
         common["max_length"] = max_length
     if kind == "causal-lm":
-        built: Task = _load_causal_lm(dataset, dataset_config, validation_split, train_file, validation_file,
-                                      text_column or "text", seed, common)
+        built: Task = _load_causal_lm(spec, train_file, validation_file, text_column or "text", seed, common)
     elif kind == "image-classification":
         built = _load_images(dataset, train_file, validation_file, label_names, seed, common)
     elif kind == "question-answering":
         common |= {"doc_stride": doc_stride, "max_answer_length": max_answer_length}
-        built = _load_qa(dataset, dataset_config, validation_split, train_file, validation_file, seed, common)
+        built = _load_qa(spec, train_file, validation_file, seed, common)
     else:
         columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
-        built = _load_classification(
-            dataset, dataset_config, validation_split, train_file, validation_file, columns, label_names, seed, common,
-            eval_split,
-        )
+        built = _load_classification(spec, train_file, validation_file, columns, label_names, seed, common)
     built.train_examples = subsample(built.train_examples, max_train_samples, seed)
     built.eval_examples = subsample(built.eval_examples, max_eval_samples, seed)
+    built.test_examples = subsample(built.test_examples, max_eval_samples, seed)
     return built
+
+
+def _dataset_spec(
+    dataset: str | None, config: str | None, train_split: str, validation_split: str, test_split: str | None
+) -> DatasetSpec | None:
+    """The named dataset and its splits; split or config options without ``dataset`` are refused."""
+    if dataset is not None:
+        return DatasetSpec(str(dataset), config, train_split, validation_split, test_split)
+    given = {"dataset_config": config, "test_split": test_split,
+             "train_split": None if train_split == "train" else train_split,
+             "validation_split": None if validation_split == "validation" else validation_split}
+    stray = [f"{k}={v!r}" for k, v in given.items() if v is not None]
+    if stray:
+        raise DataError(f"{', '.join(stray)} name(s) a config or split of a dataset, but no dataset= was given; "
+                        "pass dataset=<hub name or saved folder>, or leave them out.")
+    return None
 
 
 def _check_task_options(kind: str, **given: Any) -> None:
@@ -152,22 +170,20 @@ def _check_task_options(kind: str, **given: Any) -> None:
 
 
 def _load_classification(
-    dataset: str | None,
-    config: str | None,
-    validation_split: str,
+    spec: DatasetSpec | None,
     train_file: PathLike | None,
     validation_file: PathLike | None,
     columns: dict[str, str | None],
     label_names: Sequence[str] | None,
     seed: int,
     common: dict[str, Any],
-    eval_split: str = "dev",
 ) -> ClassificationTask:
-    if dataset is None and train_file is None:
+    if spec is None and train_file is None:
         given = [k for k, v in columns.items() if v is not None] + (["label_names"] if label_names else [])
         if given:
             raise DataError(f"{given} given without data; pass train_file=... or dataset=... with them.")
-        return _embedded(common, eval_split)
+        return _embedded(common)
+    test: list[Record] | None = None
     if train_file is not None:
         train, train_where = read_records(train_file), str(train_file)
         if validation_file is not None:
@@ -180,49 +196,62 @@ def _load_classification(
             eval_where = f"{train_where} (held-out {HOLDOUT_FRACTION:.0%})"
         source = f"files: train={train_file}, validation={validation_file or eval_where}"
     else:
-        train, train_where = load_hub_split(dataset, config, "train"), f"dataset {dataset!r} split 'train'"
-        evaluation = load_hub_split(dataset, config, validation_split)
-        eval_where = f"dataset {dataset!r} split {validation_split!r}"
-        source = f"hub: {dataset}" + (f"/{config}" if config else "")
-    return classification_task(
-        train,
-        evaluation,
+        splits = load_splits(spec)
+        train, evaluation, test = splits.train, splits.validation, splits.test
+        train_where, eval_where = spec.where(spec.train_split), spec.where(spec.validation_split)
+        source = spec.describe()
+    options = dict(
         text_column=columns["text_column"] or "text",
         label_column=columns["label_column"] or "label",
         text_pair_column=columns["text_pair_column"],
         label_names=label_names,
         train_where=train_where,
-        eval_where=eval_where,
-        source=source,
-        **common,
     )
+    task = classification_task(train, evaluation, eval_where=eval_where, source=source, **options, **common)
+    if test is not None and spec is not None:  # checked like the validation split, against the training labels
+        test_where = spec.where(str(spec.test_split))
+        _refuse_hidden_labels(test, str(options["label_column"]), test_where)
+        task.test_examples = classification_task(train, test, eval_where=test_where, **options).eval_examples
+    return task
 
 
-def _embedded(common: dict[str, Any], eval_split: str) -> ClassificationTask:
+def _refuse_hidden_labels(records: list[Record], column: str, where: str) -> None:
+    """A test split whose every label is -1 hides its labels (as GLUE's do); it cannot be scored."""
+    if records and all(str(r.get(column)).strip() == "-1" for r in records):
+        raise DataError(
+            f"{where}: every {column!r} is -1, i.e. the labels are hidden (as in GLUE's test splits), so it "
+            "cannot be scored; choose a labelled split as test_split (--test-split), e.g. validation_mismatched "
+            "for MNLI, or leave it out."
+        )
+
+
+def _embedded(common: dict[str, Any]) -> ClassificationTask:
+    """Train on the train side, evaluate on dev; the test side rides along for reporting (``task.test_task()``)."""
     splits = rotten_tomatoes_split()
 
     def examples(rows: list[dict[str, Any]]) -> list[TextExample]:
         return [TextExample(text=r["text"], label=r["label"]) for r in rows]
 
-    source = f"embedded: Rotten Tomatoes reviews ({DATA_PIP}), split by movie, evaluated on {eval_split}"
-    held_out = getattr(splits, eval_split)
-    return ClassificationTask(examples(splits.train), examples(held_out), list(LABEL_NAMES), source=source, **common)
+    source = f"embedded: Rotten Tomatoes reviews ({DATA_PIP}), split by movie (dev for choices, test for reports)"
+    task = ClassificationTask(examples(splits.train), examples(splits.dev), list(LABEL_NAMES), source=source,
+                              **common)
+    task.test_examples = examples(splits.test)
+    return task
 
 
 def _load_qa(
-    dataset: str | None,
-    config: str | None,
-    validation_split: str,
+    spec: DatasetSpec | None,
     train_file: PathLike | None,
     validation_file: PathLike | None,
     seed: int,
     common: dict[str, Any],
 ) -> QATask:
-    if dataset is None and train_file is None:
+    if spec is None and train_file is None:
         raise DataError(
             "question-answering has no embedded dataset: pass train_file=... (and validation_file=...) in SQuAD v1 "
             "JSON, or dataset='squad' when online with the 'datasets' package."
         )
+    test: list[Any] = []
     if train_file is not None:
         train = read_squad(train_file)
         if validation_file is not None:
@@ -231,29 +260,27 @@ def _load_qa(
             train, evaluation = holdout(train, HOLDOUT_FRACTION, seed, key=lambda e: e.context)
         source = f"files: train={train_file}, validation={validation_file or 'held-out 10% of train'}"
     else:
-        train = squad_from_records(load_hub_split(dataset, config, "train"), f"dataset {dataset!r} split 'train'")
-        evaluation = squad_from_records(
-            load_hub_split(dataset, config, validation_split), f"dataset {dataset!r} split {validation_split!r}"
-        )
-        source = f"hub: {dataset}" + (f"/{config}" if config else "")
-    return QATask(train, evaluation, source=source, **common)
+        train, evaluation, test = _dataset_examples(spec, squad_from_records)
+        source = spec.describe()
+    task = QATask(train, evaluation, source=source, **common)
+    task.test_examples = test
+    return task
 
 
 def _load_causal_lm(
-    dataset: str | None,
-    config: str | None,
-    validation_split: str,
+    spec: DatasetSpec | None,
     train_file: PathLike | None,
     validation_file: PathLike | None,
     text_column: str,
     seed: int,
     common: dict[str, Any],
 ) -> CausalLMTask:
-    if dataset is None and train_file is None:
+    if spec is None and train_file is None:
         raise DataError(
             "causal-lm has no embedded dataset: pass train_file=... (a .txt file, one document per line, or "
             ".csv/.json/.jsonl with a text column) and optionally validation_file=..."
         )
+    test: list[str] = []
     if train_file is not None:
         train = read_documents(train_file, text_column)
         if validation_file is not None:
@@ -262,13 +289,23 @@ def _load_causal_lm(
             train, evaluation = _holdout_documents(train, train_file, seed)
         source = f"files: train={train_file}, validation={validation_file or 'held-out 10% of train documents'}"
     else:
-        where = f"dataset {dataset!r} split"
-        train = documents_from_records(load_hub_split(dataset, config, "train"), text_column, f"{where} 'train'")
-        evaluation = documents_from_records(
-            load_hub_split(dataset, config, validation_split), text_column, f"{where} {validation_split!r}"
+        train, evaluation, test = _dataset_examples(
+            spec, lambda records, where: documents_from_records(records, text_column, where)
         )
-        source = f"hub: {dataset}" + (f"/{config}" if config else "")
-    return CausalLMTask(train, evaluation, source=source, **common)
+        source = spec.describe()
+    task = CausalLMTask(train, evaluation, source=source, **common)
+    task.test_examples = test
+    return task
+
+
+def _dataset_examples(
+    spec: DatasetSpec, convert: Callable[[list[Record], str], list[T]]
+) -> tuple[list[T], list[T], list[T]]:
+    """Train, validation and test (empty without ``test_split``) examples of a named dataset, each checked."""
+    splits = load_splits(spec)
+    test = convert(splits.test, spec.where(str(spec.test_split))) if splits.test is not None else []
+    return (convert(splits.train, spec.where(spec.train_split)),
+            convert(splits.validation, spec.where(spec.validation_split)), test)
 
 
 def _holdout_documents(documents: list[str], train_file: PathLike, seed: int) -> tuple[list[str], list[str]]:

@@ -47,7 +47,7 @@ def read_squad(path: str | os.PathLike[str]) -> list[QAExample]:
         DataError: missing/empty file, wrong layout, or a bad question (named by id).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # a folder is a Dataset.save_to_disk table of flat records (read_records reads it)
         raise DataError(f"QA data file not found: {path}. Check train_file / validation_file.")
     if path.suffix.lower() == ".json":
         text = read_text(path, f"QA data file {path} is empty; give a SQuAD v1 JSON file.")

@@ -1,6 +1,8 @@
-"""Reading raw records (one dict per example) from local CSV/TSV/JSON/JSONL files or a Hugging Face dataset.
+"""Reading raw records (one dict per example) from local CSV/TSV/JSON/JSONL (and parquet) files.
 
-Only the standard library reads local files, so the offline default needs no ``pandas`` or ``datasets``.
+Only the standard library reads CSV/TSV/JSON/JSONL, so the offline default needs no ``pandas`` or ``datasets``,
+and a bad row is named by its line in the file. Parquet files and folders saved with ``Dataset.save_to_disk``
+are read by :mod:`blockprune.tasks.hf` (they need the ``hf`` extra), as are hub datasets.
 Every problem becomes one :class:`~blockprune.tasks.base.DataError` naming the file and the fix, raised
 before any tokenization or training starts.
 
@@ -25,16 +27,20 @@ MAX_LISTED = 10
 
 
 def read_records(path: str | os.PathLike[str]) -> list[Record]:
-    """Read a ``.csv``/``.tsv`` (header row) or ``.json``/``.jsonl`` (records) file into a list of dicts.
+    """Read a ``.csv``/``.tsv`` (header row), ``.json``/``.jsonl`` (records) or ``.parquet`` file into a list of dicts.
 
     A ``.json`` file may hold a list of records, an object with one list of records (e.g. ``{"data": [...]}``),
     or JSON lines. A ``.jsonl`` file is always JSON lines, one record per line, so a file of one line is one
-    record.
+    record. A folder written by ``Dataset.save_to_disk`` is read as one table too.
 
     Raises:
         DataError: missing, unreadable or empty file, or an unknown extension.
     """
     path = Path(path)
+    if path.is_dir():
+        from .hf import read_saved_dataset
+
+        return _not_empty(read_saved_dataset(path), path)
     if not path.is_file():
         raise DataError(f"Data file not found: {path}. Check the path (train_file / validation_file).")
     suffix = path.suffix.lower()
@@ -44,8 +50,18 @@ def read_records(path: str | os.PathLike[str]) -> list[Record]:
         records = _read_json(path)
     elif suffix == ".jsonl":
         records = _read_json_lines(path, read_text(path, f"Data file {path} is empty; give one JSON object per line."))
+    elif suffix == ".parquet":
+        from .hf import read_parquet
+
+        records = read_parquet(path)
     else:
-        raise DataError(f"Unsupported data file type {path.suffix!r} for {path}; use .csv, .tsv, .json or .jsonl.")
+        raise DataError(
+            f"Unsupported data file type {path.suffix!r} for {path}; use .csv, .tsv, .json, .jsonl or .parquet."
+        )
+    return _not_empty(records, path)
+
+
+def _not_empty(records: list[Record], path: Path) -> list[Record]:
     if not records:
         raise DataError(f"Data file {path} holds no examples; give a file with at least one row.")
     return records
@@ -155,27 +171,3 @@ def format_rows(rows: list[int]) -> str:
     """``[3, 7, ...]`` showing at most a few row numbers."""
     shown = ", ".join(map(str, rows[:MAX_LISTED]))
     return f"[{shown}{', ...' if len(rows) > MAX_LISTED else ''}]"
-
-
-def load_hub_split(dataset: str, config: str | None, split: str) -> list[Record]:
-    """Load one split of a Hugging Face hub dataset as records (needs the ``datasets`` package and a network).
-
-    Raises:
-        DataError: ``datasets`` is not installed, or the dataset/split cannot be loaded (e.g. offline).
-    """
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(
-            f"Loading dataset={dataset!r} from the Hugging Face hub needs the 'datasets' package "
-            "(pip install datasets) and a network connection. Offline, pass local files instead: "
-            "train_file=... and validation_file=... (CSV/JSON/JSONL, or SQuAD JSON for question answering)."
-        ) from None
-    try:
-        loaded = datasets.load_dataset(dataset, config, split=split)
-    except Exception as err:  # noqa: BLE001 - any hub failure becomes one clear message
-        raise DataError(
-            f"Could not load split {split!r} of dataset {dataset!r} (config {config!r}): {err}. "
-            "Check the name, config and split, and that you are online; or pass local train_file / validation_file."
-        ) from err
-    return [dict(row) for row in loaded]
