@@ -51,7 +51,7 @@ from .arch import (
     iter_blocks,
     num_heads,
 )
-from .devices import check_bench_settings, device_name, dtype_name, pass_timer
+from .devices import _cpu_name, check_bench_settings, device_name, dtype_name, pass_timer
 
 __all__ = [
     "MeasureReport",
@@ -442,7 +442,7 @@ def _versions() -> dict[str, str]:
 
 
 def _machine() -> str:
-    return f"{platform.machine()} {platform.processor() or 'unknown cpu'}, {os.cpu_count()} cpus, {platform.system()}"
+    return f"{platform.machine()} {_cpu_name()}, {os.cpu_count()} cpus, {platform.system()}"
 
 
 @dataclass
