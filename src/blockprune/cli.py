@@ -71,6 +71,36 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=42)
 
 
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    """``"1,32"`` -> ``(1, 32)``; anything else is one clear error naming ``flag``."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated whole numbers such as 1,32, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise ValueError(f"{flag} {text!r}: every batch size must be >= 1")
+    return values
+
+
+def _bench_flags(parser: argparse.ArgumentParser, prefix: str, aliases: bool = False) -> None:
+    """Where and how latency is timed; ``prefix`` is ``"bench-"`` for ``prune`` and ``""`` for ``bench``.
+
+    ``bench`` also accepts the ``--bench-*`` names of ``prune`` (``aliases``), so both spell the same thing alike.
+    """
+    def names(name: str) -> list[str]:
+        return [f"--{prefix}{name}"] + ([f"--bench-{name}"] if aliases else [])
+
+    group = parser.add_argument_group("benchmark (latency of the reference and the final model)")
+    group.add_argument(*names("device"), default="cpu", help="where to time: cpu, cuda or cuda:N")
+    group.add_argument(*names("threads"), type=int,
+                       help="torch intra-op threads while timing (default: torch's choice); reported either way")
+    group.add_argument(*names("seq-len"), type=int, default=128, help="tokens per timed sequence")
+    group.add_argument(*names("batch-sizes"), default="1,32", help="comma-separated batch sizes")
+    group.add_argument(*names("dtype"), default="fp32", choices=["fp32", "fp16", "bf16"],
+                       help="precision to time in (fp16 on CPU is usually slower than fp32; try bf16)")
+    group.add_argument(*names("repeats"), type=int, default=10, help="timed passes per model and batch size")
+
+
 FFN_MULTIPLE_HELP = ("pad each FFN's width to a multiple of N with zero neurons (outputs unchanged; aligned widths run "
                      "faster); 1 = no padding")
 
@@ -109,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--training-arg", action="append", default=[], metavar="KEY=VALUE",
                        help="override a transformers TrainingArguments field, e.g. --training-arg bf16=true")
     prune.add_argument("--ffn-multiple", type=int, default=16, help=FFN_MULTIPLE_HELP)
-    prune.add_argument("--bench-repeats", type=int, default=10)
+    _bench_flags(prune, "bench-")
     prune.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     prune.add_argument("--no-progress", action="store_true", help="no progress bars")
     prune.add_argument("--output-dir", default="runs/demo")
@@ -130,11 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure parameters, FLOPs and latency; speedup against --reference")
     bench.add_argument("model")
     bench.add_argument("--reference", help="a model to compare against (e.g. the dense teacher)")
-    bench.add_argument("--seq-len", type=int, default=128)
-    bench.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes")
-    bench.add_argument("--repeats", type=int, default=10)
-    bench.add_argument("--device", default="cpu")
-    bench.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    _bench_flags(bench, "", aliases=True)
     bench.add_argument("--json", action="store_true", help="print JSON instead of markdown")
 
     export = sub.add_parser("export", help="export a model to ONNX, check it against PyTorch, time ONNX Runtime")
@@ -269,7 +295,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate, teacher_learning_rate=args.teacher_learning_rate, alpha=args.alpha,
         temperature=args.temperature, seed=args.seed, pruning=_key_values(args.set, "--set"),
         training_args=_key_values(args.training_arg, "--training-arg"), trust_remote_code=args.trust_remote_code,
-        output_dir=args.output_dir, bench_repeats=args.bench_repeats, progress=not args.no_progress,
+        output_dir=args.output_dir, bench_repeats=args.bench_repeats, bench_device=args.bench_device,
+        bench_threads=args.bench_threads, bench_seq_len=args.bench_seq_len,
+        bench_batch_sizes=_int_list(args.bench_batch_sizes, "--bench-batch-sizes"), bench_dtype=args.bench_dtype,
+        progress=not args.no_progress,
         command="blockprune " + shlex.join(args.argv),
     )
     if args.push_to_hub and is_main_process():
@@ -287,10 +316,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     change = report["final"]["metric"] - report["teacher"]["metric"]
     lower_better = not report.get("higher_is_better", True)
     change_text = f"{change:+.4f}, lower is better" if lower_better else f"{change * 100:+.2f} points"
+    speed = report["speedup"]
     print(
         f"\n{report['metric_name']}: teacher {report['teacher']['metric']:.4f} → final {report['final']['metric']:.4f} "
-        f"({change_text}); speedup measured {report['speedup']['measured']:.2f}x "
-        f"(theoretical {report['speedup']['theoretical']:.2f}x)\n"
+        f"({change_text}); speedup measured {speed['measured']:.2f}x on {speed['device']}, {speed['dtype']}, "
+        f"{speed['threads']} thread(s) (theoretical {speed['theoretical']:.2f}x)\n"
         f"model: {Path(options.output_dir) / 'model'}   report: {Path(options.output_dir) / 'report.html'}"
     )
     return 0
@@ -345,24 +375,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from .devices import check_bench_settings
     from .measure import measure, speedup
 
-    try:
-        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-    except ValueError:
-        raise SystemExit(f"blockprune: error: --batch-sizes takes comma-separated integers, got {args.batch_sizes!r}") from None
+    batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")
+    for flag, value in (("--seq-len", args.seq_len), ("--repeats", args.repeats)):
+        if value < 1:
+            raise ValueError(f"{flag} {value} must be >= 1")
+    check_bench_settings(args.device, args.dtype, args.threads, flags=("--device", "--dtype", "--threads"))
     model = load_model(args.model)
     common = dict(seq_len=args.seq_len, batch_sizes=batch_sizes, device=args.device, repeats=args.repeats,
-                  threads=args.threads, progress=True)
+                  threads=args.threads, progress=True, dtype=args.dtype)
     if args.reference:
         result = speedup(load_model(args.reference), model, **common)
         if args.json:
             print(json.dumps(result, indent=1, sort_keys=True))
         else:
-            print(f"theoretical speedup {result['theoretical']:.2f}x (seq {args.seq_len}), threads {result['threads']}")
-            print("| batch | reference ms | model ms | measured | measured/theoretical |\n|---|---|---|---|---|")
+            print(f"theoretical speedup {result['theoretical']:.2f}x (seq {args.seq_len}); timed on {result['device']} "
+                  f"({result['device_name']}), {result['dtype']}, {result['threads']} thread(s)")
+            print("| batch | reference ms (IQR) | model ms (IQR) | measured (IQR) | measured/theoretical |\n"
+                  "|---|---|---|---|---|")
             for b in result["batches"]:
-                print(f"| {b['batch_size']} | {b['reference_ms']:.1f} | {b['model_ms']:.1f} | {b['measured']:.2f}x "
+                print(f"| {b['batch_size']} | {b['reference_ms']:.1f} ({b['reference_iqr_ms']:.1f}) | "
+                      f"{b['model_ms']:.1f} ({b['model_iqr_ms']:.1f}) | {b['measured']:.2f}x ({b['measured_iqr']:.2f}) "
                       f"| {b['efficiency']:.2f} |")
         return 0
     report = measure(model, **common)

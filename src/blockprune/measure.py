@@ -10,6 +10,11 @@ the dense model; only shrinking makes it smaller and faster. :func:`speedup` sho
 the *theoretical* speedup (ratio of block-linear + attention FLOPs) and the *measured* one (ratio of median
 latencies, timed alternately so that drift on a shared machine hits both models alike).
 
+Latency is timed on a device (``cpu``, ``cuda``, ``cuda:N``) in a precision (``fp32``, ``fp16``, ``bf16``);
+see :mod:`blockprune.devices` for the checks and the timer (CUDA events on GPUs). The caller's model is never
+changed: when it is not already on that device in that dtype, a deep copy is moved and cast for the timing
+(and dropped afterwards); otherwise it is timed as it is, in eval mode, and its training flag restored.
+
 This module never imports the training side; it works on any supported model, masked models included
 (a wrapper exposing ``base_layer`` is looked through).
 
@@ -21,12 +26,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import platform
 import statistics
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,6 +51,7 @@ from .arch import (
     iter_blocks,
     num_heads,
 )
+from .devices import _cpu_name, check_bench_settings, device_name, dtype_name, pass_timer
 
 __all__ = [
     "MeasureReport",
@@ -258,13 +264,14 @@ def _vocab_size(model: nn.Module) -> int:
 
 
 def random_inputs(
-    model: nn.Module, batch_size: int, seq_len: int, device: str | torch.device = "cpu", seed: int = 0
+    model: nn.Module, batch_size: int, seq_len: int, device: str | torch.device = "cpu", seed: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, torch.Tensor]:
     """Random inputs on ``device``: token ids (below the vocabulary size) with an all-ones attention mask.
 
     Encoder-decoders also get the same ids as ``decoder_input_ids``. Vision models (``main_input_name`` is
     ``pixel_values``) get random images at the config's ``image_size`` instead (``seq_len`` is then ignored:
-    the patch count sets the length).
+    the patch count sets the length), in ``dtype``.
     """
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
@@ -273,7 +280,7 @@ def random_inputs(
         config = model.config
         size = config.image_size if isinstance(config.image_size, (tuple, list)) else (config.image_size,) * 2
         pixels = torch.randn(batch_size, config.num_channels, *size, generator=gen)
-        return {"pixel_values": pixels.to(device)}
+        return {"pixel_values": pixels.to(device=device, dtype=dtype)}
     ids = torch.randint(0, _vocab_size(model), (batch_size, seq_len), generator=gen).to(device)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
@@ -299,18 +306,10 @@ def _num_threads(threads: int | None) -> Iterator[int]:
         torch.set_num_threads(old)
 
 
-def _timer(model: nn.Module, inputs: dict[str, torch.Tensor], device: torch.device) -> Callable[[], float]:
-    """A closure running one forward pass and returning its wall time in milliseconds."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def run() -> float:
-        sync()
-        start = time.perf_counter()
-        model(**inputs)
-        sync()
-        return (time.perf_counter() - start) * 1000.0
-
-    return run
+def _iqr(values: Sequence[float]) -> float:
+    """Interquartile range (75th minus 25th percentile, linear interpolation)."""
+    q1, q3 = np.percentile(np.asarray(values, dtype=float), [25, 75])
+    return float(q3 - q1)
 
 
 def _summary(times_ms: Sequence[float]) -> dict[str, float]:
@@ -331,14 +330,54 @@ def _progress(iterable: range, enabled: bool, desc: str) -> Any:
     return tqdm(iterable, desc=desc, leave=False)
 
 
-def _prepare(model: nn.Module, device: str | torch.device) -> tuple[torch.device, bool]:
-    """Move ``model`` to ``device`` and switch it to eval; return the device and the old training flag."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
-    was_training = model.training
-    model.to(dev).eval()
-    return dev, was_training
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return param.dtype if param is not None else torch.float32
+
+
+@contextlib.contextmanager
+def _placed(model: nn.Module, dev: torch.device, dtype: torch.dtype) -> Iterator[nn.Module]:
+    """``model`` in eval mode on ``dev`` in ``dtype``: itself when it already is there, else a deep copy.
+
+    The caller's model is left as it was (device, dtype and training flag).
+    """
+    if _model_device(model) == dev and _model_dtype(model) == dtype:
+        was_training = model.training
+        try:
+            yield model.eval()
+        finally:
+            model.train(was_training)
+        return
+    yield copy.deepcopy(model).to(device=dev, dtype=dtype).eval()
+
+
+def _resolve(model: nn.Module, device: str | torch.device, dtype: str | torch.dtype | None,
+             threads: int | None) -> tuple[torch.device, torch.dtype]:
+    """Checked device and dtype (``dtype=None``: the model's own)."""
+    return check_bench_settings(device, _model_dtype(model) if dtype is None else dtype, threads)
+
+
+def _dtype_label(model: nn.Module, dtype: str | torch.dtype | None) -> str:
+    """The name of the precision asked for (``None``: the model's own), as reports write it."""
+    if dtype is None:
+        return dtype_name(_model_dtype(model))
+    return dtype if isinstance(dtype, str) else dtype_name(dtype)
+
+
+@contextlib.contextmanager
+def _timing_errors(dev: torch.device, dtype: torch.dtype, batch_size: int, seq_len: int) -> Iterator[None]:
+    """Turn the failures a user can fix (out of memory, an op missing in a reduced precision) into ValueError."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise ValueError(f"out of memory on {dev} timing batch {batch_size} x seq {seq_len}; use smaller batch "
+                         "sizes or a shorter sequence length") from None
+    except (RuntimeError, NotImplementedError) as err:
+        if dtype == torch.float32 or "not implemented for" not in str(err):
+            raise
+        reason = str(err).splitlines()[0]
+        raise ValueError(f"the model cannot run in {dtype_name(dtype)} on {dev} with torch {torch.__version__} "
+                         f"({reason}); use fp32" + (" or bf16" if dtype == torch.float16 else "")) from None
 
 
 def measure_latency(
@@ -350,25 +389,29 @@ def measure_latency(
     repeats: int = 10,
     threads: int | None = None,
     progress: bool = False,
+    dtype: str | torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Time the forward pass on random token ids with an all-ones attention mask.
 
-    The model is moved to ``device`` (in place) and run in eval mode under ``torch.inference_mode``; on
-    CUDA every pass is bracketed by ``torch.cuda.synchronize``. Its training flag is restored afterwards.
+    The model runs in eval mode under ``torch.inference_mode`` on ``device`` in ``dtype`` (on a deep copy
+    when it is elsewhere or in another dtype; the caller's model is never changed). On CUDA each pass is
+    timed with CUDA events (see :func:`blockprune.devices.pass_timer`).
 
     Args:
         model: any supported model.
         batch_size: sequences per forward pass.
         seq_len: tokens per sequence.
-        device: ``"cpu"``, ``"cuda"``, ...
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         warmup: untimed passes first.
         repeats: timed passes.
         threads: torch intra-op threads to use (``None``: the current setting); restored afterwards.
         progress: show a tqdm bar over the timed passes.
+        dtype: ``"fp32"``, ``"fp16"``, ``"bf16"`` (or the torch dtype); ``None``: the model's own.
 
     Returns:
-        ``median_ms``, ``p90_ms``, ``mean_ms``, ``min_ms`` plus ``batch_size``, ``seq_len``, ``device``,
-        ``threads`` (``torch.get_num_threads()`` during the run), ``warmup`` and ``repeats``.
+        ``median_ms``, ``p90_ms``, ``mean_ms``, ``min_ms``, ``iqr_ms`` plus ``batch_size``, ``seq_len``,
+        ``device``, ``device_name`` (GPU or processor model), ``dtype``, ``threads``
+        (``torch.get_num_threads()`` during the run), ``warmup`` and ``repeats``.
 
     Example:
         >>> measure_latency(model, batch_size=1, seq_len=128, threads=1)["median_ms"]   # doctest: +SKIP
@@ -376,18 +419,17 @@ def measure_latency(
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
-    dev, was_training = _prepare(model, device)
-    inputs = random_inputs(model, batch_size, seq_len, dev)
-    run = _timer(model, inputs, dev)
-    try:
-        with _num_threads(threads) as used, torch.inference_mode():
-            for _ in range(warmup):
-                run()
-            times = [run() for _ in _progress(range(repeats), progress, f"latency b{batch_size}")]
-    finally:
-        model.train(was_training)
-    return {"batch_size": batch_size, "seq_len": seq_len, "device": str(dev), "threads": used,
-            "warmup": warmup, "repeats": repeats, **_summary(times)}
+    dev, dt = _resolve(model, device, dtype, threads)
+    inputs = random_inputs(model, batch_size, seq_len, dev, dtype=dt)
+    with (_placed(model, dev, dt) as timed, _num_threads(threads) as used, torch.inference_mode(),
+          _timing_errors(dev, dt, batch_size, seq_len)):
+        run = pass_timer(timed, inputs, dev)
+        for _ in range(warmup):
+            run()
+        times = [run() for _ in _progress(range(repeats), progress, f"latency b{batch_size}")]
+    return {"batch_size": batch_size, "seq_len": seq_len, "device": str(dev), "device_name": device_name(dev),
+            "dtype": dtype_name(dt), "threads": used, "warmup": warmup, "repeats": repeats, **_summary(times),
+            "iqr_ms": _iqr(times)}
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -400,7 +442,7 @@ def _versions() -> dict[str, str]:
 
 
 def _machine() -> str:
-    return f"{platform.machine()} {platform.processor() or 'unknown cpu'}, {os.cpu_count()} cpus, {platform.system()}"
+    return f"{platform.machine()} {_cpu_name()}, {os.cpu_count()} cpus, {platform.system()}"
 
 
 @dataclass
@@ -416,8 +458,10 @@ class MeasureReport:
         heads_per_layer: real heads per layer.
         ffn_per_layer: real FFN neurons per layer.
         latency: one :func:`measure_latency` dict per batch size (empty when latency was not measured).
-        device: where latency was measured.
+        device: where latency was measured (``cpu``, ``cuda``, ``cuda:N``).
         threads: torch intra-op threads during the measurement.
+        dtype: the precision latency was measured in (``fp32``, ``fp16``, ``bf16``).
+        device_name: the GPU's name on CUDA, the processor's model name on CPU ("" when not measured).
         torch_version / transformers_version: library versions.
         machine: processor, cpu count and OS.
     """
@@ -435,6 +479,8 @@ class MeasureReport:
     torch_version: str = ""
     transformers_version: str = ""
     machine: str = ""
+    dtype: str = "fp32"
+    device_name: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON-ready dict."""
@@ -479,10 +525,11 @@ class MeasureReport:
             f"| FFN width per layer | {' '.join(map(str, self.ffn_per_layer))} |",
         ]
         if self.latency:
-            lines += ["", f"Latency on {self.device}, {self.threads} thread(s), seq {self.seq_len}:", "",
-                      "| batch | median ms | p90 ms | mean ms | repeats |", "|---|---|---|---|---|"]
-            lines += [f"| {r['batch_size']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} | {r['mean_ms']:.3f} | "
-                      f"{r['repeats']} |" for r in self.latency]
+            name = f" ({self.device_name})" if self.device_name else ""
+            lines += ["", f"Latency on {self.device}{name}, {self.dtype}, {self.threads} thread(s), seq {self.seq_len}:",
+                      "", "| batch | median ms | IQR ms | p90 ms | mean ms | repeats |", "|---|---|---|---|---|---|"]
+            lines += [f"| {r['batch_size']} | {r['median_ms']:.3f} | {r.get('iqr_ms', float('nan')):.3f} | "
+                      f"{r['p90_ms']:.3f} | {r['mean_ms']:.3f} | {r['repeats']} |" for r in self.latency]
         lines += ["", f"torch {self.torch_version}, transformers {self.transformers_version}; {self.machine}", ""]
         return "\n".join(lines)
 
@@ -497,8 +544,12 @@ def measure(
     threads: int | None = None,
     latency: bool = True,
     progress: bool = False,
+    dtype: str | torch.dtype | None = None,
 ) -> MeasureReport:
     """Measure size, FLOPs, per-layer shapes and (optionally) latency of ``model``.
+
+    Latency is timed on ``device`` in ``dtype`` (``None``: the model's own) as in :func:`measure_latency`;
+    ``device`` and ``dtype`` are checked before any timing.
 
     Example:
         >>> report = measure(model, seq_len=128, batch_sizes=(1, 32), repeats=10)   # doctest: +SKIP
@@ -508,9 +559,13 @@ def measure(
     get_arch(model)  # an unsupported model fails here, before any timing
     runs: list[dict[str, Any]] = []
     used = torch.get_num_threads() if threads is None else threads
+    dt: str | torch.dtype = _dtype_label(model, dtype)
+    name = ""
     if latency:
-        runs = [measure_latency(model, b, seq_len, device, warmup, repeats, threads, progress) for b in batch_sizes]
+        dev, dt = _resolve(model, device, dt, threads)
+        runs = [measure_latency(model, b, seq_len, dev, warmup, repeats, threads, progress, dt) for b in batch_sizes]
         used = runs[0]["threads"] if runs else used
+        name = device_name(dev)
     config = getattr(model, "config", None)
     return MeasureReport(
         model_type=str(getattr(config, "model_type", "")),
@@ -523,6 +578,8 @@ def measure(
         latency=runs,
         device=str(torch.device(device)),
         threads=used,
+        dtype=_dtype_label(model, dt),
+        device_name=name,
         machine=_machine(),
         **_versions(),
     )
@@ -533,11 +590,14 @@ def measure(
 
 def _interleaved(
     reference: nn.Module, model: nn.Module, batch_size: int, seq_len: int, dev: torch.device,
-    warmup: int, repeats: int, progress: bool,
+    warmup: int, repeats: int, progress: bool, dtype: torch.dtype = torch.float32,
 ) -> tuple[list[float], list[float]]:
-    """Time both models alternately (ABBA order) so slow drift of the machine affects both alike."""
-    inputs = random_inputs(reference, batch_size, seq_len, dev)
-    run_ref, run_model = _timer(reference, inputs, dev), _timer(model, inputs, dev)
+    """Time both models alternately (ABBA order) so slow drift of the machine affects both alike.
+
+    Repeat ``i`` times one pass of each model back to back, so ``ref[i] / model[i]`` is one paired ratio.
+    """
+    inputs = random_inputs(reference, batch_size, seq_len, dev, dtype=dtype)
+    run_ref, run_model = pass_timer(reference, inputs, dev), pass_timer(model, inputs, dev)
     for _ in range(warmup):
         run_ref()
         run_model()
@@ -564,18 +624,24 @@ def speedup(
     threads: int | None = None,
     latency: bool = True,
     progress: bool = False,
+    dtype: str | torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Measured and theoretical speedup of ``model`` over ``reference``, side by side.
 
     The theoretical speedup is the ratio of block FLOPs per token (block linears + attention matmuls) at
     ``seq_len``; the measured one is the ratio of median latencies, timed alternately per batch size. Both
-    models must take the same inputs (same vocabulary).
+    models must take the same inputs (same vocabulary). Both are timed on ``device`` in ``dtype`` (``None``:
+    the reference's own dtype), each on a copy when it is not already there (see :func:`measure_latency`).
 
     Returns:
         ``theoretical`` (total FLOPs ratio), ``theoretical_linear`` (block linears only), ``params_ratio``
-        (total parameters reference / model), ``linear_params_ratio``, ``seq_len``, ``device``, ``threads`` and
+        (total parameters reference / model), ``linear_params_ratio``, ``seq_len``, ``device``,
+        ``device_name`` (GPU or processor model; only when latency is measured), ``dtype``, ``threads`` and
         ``batches``: one dict per batch size with ``batch_size``, ``reference_ms``, ``model_ms`` (medians),
-        ``measured`` (reference_ms / model_ms), ``theoretical`` and ``efficiency`` (measured / theoretical).
+        ``reference_iqr_ms``, ``model_iqr_ms`` (their interquartile ranges), ``measured`` (reference_ms /
+        model_ms), ``measured_iqr`` (interquartile range of the per-repeat ratios ``reference[i] / model[i]``
+        of passes timed back to back: the spread of the speedup), ``theoretical`` and ``efficiency``
+        (measured / theoretical).
 
     Example:
         >>> s = speedup(dense, shrunk, batch_sizes=(32,), repeats=10)    # doctest: +SKIP
@@ -595,6 +661,7 @@ def speedup(
         "reference_flops_per_token": ref_flops["total"],
         "model_flops_per_token": model_flops["total"],
         "device": str(torch.device(device)),
+        "dtype": _dtype_label(reference, dtype),
         "threads": torch.get_num_threads() if threads is None else threads,
         "batches": [],
     }
@@ -602,20 +669,28 @@ def speedup(
         return result
     if not _is_vision(reference) and _vocab_size(reference) != _vocab_size(model):
         raise ValueError("speedup needs two models with the same vocabulary (they are fed the same token ids)")
-    dev, ref_training = _prepare(reference, device)
-    _, model_training = _prepare(model, device)
-    try:
-        with _num_threads(threads) as used, torch.inference_mode():
-            result["threads"] = used
-            for b in batch_sizes:
-                ref_times, model_times = _interleaved(reference, model, b, seq_len, dev, warmup, repeats, progress)
-                ref_ms, model_ms = statistics.median(ref_times), statistics.median(model_times)
-                measured = ref_ms / model_ms
-                result["batches"].append({
-                    "batch_size": b, "reference_ms": ref_ms, "model_ms": model_ms, "measured": measured,
-                    "theoretical": theoretical, "efficiency": measured / theoretical, "repeats": repeats,
-                })
-    finally:
-        reference.train(ref_training)
-        model.train(model_training)
+    dev, dt = _resolve(reference, device, dtype, threads)
+    result |= {"device": str(dev), "device_name": device_name(dev), "dtype": dtype_name(dt)}
+    with (_placed(reference, dev, dt) as timed_ref, _placed(model, dev, dt) as timed_model,
+          _num_threads(threads) as used, torch.inference_mode()):
+        result["threads"] = used
+        for b in batch_sizes:
+            with _timing_errors(dev, dt, b, seq_len):
+                ref_times, model_times = _interleaved(timed_ref, timed_model, b, seq_len, dev, warmup, repeats,
+                                                      progress, dt)
+            result["batches"].append(_batch_row(b, ref_times, model_times, theoretical))
     return result
+
+
+def _batch_row(batch_size: int, ref_times: list[float], model_times: list[float], theoretical: float
+               ) -> dict[str, Any]:
+    """One batch size's speedup entry from the paired (ABBA) times of the two models."""
+    ref_ms, model_ms = statistics.median(ref_times), statistics.median(model_times)
+    measured = ref_ms / model_ms
+    ratios = [r / m for r, m in zip(ref_times, model_times, strict=True)]
+    return {
+        "batch_size": batch_size, "reference_ms": ref_ms, "model_ms": model_ms,
+        "reference_iqr_ms": _iqr(ref_times), "model_iqr_ms": _iqr(model_times),
+        "measured": measured, "measured_iqr": _iqr(ratios),
+        "theoretical": theoretical, "efficiency": measured / theoretical, "repeats": len(ref_times),
+    }

@@ -3,7 +3,9 @@
 Each stage writes its output under the run directory and, last, a ``done.json`` with its results; a
 re-run of the same command skips the stages that have one and resumes an interrupted training stage
 from its last checkpoint. ``run_config.json`` records the options that shape the result, so a run
-directory made with other options is never overwritten silently.
+directory made with other options is never overwritten silently. The benchmark options (``bench_*``: where,
+in which precision and how latency is timed) do not shape the trained model, so they are not pinned: they
+are recorded in ``bench/done.json`` instead, and the bench stage alone is measured again when they change.
 
 Layout of a run directory ``D``::
 
@@ -39,9 +41,11 @@ from torch import nn
 
 from . import __version__, atomic
 from .config import PruningConfig
+from .devices import check_bench_settings
 from .measure import count_params, ffn_per_layer, flops_per_token, heads_per_layer, speedup
 from .plan import PlanError, make_plan, planned_config
 from .pruner import Pruner
+from .run_progress import StageClock
 from .saving import load_pruned, save_pruned
 from .shrink import shrink
 from .tasks import Task, embedded_model_path, load_task
@@ -95,13 +99,57 @@ class RunOptions:
     bench_seq_len: int = 128
     bench_batch_sizes: tuple[int, ...] = (1, 32)
     bench_repeats: int = 10
+    bench_device: str = "cpu"  # cpu, cuda, cuda:N
+    bench_threads: int | None = None  # torch intra-op threads while timing (None: torch's choice)
+    bench_dtype: str = "fp32"  # fp32, fp16, bf16
     progress: bool = True
     command: str = ""
 
     def result_shaping(self) -> dict[str, Any]:
-        """The options that change the result (what ``run_config.json`` pins)."""
-        skip = {"output_dir", "progress", "command", "bench_repeats"}
+        """The options that change the result (what ``run_config.json`` pins); the bench options do not."""
+        skip = {"output_dir", "progress", "command", *BENCH_OPTIONS}
         return {k: v for k, v in asdict(self).items() if k not in skip}
+
+    def bench_settings(self) -> dict[str, Any]:
+        """The bench options as ``bench/done.json`` records them (the stage is measured again when they change)."""
+        return json.loads(json.dumps({k.removeprefix("bench_"): getattr(self, k) for k in BENCH_OPTIONS}))
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of a run: its name (= its folder), whether a run executes it, and its expected cost.
+
+    ``cost(options, num_train, num_eval)`` is in training-example steps (one forward + backward of one
+    example, taken as 3 forward passes); only the ratios between stages matter: they turn the time the
+    finished stages took into the "about ... left" of the progress lines (:mod:`blockprune.run_progress`).
+    """
+
+    name: str
+    cost: Callable[[RunOptions, int, int], float]
+    when: Callable[[RunOptions], bool] = lambda options: True
+
+
+def _bench_cost(o: RunOptions, num_train: int, num_eval: int) -> float:
+    """Both models, 3 warm-up + ``bench_repeats`` forward passes per batch size, at ``bench_seq_len`` tokens."""
+    return 2 * (3 + o.bench_repeats) * sum(o.bench_batch_sizes) * o.bench_seq_len / o.max_length / 3
+
+
+STAGES: tuple[StageSpec, ...] = (
+    # fine-tune (unless --teacher), then evaluate the teacher
+    StageSpec("teacher", lambda o, n, e: (0 if o.teacher else o.teacher_epochs * n) + e / 3),
+    # student step + teacher forward (1/3) + scores and masks: about 1.5 training steps
+    StageSpec("prune", lambda o, n, e: 1.5 * o.epochs * n),
+    StageSpec("shrink", lambda o, n, e: 2 * 8 / 3),  # two forward passes on 8 examples (+ loading: not modelled)
+    StageSpec("fill", lambda o, n, e: (1 + 1 / 3) * o.fill_epochs * n,  # student step + teacher forward
+              when=lambda o: o.preset.endswith(FILLED_SUFFIX)),
+    StageSpec("evaluate", lambda o, n, e: e / 3),
+    StageSpec("bench", _bench_cost),
+)
+"""Every stage a run can execute, in order: the one list the progress lines count (add new stages here)."""
+
+
+BENCH_OPTIONS = ("bench_seq_len", "bench_batch_sizes", "bench_repeats", "bench_device", "bench_threads", "bench_dtype")
+"""How latency is timed: recorded with the bench stage, not pinned in ``run_config.json``."""
 
 
 # ------------------------------------------------------------------------------------------ targets
@@ -118,6 +166,31 @@ def pruning_config(options: RunOptions, model_path: str) -> PruningConfig:
                               options.ffn_multiple, model_path, options.max_length, options.trust_remote_code)
     except PlanError as err:
         raise RunError(str(err)) from err
+
+
+def check_bench_options(options: RunOptions) -> None:
+    """The ``--bench-*`` options are sound and this machine can time as asked (checked before any work)."""
+    o = options
+    sizes = o.bench_batch_sizes
+    if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
+        raise RunError(f"--bench-batch-sizes {','.join(map(str, sizes))!r} must be whole numbers >= 1, e.g. 1,32")
+    for flag, value in (("--bench-seq-len", o.bench_seq_len), ("--bench-repeats", o.bench_repeats)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RunError(f"{flag} {value!r} must be a whole number >= 1")
+    try:
+        check_bench_settings(o.bench_device, o.bench_dtype, o.bench_threads,
+                             flags=("--bench-device", "--bench-dtype", "--bench-threads"))
+    except ValueError as err:
+        raise RunError(str(err)) from None
+
+
+def check_bench_length(options: RunOptions, model_path: str) -> None:
+    """``--bench-seq-len`` fits the model's position table (read from its config; no weights are loaded)."""
+    config = transformers.AutoConfig.from_pretrained(model_path, trust_remote_code=options.trust_remote_code)
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and options.bench_seq_len > limit:
+        raise RunError(f"--bench-seq-len {options.bench_seq_len} is longer than the model's {limit} positions "
+                       f"(max_position_embeddings); use at most {limit}")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -176,8 +249,10 @@ class Run:
     def __init__(self, options: RunOptions) -> None:
         default_target(options)
         self.options = options
+        check_bench_options(options)  # e.g. --bench-device cuda without CUDA: fail now, not after training
         self.dir = Path(options.output_dir)
         self.model_path = self._model_path()
+        check_bench_length(options, self.model_path)
         self.config = pruning_config(options, self.model_path)
         self.plan = self._plan()
         self.task = self._load_task()
@@ -192,6 +267,7 @@ class Run:
         if options.min_pruning_steps < 0:
             raise RunError(f"--min-pruning-steps {options.min_pruning_steps} must be >= 0")
         self.check_teacher_labels()
+        self.clock = StageClock(self.stage_plan(), enabled=options.progress and is_main_process())
 
     # -- checks before any long work
     def _model_path(self) -> str:
@@ -237,8 +313,8 @@ class Run:
         if pinned.is_file():
             previous = json.loads(pinned.read_text())
             defaults = RunOptions().result_shaping()  # an option newer than the pinned file, at its default, is no change
-            changed = sorted(k for k in set(previous) | set(current)
-                             if previous.get(k, defaults.get(k)) != current.get(k))
+            changed = sorted(k for k in set(previous) | set(current)  # older files pinned some bench options
+                             if k not in BENCH_OPTIONS and previous.get(k, defaults.get(k)) != current.get(k))
             if changed:
                 raise RunError(
                     f"{self.dir} holds a run with other options ({', '.join(changed)} differ); "
@@ -269,14 +345,27 @@ class Run:
             )
 
     # -- stages
+    def stage_plan(self) -> list[tuple[str, float]]:
+        """The stages this run executes, in order, with their expected relative costs (see :data:`STAGES`)."""
+        o, task = self.options, self.task
+        return [(spec.name, spec.cost(o, task.num_train, task.num_eval)) for spec in STAGES if spec.when(o)]
+
     def stage(self, name: str, work: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-        """Run ``work(stage_dir)`` unless the stage is done; record its results and wall time in done.json."""
+        """Run ``work(stage_dir)`` unless the stage is done; record its results and wall time in done.json.
+
+        With ``options.progress``, rank 0 prints ``stage k/n NAME ...`` lines to stderr (see :mod:`run_progress`).
+        """
         stage_dir = self.dir / name
         done = read_done(stage_dir)
         if done is None:
+            self.clock.start(name)
             start = time.perf_counter()
             results = work(stage_dir)
-            done = write_done(stage_dir, results | {"seconds": time.perf_counter() - start})
+            seconds = time.perf_counter() - start
+            done = write_done(stage_dir, results | {"seconds": seconds})
+            self.clock.done(name, seconds)
+        else:
+            self.clock.skipped(name)
         return done
 
     def stage_teacher(self) -> dict[str, Any]:
@@ -369,8 +458,10 @@ class Run:
             o = self.options
             reference, model = self.load_hf(teacher_path).eval(), self.load_final()
             result = speedup(reference, model, seq_len=o.bench_seq_len, batch_sizes=o.bench_batch_sizes,
-                             repeats=o.bench_repeats, progress=o.progress)
+                             repeats=o.bench_repeats, progress=o.progress, device=o.bench_device,
+                             dtype=o.bench_dtype, threads=o.bench_threads)
             return result | {
+                "settings": o.bench_settings(),
                 "heads_before": heads_per_layer(reference), "ffn_before": ffn_per_layer(reference),
                 "params_before": count_params(reference), "params_after": count_params(model),
                 "flops_before": flops_per_token(reference, o.bench_seq_len),
@@ -378,7 +469,9 @@ class Run:
             }
 
         stale = read_done(self.dir / "bench")
-        if stale is not None and "heads_before" not in stale:  # written before the dense totals were recorded
+        # measured with other bench options (or written before they, or the dense totals, were recorded): again
+        outdated = stale is not None and stale.get("settings") != self.options.bench_settings()
+        if stale is not None and ("heads_before" not in stale or outdated):
             (self.dir / "bench" / "done.json").unlink()
         return self.stage("bench", work)
 
@@ -451,8 +544,11 @@ class Run:
                       "latency_ms": {k: v["model_ms"] for k, v in by_batch.items()}},
             "speedup": {"measured": by_batch[main_batch]["measured"] if main_batch in by_batch else None,
                         "measured_by_batch": {k: v["measured"] for k, v in by_batch.items()},
+                        "measured_iqr_by_batch": {k: v["measured_iqr"] for k, v in by_batch.items()
+                                                  if "measured_iqr" in v},
                         "theoretical": bench["theoretical"], "seq_len": o.bench_seq_len,
-                        "threads": bench.get("threads"), "device": bench.get("device")},
+                        "threads": bench.get("threads"), "device": bench.get("device"),
+                        "device_name": bench.get("device_name"), "dtype": bench.get("dtype")},
             "params": {key: {"before": bench["params_before"][key], "after": bench["params_after"][key]}
                        for key in ("linear", "total", "non_embedding")},
             "flops_per_token": {"before": bench["flops_before"]["total"], "after": bench["flops_after"]["total"]},

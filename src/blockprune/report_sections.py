@@ -172,7 +172,9 @@ def _subline(report: dict[str, Any]) -> str:
         f"{where['threads']} thread{'' if where['threads'] == 1 else 's'}" if "threads" in where else "",
     ) if x)
     if context:
-        device = f" on {where['device']}" if "device" in where else ""
+        name = f" ({where['device_name']})" if "device_name" in where else ""
+        device = f" on {where['device']}{name}" if "device" in where else ""
+        device += f" in {where['dtype']}" if "dtype" in where else ""
         what += f" \u2014 speedup measured at {context}{device}"
     return what
 
@@ -280,7 +282,8 @@ def _latency(report: dict[str, Any]) -> Section:
     rows = [[b, f"{teacher[b]:.2f}" if b in teacher else "", f"{final[b]:.2f}" if b in final else "",
              f"{speed[b]:.2f}\u00d7" if b in speed else ""] for b in batches]
     where = _present(dig(report, "speedup"))
-    setting = ", ".join(f"{k.replace('_', ' ')} {where[k]}" for k in ("seq_len", "threads", "device") if k in where)
+    setting = ", ".join(f"{k.replace('_', ' ')} {where[k]}" for k in ("seq_len", "threads", "device", "dtype")
+                        if k in where)
     text = [f"Median latency per batch ({setting})." if setting else "Median latency per batch."]
     return Section("Latency", [*text, Table(["Batch", "Teacher (ms)", "Final (ms)", "Speedup"], rows)])
 
