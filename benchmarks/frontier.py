@@ -8,7 +8,7 @@ Protocol (docs/RESULTS.md states it with the numbers):
   teacher of every run and the dense point of every Δ. **Control**: the reference distilled into itself with
   the same budget as the compressed runs.
 * **Equal budgets.** Every compressed model gets ``--budget-epochs`` epochs of training after the teacher
-  (blockprune: pruning epochs, split half/half with the fill stage for ``-filled`` presets; baselines: the
+  (blockprune: pruning epochs, split half/half with the fill stage when the recipe has one; baselines: the
   same number of distillation epochs after their removal).
 * **Seeds.** Every point runs with each of ``--seeds``; tables give mean ± std over seeds.
 * **Timing** (``--time``, on a quiet machine, after training): one process, torch and OMP threads pinned,
@@ -92,7 +92,9 @@ def run_dir(runs: Path, point: Point, seed: int) -> Path:
 
 def blockprune_command(point: Point, out: Path, teacher: Path, epochs: float, seed: int,
                        common: list[str]) -> list[str]:
-    filled = point.preset.endswith("-filled")
+    from blockprune.config import FILL_PRESETS
+
+    filled = point.preset in FILL_PRESETS or "--fill" in point.extra
     prune_epochs = epochs / 2 if filled else epochs
     flags = ["--preset", point.preset, "--target-speedup", str(point.target), *point.extra,
              "--epochs", str(prune_epochs), "--seed", str(seed), "--teacher", str(teacher)]

@@ -52,10 +52,11 @@ def prune_args(tiny_dir, data_files, out, *extra):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["struct", "hybrid-filled"])
+@pytest.mark.parametrize("preset", ["struct", "hybrid-filled", "struct --fill"])
 def test_prune_end_to_end_writes_model_and_report(tiny_dir, data_files, tmp_path, preset, capsys):
-    out = tmp_path / preset
-    extra = ["--sparsity", "0.5", "--ffn-multiple", "12"] + (
+    out = tmp_path / preset.replace(" ", "")
+    preset, *flags = preset.split()
+    extra = ["--sparsity", "0.5", "--ffn-multiple", "12", *flags] + (
         ["--set", "attention_block=[8,8]"] if preset == "hybrid-filled" else [])
     assert main(prune_args(tiny_dir, data_files, out, "--preset", preset, *extra)) == 0
     printed = capsys.readouterr()
@@ -76,8 +77,9 @@ def test_prune_end_to_end_writes_model_and_report(tiny_dir, data_files, tmp_path
         assert report["heads_kept"] == [2, 2]
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
     assert list((out / "plots").glob("*.png"))
-    if preset == "hybrid-filled":
-        assert (out / "fill" / "done.json").is_file()
+    filled = preset == "hybrid-filled" or "--fill" in flags  # the recipe's fill stage, or asked for by --fill
+    assert (out / "fill" / "done.json").is_file() == filled
+    assert ("fill" in report["stages"]) == filled
     # the final model loads at its small shapes and reproduces the evaluated accuracy
     model = load_pruned(out / "model")
     widths = [layer.intermediate.dense.out_features for layer in model.bert.encoder.layer]

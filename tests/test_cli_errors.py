@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -241,3 +242,35 @@ def test_ctrl_c_says_how_to_resume(folders, tmp_path, capsys, monkeypatch) -> No
     assert main(prune_line(folders["plain"], tmp_path / "run", "--train-file", str(folders["csv"]))) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["blockprune prune: interrupted; run the same command again to resume"]
+
+
+def test_every_option_has_a_help_line_and_states_its_default_once():
+    import argparse
+
+    from blockprune.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"prune", "plan", "shrink", "eval", "bench", "export", "report", "push"} <= set(commands)
+    for name, command in commands.items():
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"blockprune {name} {action.option_strings or action.dest}: no help line"
+        text = command.format_help()
+        assert "(default: None)" not in text, name
+        for option in command._actions:
+            shown = command._get_formatter()._get_help_string(option) or ""
+            stated = len(re.findall(r"\(default[: ]", shown))
+            assert stated <= 1, f"blockprune {name} {option.option_strings}: {shown!r}"
+    epochs = next(a for a in commands["prune"]._actions if "--min-pruning-steps" in a.option_strings)
+    assert "(default: %(default)s)" in commands["prune"]._get_formatter()._get_help_string(epochs)
+
+
+def test_version_is_printed(capsys):
+    from blockprune import __version__
+    from blockprune.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"blockprune {__version__}"

@@ -24,6 +24,7 @@ import transformers
 from safetensors import SafetensorError
 from torch import nn
 
+from . import __version__
 from .config import PRESETS
 from .training import NonFiniteLossError
 
@@ -48,7 +49,8 @@ def _key_values(items: list[str], flag: str) -> dict[str, Any]:
 def _data_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data (default: the embedded Rotten Tomatoes snippets)")
     group.add_argument("--task", default="text-classification",
-                       choices=["text-classification", "question-answering", "causal-lm", "image-classification"])
+                       choices=["text-classification", "question-answering", "causal-lm", "image-classification"],
+                       help="what the model is trained and scored on")
     group.add_argument("--dataset", help="Hugging Face hub dataset name (needs the `datasets` package and network), "
                        "or a local folder saved with DatasetDict.save_to_disk")
     group.add_argument("--dataset-config", help="the dataset's configuration, e.g. mnli of glue")
@@ -67,8 +69,8 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--label-column", help="label column (default: label)")
     group.add_argument("--max-train-samples", type=int, help="use a seeded subset of the training data")
     group.add_argument("--max-eval-samples", type=int, help="use a seeded subset of the evaluation (and test) data")
-    group.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
-    group.add_argument("--seed", type=int, default=42)
+    group.add_argument("--max-length", type=int, default=128, help="tokens per example")
+    group.add_argument("--seed", type=int, default=42, help="seed of training, subsampling and any hold-out split")
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
@@ -101,6 +103,20 @@ def _bench_flags(parser: argparse.ArgumentParser, prefix: str, aliases: bool = F
     group.add_argument(*names("repeats"), type=int, default=10, help="timed passes per model and batch size")
 
 
+class DefaultsOnce(argparse.HelpFormatter):
+    """States each option's default once: ``(default: X)`` is appended unless the help already names the default,
+    or there is nothing to state (no default, a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        nothing = action.default is None or action.default is False or action.default == [] or \
+            action.default == argparse.SUPPRESS
+        if "default" in text or nothing or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+PRESET_HELP = "named recipe: what is pruned (tiles, neurons, whole heads) and how (see README)"
 FFN_MULTIPLE_HELP = ("pad each FFN's width to a multiple of N with zero neurons (outputs unchanged; aligned widths run "
                      "faster); 1 = no padding")
 
@@ -111,13 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="blockprune",
         description="Prune a transformer while fine-tuning it, then shrink it into a smaller, faster dense model.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    prune = sub.add_parser("prune", help="teacher → prune → shrink → (fill) → evaluate → bench → report",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=summary, formatter_class=DefaultsOnce)
+
+    prune = command("prune", "teacher → prune → shrink → (fill) → evaluate → bench → report")
     prune.add_argument("--model", help="local model folder or hub name (default: the embedded MiniLM-L6)")
     _data_flags(prune)
-    prune.add_argument("--preset", default="struct", choices=sorted(PRESETS))
+    prune.add_argument("--preset", default="struct", choices=sorted(PRESETS), help=PRESET_HELP)
     target = prune.add_mutually_exclusive_group()
     target.add_argument("--target-speedup", type=float,
                         help="theoretical FLOPs speedup of the transformer layers (default 2.0)")
@@ -128,10 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the pruning stage takes at least this many optimizer steps: more epochs over small data, "
                             "so that learned scores have time to rank (the report gives the steps and epochs run)")
     prune.add_argument("--teacher-epochs", type=float, default=1.0, help="epochs to fine-tune the teacher")
-    prune.add_argument("--fill-epochs", type=float, default=1.0, help="epochs of the fill stage (-filled presets)")
-    prune.add_argument("--learning-rate", type=float, default=5e-5)
-    prune.add_argument("--teacher-learning-rate", type=float, default=5e-5)
-    prune.add_argument("--batch-size", type=int, default=32)
+    prune.add_argument("--fill", action="store_true",
+                       help="after shrink, fine-tune the shrunk model again with distillation (hybrid-filled has it)")
+    prune.add_argument("--fill-epochs", type=float, default=1.0, help="epochs of the fill stage")
+    prune.add_argument("--learning-rate", type=float, default=5e-5, help="learning rate of the pruning and fill stages")
+    prune.add_argument("--teacher-learning-rate", type=float, default=5e-5, help="learning rate of the teacher stage")
+    prune.add_argument("--batch-size", type=int, default=32, help="training and evaluation batch size")
     prune.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation loss")
     prune.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
     prune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -142,40 +163,40 @@ def build_parser() -> argparse.ArgumentParser:
     _bench_flags(prune, "bench-")
     prune.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     prune.add_argument("--no-progress", action="store_true", help="no progress bars")
-    prune.add_argument("--output-dir", default="runs/demo")
+    prune.add_argument("--output-dir", default="runs/demo", help="run directory (re-running the command resumes it)")
     prune.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the final model with its card after the run")
     prune.add_argument("--hub-private", action="store_true", help="with --push-to-hub: create the repository private")
     prune.add_argument("--hub-token", help="with --push-to-hub: hub token (default: HF_TOKEN or `hf auth login`)")
 
-    shrink = sub.add_parser("shrink", help="remove empty heads and FFN neurons from a pruned model (exact)")
+    shrink = command("shrink", "remove empty heads and FFN neurons from a pruned model (exact)")
     shrink.add_argument("input", help="model folder saved with save_pretrained (zeros where pruned)")
     shrink.add_argument("output", help="folder for the shrunk model (load it with blockprune.load_pruned)")
     shrink.add_argument("--ffn-multiple", type=int, default=16, help=FFN_MULTIPLE_HELP)
 
-    evaluate = sub.add_parser("eval", help="evaluate a model (pruned or not) on a task")
+    evaluate = command("eval", "evaluate a model (pruned or not) on a task")
     evaluate.add_argument("model", help="model folder (save_pruned or save_pretrained format)")
     _data_flags(evaluate)
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
 
-    bench = sub.add_parser("bench", help="measure parameters, FLOPs and latency; speedup against --reference")
-    bench.add_argument("model")
+    bench = command("bench", "measure parameters, FLOPs and latency; speedup against --reference")
+    bench.add_argument("model", help="model folder (save_pruned or save_pretrained format)")
     bench.add_argument("--reference", help="a model to compare against (e.g. the dense teacher)")
     _bench_flags(bench, "", aliases=True)
     bench.add_argument("--json", action="store_true", help="print JSON instead of markdown")
 
-    export = sub.add_parser("export", help="export a model to ONNX, check it against PyTorch, time ONNX Runtime")
-    export.add_argument("model")
+    export = command("export", "export a model to ONNX, check it against PyTorch, time ONNX Runtime")
+    export.add_argument("model", help="model folder (save_pruned or save_pretrained format)")
     export.add_argument("output", help="the .onnx file to write")
     export.add_argument("--seq-len", type=int, default=128, help="sequence length of the ORT timing")
     export.add_argument("--batch-size", type=int, default=1, help="batch size of the ORT timing")
-    export.add_argument("--repeats", type=int, default=10)
+    export.add_argument("--repeats", type=int, default=10, help="timed ONNX Runtime passes")
 
-    report = sub.add_parser("report", help="render report.md / report.html / plots of a run directory again")
-    report.add_argument("run_dir")
+    report = command("report", "render report.md / report.html / plots of a run directory again")
+    report.add_argument("run_dir", help="a run directory of blockprune prune (holds report.json)")
 
-    plan = sub.add_parser("plan", help="sparsities, per-layer shapes, size and speedup a target implies (no training)")
+    plan = command("plan", "sparsities, per-layer shapes, size and speedup a target implies (no training)")
     plan.add_argument("--model", help="local model folder or hub name (default: the embedded MiniLM-L6)")
-    plan.add_argument("--preset", default="struct", choices=sorted(PRESETS))
+    plan.add_argument("--preset", default="struct", choices=sorted(PRESETS), help=PRESET_HELP)
     plan_target = plan.add_mutually_exclusive_group()
     plan_target.add_argument("--target-speedup", type=float, help="theoretical FLOPs speedup (default 2.0)")
     plan_target.add_argument("--sparsity", type=float, help="fraction of the pruned linears' weights removed")
@@ -190,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     plan.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    push = sub.add_parser("push", help="upload a final model folder with its model card to the Hugging Face Hub")
+    push = command("push", "upload a final model folder with its model card to the Hugging Face Hub")
     push.add_argument("path", help="a run directory (its model/ is pushed) or a model folder")
     push.add_argument("repo_id", help="hub repository, e.g. your-name/minilm-struct-2x")
     push.add_argument("--private", action="store_true", help="create the repository private")
@@ -289,7 +310,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         label_column=args.label_column, preset=args.preset, ffn_multiple=args.ffn_multiple, target_speedup=args.target_speedup,
         sparsity=args.sparsity, teacher=args.teacher, epochs=args.epochs, min_pruning_steps=args.min_pruning_steps,
         teacher_epochs=args.teacher_epochs,
-        fill_epochs=args.fill_epochs, max_train_samples=args.max_train_samples,
+        fill=args.fill, fill_epochs=args.fill_epochs, max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples, max_length=args.max_length,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate, teacher_learning_rate=args.teacher_learning_rate, alpha=args.alpha,

@@ -59,7 +59,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "struct": dict(attention_method="topk", attention_block=HEAD, ffn_method="topk", ffn_block=NEURON),
 }
-"""Named settings. ``hybrid-filled`` prunes like ``hybrid``; the pipeline adds the fill stage."""
+"""Named settings. ``hybrid-filled`` prunes like ``hybrid``; the pipeline adds the fill stage (see FILL_PRESETS)."""
+
+FILL_PRESETS = frozenset({"hybrid-filled"})
+"""Presets whose recipe includes the fill stage (shrink, then fine-tune the rest again); any run can ask for it
+with ``RunOptions(fill=True)`` / ``--fill``."""
 
 
 def _help(text: str, default: Any) -> Any:

@@ -13,7 +13,7 @@ Layout of a run directory ``D``::
     D/teacher/model/         fine-tuned dense model (unless --teacher was given)
     D/prune/model/           pruned model at full shapes, masks baked in (zeros)
     D/shrink/model/          the shrunk model (save_pruned format)
-    D/fill/model/            the shrunk model fine-tuned again (``-filled`` presets)
+    D/fill/model/            the shrunk model fine-tuned again (--fill, or a preset in FILL_PRESETS)
     D/model/                 the final model: load it with ``blockprune.load_pruned``
     D/report.{json,md,html}  and D/plots/*.png
 
@@ -40,7 +40,7 @@ import transformers
 from torch import nn
 
 from . import __version__, atomic
-from .config import PruningConfig
+from .config import FILL_PRESETS, PruningConfig
 from .devices import check_bench_settings
 from .measure import count_params, ffn_per_layer, flops_per_token, heads_per_layer, speedup
 from .plan import PlanError, make_plan, planned_config
@@ -50,8 +50,6 @@ from .saving import load_pruned, save_pruned
 from .shrink import shrink
 from .tasks import Task, embedded_model_path, load_task
 from .training import TrainSettings, check_overrides, train
-
-FILLED_SUFFIX = "-filled"
 
 
 class RunError(ValueError):
@@ -83,6 +81,7 @@ class RunOptions:
     min_pruning_steps: int = 0  # the pruning stage takes at least this many optimizer steps (more epochs if needed)
     teacher_epochs: float = 1.0
     fill_epochs: float = 1.0
+    fill: bool = False  # shrink, then fine-tune the shrunk model again with distillation (hybrid-filled sets it)
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_length: int = 128
@@ -104,6 +103,11 @@ class RunOptions:
     bench_dtype: str = "fp32"  # fp32, fp16, bf16
     progress: bool = True
     command: str = ""
+
+    @property
+    def fills(self) -> bool:
+        """Whether the run has a fill stage: ``fill`` asked for, or a preset whose recipe has one."""
+        return self.fill or self.preset in FILL_PRESETS
 
     def result_shaping(self) -> dict[str, Any]:
         """The options that change the result (what ``run_config.json`` pins); the bench options do not."""
@@ -141,7 +145,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("prune", lambda o, n, e: 1.5 * o.epochs * n),
     StageSpec("shrink", lambda o, n, e: 2 * 8 / 3),  # two forward passes on 8 examples (+ loading: not modelled)
     StageSpec("fill", lambda o, n, e: (1 + 1 / 3) * o.fill_epochs * n,  # student step + teacher forward
-              when=lambda o: o.preset.endswith(FILLED_SUFFIX)),
+              when=lambda o: o.fills),
     StageSpec("evaluate", lambda o, n, e: e / 3),
     StageSpec("bench", _bench_cost),
 )
@@ -432,8 +436,7 @@ class Run:
         return self.stage("fill", work)
 
     def final_model_dir(self) -> Path:
-        filled = self.options.preset.endswith(FILLED_SUFFIX)
-        return self.dir / ("fill" if filled else "shrink") / "model"
+        return self.dir / ("fill" if self.options.fills else "shrink") / "model"
 
     def load_final(self) -> nn.Module:
         return load_pruned(self.final_model_dir(), model_class=self.task.model_class())
@@ -490,7 +493,7 @@ class Run:
             self.stage_shrink()
         barrier()
         stages = {"teacher": teacher, "prune": prune, "shrink": read_done(self.dir / "shrink")}
-        if self.options.preset.endswith(FILLED_SUFFIX):
+        if self.options.fills:
             stages["fill"] = self.stage_fill(teacher["model"])
             barrier()
         if not is_main_process():
