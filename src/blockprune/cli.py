@@ -26,7 +26,6 @@ from torch import nn
 
 from . import __version__
 from .config import PRESETS
-from .training import NonFiniteLossError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -473,6 +472,16 @@ COMMANDS = {"prune": cmd_prune, "shrink": cmd_shrink, "eval": cmd_eval, "bench":
             "report": cmd_report, "plan": cmd_plan, "push": cmd_push}
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors the user can fix: bad input, and a non-finite loss when the training side was loaded.
+
+    The training side is not imported for this: the engine installs without the application extras.
+    """
+    training = sys.modules.get(f"{__package__}.training")
+    found = getattr(training, "NonFiniteLossError", None)
+    return (ValueError, FileNotFoundError) + ((found,) if found is not None else ())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``blockprune`` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -480,9 +489,13 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
+    except _user_errors() as err:
         message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line
         print(f"blockprune {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError as err:  # the engine installs alone; the pipeline, reports and plots need the extras
+        print(f"blockprune {args.command}: error: {err}; this command needs the application extras: "
+              "pip install 'blockprune[cli]'", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         hint = "; run the same command again to resume" if args.command == "prune" else ""

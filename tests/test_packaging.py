@@ -1,0 +1,57 @@
+"""The engine installs alone: its modules import without the application extras (pip install 'blockprune[cli]')."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+EXTRAS = ("matplotlib", "accelerate", "PIL", "datasets", "onnx", "onnxruntime", "pandas", "pyarrow")
+ENGINE = ("config", "masks", "schedule", "layers", "pruner", "arch", "headbias", "shrink", "saving", "measure",
+          "plan", "card", "hub")
+
+# a finder that makes the extras look installed (so transformers' availability checks pass) but fail on import,
+# which is what importing a missing package would do
+BLOCKER = textwrap.dedent(f"""
+    import importlib.abc, importlib.machinery, sys
+    class Refuse(importlib.abc.Loader):
+        def create_module(self, spec):
+            return None
+        def exec_module(self, module):
+            raise ModuleNotFoundError(f"No module named {{module.__name__!r}} (hidden by the test)")
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] in {EXTRAS!r}:
+                return importlib.machinery.ModuleSpec(name, Refuse())
+    sys.meta_path.insert(0, Blocker())
+""")
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_engine_modules_import_without_the_application_extras():
+    done = run_python(f"""
+        import importlib
+        for name in {ENGINE!r}:
+            importlib.import_module("blockprune." + name)
+        import blockprune
+        blockprune.load_pruned, blockprune.shrink, blockprune.Pruner, blockprune.measure
+        print("engine ok")
+    """)
+    assert done.returncode == 0, done.stderr
+    assert "engine ok" in done.stdout
+
+
+def test_the_pipeline_says_which_extra_to_install(tmp_path):
+    argv = ["prune", "--output-dir", str(tmp_path / "never-written")]
+    done = run_python(f"""
+        import sys
+        from blockprune.cli import main
+        sys.exit(main({argv!r}))
+    """)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and "pip install 'blockprune[cli]'" in lines[0] and "Traceback" not in done.stderr
