@@ -1,4 +1,4 @@
-"""The whole run, stage by stage: teacher → prune → shrink → fill → evaluate → bench → report.
+"""The whole run, stage by stage: teacher → prune → shrink → fill → evaluate → bench → (quantize) → report.
 
 Each stage writes its output under the run directory and, last, a ``done.json`` with its results; a
 re-run of the same command skips the stages that have one and resumes an interrupted training stage
@@ -13,6 +13,7 @@ Layout of a run directory ``D``::
     D/shrink/model/          the shrunk model (save_pruned format)
     D/fill/model/            the shrunk model fine-tuned again (``-filled`` presets)
     D/model/                 the final model: load it with ``blockprune.load_pruned``
+    D/quantize/done.json     with ``quantize="int8"``: the int8 final model's metrics, speedup and size
     D/report.{json,md,html}  and D/plots/*.png
 
 Example:
@@ -41,6 +42,7 @@ from . import __version__, atomic
 from .config import HEAD, PRESETS, PruningConfig
 from .measure import count_params, ffn_per_layer, flops_per_token, heads_per_layer, speedup
 from .pruner import Pruner
+from .quantize import QuantizeError, check_scheme, quantized_linears, size_bytes
 from .saving import load_pruned, save_pruned
 from .shrink import ShrinkError, check_ffn_multiple, shrink
 from .tasks import Task, embedded_model_path, load_task
@@ -90,6 +92,7 @@ class RunOptions:
     bench_seq_len: int = 128
     bench_batch_sizes: tuple[int, ...] = (1, 32)
     bench_repeats: int = 10
+    quantize: str | None = None  # "int8": also evaluate and time the final model quantized (blockprune.quantize)
     progress: bool = True
     command: str = ""
 
@@ -232,6 +235,11 @@ class Run:
         )
         check_overrides(self.settings.overrides)
         self.check_teacher_labels()
+        if options.quantize is not None:
+            try:
+                check_scheme(options.quantize, "--quantize ")
+            except QuantizeError as err:
+                raise RunError(str(err)) from err
 
     # -- checks before any long work
     def _model_path(self) -> str:
@@ -401,6 +409,21 @@ class Run:
             (self.dir / "bench" / "done.json").unlink()
         return self.stage("bench", work)
 
+    def stage_quantize(self, teacher_path: str) -> dict[str, Any]:
+        """The final model quantized at load (as ``load_pruned(D/model, quantize=...)`` gives it): metrics,
+        measured speedup over the dense fp32 teacher, and size (:func:`blockprune.quantize.size_bytes`)."""
+        def work(stage: Path) -> dict[str, Any]:
+            o = self.options
+            model = load_pruned(self.final_model_dir(), model_class=self.task.model_class(), quantize=o.quantize)
+            metrics = self.task.evaluate(model, self.tokenizer, batch_size=o.batch_size, progress=o.progress)
+            result = speedup(self.load_hf(teacher_path).eval(), model, seq_len=o.bench_seq_len,
+                             batch_sizes=o.bench_batch_sizes, repeats=o.bench_repeats, progress=o.progress)
+            return {"scheme": o.quantize, "metrics": metrics, "batches": result["batches"],
+                    "threads": result["threads"], "quantized_linears": len(quantized_linears(model)),
+                    "size_bytes": size_bytes(model), "size_bytes_fp32": size_bytes(self.load_final())}
+
+        return self.stage("quantize", work)
+
     def execute(self) -> dict[str, Any]:
         """Run every stage not done yet; write the final model and the report; return the report dict.
 
@@ -424,6 +447,8 @@ class Run:
             return json.loads((self.dir / "report.json").read_text())
         stages["evaluate"] = self.stage_evaluate()
         stages["bench"] = self.stage_bench(teacher["model"])
+        if self.options.quantize is not None:
+            stages["quantize"] = self.stage_quantize(teacher["model"])
         report = self.build_report(stages)
         final = self.dir / "model"
         with atomic.atomic_dir(final) as tmp:
@@ -445,7 +470,9 @@ class Run:
         achieved = bench["theoretical"] if target_kind == "speedup" else 1.0 - stages["prune"]["density"]["overall"]
         shrunk = stages["shrink"]
         heads = [sum(layer) for layer in shrunk["heads_kept"]]
-        return {
+        quantized = {"quantized": quantized_report(stages["quantize"], task.metric_name, main_batch, o.bench_seq_len)
+                     } if "quantize" in stages else {}
+        return quantized | {
             "format": "blockprune-report",
             "version": 1,
             "task": task.name,
@@ -479,6 +506,28 @@ class Run:
             "machine": machine(),
             "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
+
+
+def quantized_report(done: dict[str, Any], metric_name: str, main_batch: str, seq_len: int) -> dict[str, Any]:
+    """``report.json["quantized"]`` from the quantize stage: speedups are over the dense fp32 teacher.
+
+    ``size_bytes`` is the int8 final model as it would be stored (int8 linear weights with their fp32 row scales
+    and biases, everything else at its dtype; see :func:`blockprune.quantize.size_bytes`), ``size_bytes_fp32``
+    the fp32 final model by the same count.
+    """
+    by_batch = {str(b["batch_size"]): b for b in done["batches"]}
+    return {
+        "scheme": done["scheme"],
+        "metric": done["metrics"][metric_name],
+        "metrics": done["metrics"],
+        "latency_ms": {k: v["model_ms"] for k, v in by_batch.items()},
+        "speedup": {"measured": by_batch[main_batch]["measured"] if main_batch in by_batch else None,
+                    "measured_by_batch": {k: v["measured"] for k, v in by_batch.items()},
+                    "reference": "dense fp32 teacher", "seq_len": seq_len, "threads": done["threads"]},
+        "size_bytes": done["size_bytes"]["total"],
+        "size_bytes_fp32": done["size_bytes_fp32"]["total"],
+        "quantized_linears": done["quantized_linears"],
+    }
 
 
 def run(options: RunOptions) -> dict[str, Any]:
