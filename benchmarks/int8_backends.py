@@ -4,10 +4,12 @@ Times, round-robin in one process (so drift hits every candidate alike), a forwa
 all-MiniLM-L6-v2 as a 2-label ``BertForSequenceClassification`` at batch x seq (default 32 x 128):
 
 - ``torch fp32``: the model as is (the reference);
-- ``torch.ao dynamic``: ``torch.ao.quantization.quantize_dynamic`` on the encoder linears (deprecated API;
-  fbgemm/x86 kernels, per-tensor weights);
-- ``torchao dynamic``: ``torchao.quantization.quantize_`` with ``Int8DynamicActivationInt8WeightConfig`` on
-  the encoder linears (eager, no ``torch.compile``), which is what :mod:`blockprune.quantize` uses;
+- ``torch.ao dynamic``: stock ``torch.ao.quantization.quantize_dynamic`` of the encoder linears (deprecated
+  API; fbgemm/x86 kernels, per-tensor weights, 7-bit inputs);
+- ``blockprune int8``: :func:`blockprune.quantize.quantize_model` (the same kernels, per-row weights, 8-bit
+  inputs on VNNI CPUs);
+- ``torchao dynamic`` (only when ``torchao`` is installed): ``torchao.quantization.quantize_`` with
+  ``Int8DynamicActivationInt8WeightConfig`` on the encoder linears (eager, no ``torch.compile``);
 - ``ORT fp32`` / ``ORT int8``: the ONNX export of the model, and ``onnxruntime.quantization.quantize_dynamic``
   of it (MatMul weights to int8), run by ONNX Runtime's CPU provider.
 
@@ -29,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,10 +64,25 @@ def ort_runner(path: Path, inputs: dict[str, torch.Tensor], threads: int) -> Cal
     return lambda: torch.from_numpy(session.run(None, feed)[0])
 
 
+def encoder_linears(model: torch.nn.Module) -> set[str]:
+    return {name for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and name.startswith("bert.encoder.") and m.weight.numel()}
+
+
 def torch_ao_dynamic(model: torch.nn.Module) -> torch.nn.Module:
-    names = {name for name, m in model.named_modules()
-             if isinstance(m, torch.nn.Linear) and name.startswith("bert.encoder.") and m.weight.numel()}
-    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), names, dtype=torch.qint8)
+    with warnings.catch_warnings():  # its deprecation notices
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), encoder_linears(model), dtype=torch.qint8)
+
+
+def torchao_dynamic(model: torch.nn.Module) -> torch.nn.Module | None:
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError:
+        return None
+    names, model = encoder_linears(model), copy.deepcopy(model)
+    quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=lambda _m, name: name in names)
+    return model
 
 
 def candidates(model: torch.nn.Module, inputs: dict[str, torch.Tensor], threads: int, tmp: Path
@@ -74,8 +92,11 @@ def candidates(model: torch.nn.Module, inputs: dict[str, torch.Tensor], threads:
     runners = {
         "torch fp32": torch_runner(model, inputs),
         "torch.ao dynamic": torch_runner(torch_ao_dynamic(model), inputs),
-        "torchao dynamic": torch_runner(quantize_model(copy.deepcopy(model)), inputs),
+        "blockprune int8": torch_runner(quantize_model(copy.deepcopy(model)), inputs),
     }
+    torchao = torchao_dynamic(model)
+    if torchao is not None:
+        runners["torchao dynamic"] = torch_runner(torchao, inputs)
     fp32 = export_onnx(model, tmp / "model.onnx")
     quantize_dynamic(str(fp32), str(tmp / "model.int8.onnx"), weight_type=QuantType.QInt8)
     runners["ORT fp32"] = ort_runner(fp32, inputs, threads)
@@ -85,6 +106,7 @@ def candidates(model: torch.nn.Module, inputs: dict[str, torch.Tensor], threads:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a BERT model folder (default: the embedded MiniLM)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
@@ -93,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = transformers.BertForSequenceClassification.from_pretrained(embedded_model_path(), num_labels=2).eval()
+    path = args.model or embedded_model_path()
+    model = transformers.BertForSequenceClassification.from_pretrained(path, num_labels=2).eval()
     inputs = random_inputs(model, args.batch_size, args.seq_len)
     with tempfile.TemporaryDirectory() as tmp:
         runners = candidates(model, inputs, args.threads, Path(tmp))

@@ -3,8 +3,8 @@
 What is quantized: every ``nn.Linear`` inside the transformer blocks (for BERT: Q, K, V, the attention output,
 the FFN up and down projections), each with its own shape, so the uneven widths a shrink leaves are fine.
 Weights become int8 with one scale per output row (symmetric); at run time each input is quantized to 8 bits
-with one scale for the whole input tensor of that call, the product is accumulated in int32 and rescaled to
-fp32; biases stay fp32. Linears with no weights (the O projection of a layer with 0 heads, the FFN of a layer
+(7 on CPUs without VNNI, see :func:`input_bits`) with one scale for the whole input tensor of that call, the
+product is accumulated in int32 and rescaled to fp32; biases stay fp32. Linears with no weights (the O projection of a layer with 0 heads, the FFN of a layer
 with 0 neurons: shapes ``(0, n)`` or ``(n, 0)``) stay fp32: they cost nothing, and the int8 kernel returns
 uninitialised memory for an empty product. Embeddings, LayerNorms, the pooler and the task head stay fp32:
 they are a small share of the time, and the head's few outputs are where rounding would show most.
@@ -33,7 +33,9 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import warnings
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -45,8 +47,8 @@ from .arch import iter_blocks
 SCHEMES = ("int8",)
 """The quantization schemes :func:`quantize_model` knows."""
 
-__all__ = ["SCHEMES", "QuantizeError", "check_scheme", "is_quantized", "quantization_record", "quantize_model",
-           "quantized_linears", "size_bytes"]
+__all__ = ["SCHEMES", "QuantizeError", "check_scheme", "input_bits", "is_quantized", "quantization_record",
+           "quantize_model", "quantized_linears", "size_bytes"]
 
 
 class QuantizeError(ValueError):
@@ -80,6 +82,43 @@ def dynamic_linear_class() -> type:
     from torch.ao.nn.quantized.dynamic import Linear
 
     return Linear
+
+
+def vnni_cpu() -> bool:
+    """Whether this CPU multiplies int8 with VNNI or AMX instructions (read from ``/proc/cpuinfo``; Linux only)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+
+
+def input_bits() -> int:
+    """Bits of the dynamically quantized inputs here: 8 on x86 with VNNI/AMX, else torch's default of 7.
+
+    fbgemm (torch's x86 int8 kernels) quantizes inputs to 7 bits by default (``reduce_range``), because
+    without VNNI its int8 product sums pairs in 16 bits, which 8-bit inputs could saturate; with VNNI or AMX the
+    sums are 32-bit, so the 8th bit is safe, and it halves the rounding error (on the embedded MiniLM the mean
+    token cosine to fp32 went from 0.961 to 0.989). Other engines (qnnpack on ARM) keep torch's default.
+    """
+    return 8 if torch.backends.quantized.engine in ("x86", "fbgemm") and vnni_cpu() else 7
+
+
+@functools.cache
+def _full_range_class() -> type:
+    """``torch.ao.nn.quantized.dynamic.Linear`` whose inputs use all 8 bits (see :func:`input_bits`)."""
+    base = dynamic_linear_class()
+
+    class FullRangeDynamicLinear(base):  # type: ignore[misc, valid-type]
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            packed = self._packed_params._packed_params
+            return torch.ops.quantized.linear_dynamic(x, packed, reduce_range=False).to(x.dtype)
+
+        def _get_name(self) -> str:
+            return "DynamicQuantizedLinear8bit"
+
+    return FullRangeDynamicLinear
 
 
 def _is_quantized_linear(module: nn.Module) -> bool:
@@ -137,10 +176,12 @@ def quantize_model(model: nn.Module, scheme: str = "int8") -> nn.Module:
                             "load it in float32 (or call model.float()) first")
     ao = _backend()
     model.cpu().eval()
+    linear = _full_range_class() if input_bits() == 8 else dynamic_linear_class()
     with warnings.catch_warnings():  # the deprecation notices of torch.ao.quantization (see the module docstring)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=r".*quantiz.* deprecated", category=UserWarning)
-        ao.quantize_dynamic(model, {name: ao.per_channel_dynamic_qconfig for name in targets}, inplace=True)
+        ao.quantize_dynamic(model, {name: ao.per_channel_dynamic_qconfig for name in targets},
+                            mapping={nn.Linear: linear}, inplace=True)
     return model
 
 
@@ -148,7 +189,8 @@ def quantization_record(scheme: str) -> dict[str, Any]:
     """What ``quantization.json`` says about a scheme (see :func:`blockprune.saving.save_pruned`)."""
     check_scheme(scheme)
     return {"format": "blockprune-quantization", "version": 1, "scheme": scheme,
-            "backend": "torch.ao.quantization.quantize_dynamic",
+            "backend": "torch.ao.quantization.quantize_dynamic (per-channel weights; inputs 8-bit on x86 CPUs with "
+                       "VNNI/AMX, else 7-bit)",
             "quantized": "every non-empty nn.Linear inside the transformer blocks: int8 weights (one scale per "
                          "output row), int8 inputs quantized at run time; everything else fp32",
             "weights": "fp32 in model.safetensors, quantized at load (deterministic)"}
