@@ -277,6 +277,7 @@ def test_quantize_command_without_data_or_reference_only_quantizes(shrunk_dir: P
 
 @pytest.mark.parametrize("argv", [
     ["quantize", "{model}", "{out}", "--scheme", "int4"],
+    ["export", "{model}", "{out}", "--quantize", "int4"],
     ["prune", "--model", "{model}", "--quantize", "int4", "--output-dir", "{out}", "--max-train-samples", "8"],
 ])
 def test_a_bad_scheme_is_one_clear_error(argv: list[str], tiny_dir: Path, tmp_path: Path,
@@ -334,6 +335,36 @@ def test_prune_with_quantize_reports_the_int8_model(tiny_dir: Path, data_files: 
     capsys.readouterr()
     assert main(args) == 0  # resumed: every stage is done, the quantize stage is not run again
     assert (out / "quantize" / "done.json").read_text() == done
+
+
+def test_onnx_int8_quantizes_the_block_linears_and_reports_parity(fp32: nn.Module, tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from blockprune.export import export_onnx, measure_onnx_latency
+    from blockprune.onnx_int8 import compare_onnx, quantize_onnx
+
+    source = export_onnx(fp32, tmp_path / "fp32.onnx")
+    result = quantize_onnx(source, tmp_path / "int8.onnx")
+    assert result["quantized_matmuls"] == 12  # the non-empty block linears; the empty ones stay fp32
+    before = [node.op_type for node in onnx.load(str(source)).graph.node]
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "int8.onnx")).graph.node]
+    float_products = ops.count("MatMul") + ops.count("Gemm")  # attention products, empty linears, pooler, head
+    assert ops.count("MatMulInteger") == 12 and float_products == before.count("MatMul") + before.count("Gemm") - 12
+    parity = compare_onnx(fp32, tmp_path / "int8.onnx", batch_size=BATCH, seq_len=12)
+    scale = float(logits(fp32).abs().max())
+    assert 0 < parity["max_abs_diff"] <= 0.08 * scale and parity["agreement"] >= 0.9, parity
+    assert compare_onnx(fp32, source)["max_abs_diff"] < 1e-4  # the fp32 file for contrast
+    assert measure_onnx_latency(tmp_path / "int8.onnx", 2, 8, repeats=1)["median_ms"] > 0  # metadata kept
+
+
+def test_export_command_with_quantize_int8(shrunk_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                           ) -> None:
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "m.int8.onnx"
+    assert main(["export", str(shrunk_dir), str(out), "--quantize", "int8", "--seq-len", "16", "--repeats", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and "(int8: 12 MatMuls)" in printed and "argmax agreement" in printed
+    assert [p.name for p in tmp_path.iterdir()] == ["m.int8.onnx"]  # no fp32 file left behind
 
 
 def test_backend_comparison_script_runs_every_candidate(tiny_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--seq-len", type=int, default=128, help="sequence length of the ORT timing")
     export.add_argument("--batch-size", type=int, default=1, help="batch size of the ORT timing")
     export.add_argument("--repeats", type=int, default=10)
+    export.add_argument("--quantize", metavar="SCHEME", help="int8: write an ONNX Runtime dynamic-int8 file instead "
+                        "(block linears only); its parity check reports max |Δlogit| and argmax agreement")
 
     report = sub.add_parser("report", help="render report.md / report.html / plots of a run directory again")
     report.add_argument("run_dir")
@@ -417,12 +419,37 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import check_onnx, export_onnx, measure_onnx_latency
 
+    if args.quantize is not None:
+        return _export_int8(args)
     model = load_model(args.model)
     path = export_onnx(model, args.output)
     diff = check_onnx(model, path)
     latency = measure_onnx_latency(path, args.batch_size, args.seq_len, repeats=args.repeats)
     print(f"wrote {path}; max |ONNX - PyTorch| = {diff:.2e}; ONNX Runtime batch {args.batch_size} x seq "
           f"{args.seq_len}: median {latency['median_ms']:.1f} ms ({latency['threads']} threads)")
+    return 0
+
+
+def _export_int8(args: argparse.Namespace) -> int:
+    """``export --quantize int8``: export fp32, quantize with ONNX Runtime, compare with fp32 PyTorch."""
+    import tempfile
+
+    from .export import export_onnx, measure_onnx_latency
+    from .onnx_int8 import compare_onnx, quantize_onnx
+    from .quantize import check_scheme
+
+    check_scheme(args.quantize, "--quantize ")
+    model = load_model(args.model, quantize=None)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
+        result = quantize_onnx(export_onnx(model, Path(tmp) / "fp32.onnx"), output)
+    parity = compare_onnx(model, output)
+    latency = measure_onnx_latency(output, args.batch_size, args.seq_len, repeats=args.repeats)
+    print(f"wrote {output} ({args.quantize}: {result['quantized_matmuls']} MatMuls); vs fp32 PyTorch on "
+          f"{parity['batch_size']} x {parity['seq_len']} random tokens: max |Δlogit| = {parity['max_abs_diff']:.2e}, "
+          f"argmax agreement {parity['agreement']:.1%}; ONNX Runtime batch {args.batch_size} x seq {args.seq_len}: "
+          f"median {latency['median_ms']:.1f} ms ({latency['threads']} threads)")
     return 0
 
 
