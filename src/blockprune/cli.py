@@ -328,7 +328,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     evaluate = args.evaluate or any((args.dataset, args.train_file, args.validation_file))
     task = _load_task(args) if evaluate else None
     task_class = task.model_class() if task is not None else None
-    reference = load_model(args.reference) if args.reference else None
+    reference = load_model(args.reference, quantize=None) if args.reference else None  # fp32, as given
     model = load_model(args.model, task_class, quantize=None)
     processors = folder_processors(args.model)
     save_pruned(model, args.output, processors, quantize=args.scheme)

@@ -410,8 +410,12 @@ class Run:
         return self.stage("bench", work)
 
     def stage_quantize(self, teacher_path: str) -> dict[str, Any]:
-        """The final model quantized at load (as ``load_pruned(D/model, quantize=...)`` gives it): metrics,
-        measured speedup over the dense fp32 teacher, and size (:func:`blockprune.quantize.size_bytes`)."""
+        """The final model quantized at load, as ``load_pruned(D/model, quantize=...)`` gives it.
+
+        Records its metrics, its measured speedup over the dense fp32 teacher (timed alternately, like the bench
+        stage) and its size (:func:`blockprune.quantize.size_bytes`).
+        """
+
         def work(stage: Path) -> dict[str, Any]:
             o = self.options
             model = load_pruned(self.final_model_dir(), model_class=self.task.model_class(), quantize=o.quantize)

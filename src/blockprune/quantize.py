@@ -4,26 +4,29 @@ What is quantized: every ``nn.Linear`` inside the transformer blocks (for BERT: 
 the FFN up and down projections), each with its own shape, so the uneven widths a shrink leaves are fine.
 Weights become int8 with one scale per output row (symmetric); at run time each input is quantized to 8 bits
 (7 on CPUs without VNNI, see :func:`input_bits`) with one scale for the whole input tensor of that call, the
-product is accumulated in int32 and rescaled to fp32; biases stay fp32. Linears with no weights (the O projection of a layer with 0 heads, the FFN of a layer
-with 0 neurons: shapes ``(0, n)`` or ``(n, 0)``) stay fp32: they cost nothing, and the int8 kernel returns
-uninitialised memory for an empty product. Embeddings, LayerNorms, the pooler and the task head stay fp32:
+product is accumulated in int32 and rescaled to fp32; biases stay fp32. Linears with no weights (the O
+projection of a layer with 0 heads, the FFN of a layer with 0 neurons: shapes ``(0, n)`` or ``(n, 0)``) stay
+fp32: they cost nothing, and the int8 kernel returns uninitialised memory for an empty product. Embeddings, LayerNorms, the pooler and the task head stay fp32:
 they are a small share of the time, and the head's few outputs are where rounding would show most.
 
 Backend: ``torch.ao.quantization.quantize_dynamic`` (fbgemm / x86 kernels, or qnnpack on ARM), which replaces
-each chosen linear by ``torch.ao.nn.quantized.dynamic.Linear``. Of the candidates on torch 2.13 it is the only
-one that makes the model faster in eager mode: a rough one-off comparison on the embedded MiniLM (batch 32 x
-seq 128, 2 threads, on a shared noisy machine, ``benchmarks/int8_backends.py``) gave 2.2x over fp32 for it,
-1.7x for ONNX Runtime's dynamic quantization of the exported file (another runtime, and a file instead of a
-model), and 0.97x (no gain) for torchao's ``Int8DynamicActivationInt8WeightConfig``: torchao is the
-maintained successor, but its PyPI wheel has no CPU kernel for this scheme and runs a decomposed Python path
-meant to be fused by ``torch.compile``; compiled, one FFN matched ``quantize_dynamic``, after ~20 s of
-compiling per block shape with a C++ toolchain, which a load-and-run tool cannot afford. ``quantize_dynamic``
-is marked deprecated (its warnings are silenced here); if a future torch removes it, :func:`quantize_model`
-says so in one error. Caveat of its per-tensor input scale: one example's output can change slightly with
-the other examples of its batch.
+each chosen linear by ``torch.ao.nn.quantized.dynamic.Linear`` (here with per-row weight scales and, where the
+CPU allows, 8-bit inputs). Of the candidates on torch 2.13 it is the only one that makes the model faster in
+eager mode: a rough one-off comparison on the embedded MiniLM (batch 32 x seq 128, 2 threads, in one process on
+a shared noisy machine, ``benchmarks/int8_backends.py``) gave 2.2x over fp32 for stock ``quantize_dynamic``
+(per-tensor weights, 7-bit inputs; this module's variant uses the same kernels and was not timed then), 1.7x for
+ONNX Runtime's dynamic quantization of the exported file (another runtime, and a file instead of a model: see
+:mod:`blockprune.onnx_int8`), and 0.97x (no gain) for torchao 0.18's ``Int8DynamicActivationInt8WeightConfig``.
+torchao is the maintained successor, but its wheel has no CPU kernel for this scheme and runs a decomposed
+Python path meant to be fused by ``torch.compile``; compiled, an FFN of MiniLM's shape matched ``quantize_dynamic``, after
+~20 s of compiling (per shape, with a C++ toolchain), which a load-and-run tool cannot afford. So no extra
+dependency either. ``quantize_dynamic`` is marked deprecated (its warnings are silenced here); if a future torch
+removes it, :func:`quantize_model` says so in one error. Caveat of its per-call input scale: one example's
+output can change slightly with the other examples (and the padding) of its batch.
 
 The result is deterministic: the weight scales depend only on the weights, and the int8 products are summed
-exactly in int32, so the same model and input give bit-identical outputs every time.
+exactly in int32, so the same model and input give bit-identical outputs every time on a given machine (the
+input bits and the kernels depend on the CPU).
 
 Example:
     >>> model = quantize_model(load_pruned("runs/demo/model"))       # doctest: +SKIP
