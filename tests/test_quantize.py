@@ -267,12 +267,17 @@ def test_quantize_command_end_to_end(shrunk_dir: Path, tiny_dir: Path, data_file
     assert torch.equal(logits(loaded, 3), logits(load_pruned(shrunk_dir, quantize="int8"), 3))
 
 
-def test_quantize_command_without_data_or_reference_only_quantizes(shrunk_dir: Path, tmp_path: Path,
+@pytest.mark.parametrize("source", ["shrunk_dir", "tiny_dir"])  # a save_pruned and a save_pretrained folder
+def test_quantize_command_without_data_or_reference_only_quantizes(source: str, request: pytest.FixtureRequest,
+                                                                   tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["quantize", str(shrunk_dir), str(tmp_path / "q")]) == 0
+    model_dir = request.getfixturevalue(source)
+    assert main(["quantize", str(model_dir), str(tmp_path / "q")]) == 0
     printed = capsys.readouterr().out
     assert "12 linears quantized" in printed and "accuracy" not in printed and "speedup" not in printed
-    assert is_quantized(load_pruned(tmp_path / "q"))
+    loaded = load_pruned(tmp_path / "q")
+    assert is_quantized(loaded) and heads_per_layer(loaded) == heads_per_layer(load_pruned(tmp_path / "q",
+                                                                                          quantize=None))
 
 
 @pytest.mark.parametrize("argv", [
