@@ -23,6 +23,7 @@ _EXPORTS = {
     "trainer": ["PruningCallback", "PruningObjective", "distillation_loss", "make_optimizer"],
     "shrink": ["ShrinkResult", "shrink"],
     "saving": ["PrunedModelError", "load_pruned", "save_pruned"],
+    "quantize": ["QuantizeError", "quantize_model"],
     "measure": ["MeasureReport", "measure", "speedup"],
     "export": ["check_onnx", "export_onnx"],
     "tasks": ["DataError", "Task", "load_task", "embedded_model_path"],

@@ -1,4 +1,4 @@
-"""The ``blockprune`` command: ``prune | shrink | eval | bench | export | report | plan | push``.
+"""The ``blockprune`` command: ``prune | shrink | quantize | eval | bench | export | report | plan | push``.
 
 ``blockprune prune`` with no flags runs the embedded default offline (MiniLM-L6 on Rotten Tomatoes
 snippets). Every error a user can fix ends the command with one line naming the fix (exit code 2).
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a transformers TrainingArguments field, e.g. --training-arg bf16=true")
     prune.add_argument("--ffn-multiple", type=int, default=16, help=FFN_MULTIPLE_HELP)
     _bench_flags(prune, "bench-")
+    prune.add_argument("--quantize", metavar="SCHEME",
+                       help="int8: also evaluate and time the final model quantized (CPU; report.json 'quantized')")
     prune.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     prune.add_argument("--no-progress", action="store_true", help="no progress bars")
     prune.add_argument("--output-dir", default="runs/demo", help="run directory (re-running the command resumes it)")
@@ -171,6 +173,23 @@ def build_parser() -> argparse.ArgumentParser:
     shrink.add_argument("input", help="model folder saved with save_pretrained (zeros where pruned)")
     shrink.add_argument("output", help="folder for the shrunk model (load it with blockprune.load_pruned)")
     shrink.add_argument("--ffn-multiple", type=int, default=16, help=FFN_MULTIPLE_HELP)
+
+    quantize = command("quantize", "int8 copy of a model for CPU inference: accuracy and speedup")
+    quantize.add_argument("model", help="model folder (save_pruned or save_pretrained format), fp32")
+    quantize.add_argument("output", help="folder to write: the fp32 save_pruned model + quantization.json "
+                          "(load_pruned quantizes it at load)")
+    quantize.add_argument("--scheme", default="int8", help="quantization scheme (int8)")
+    quantize.add_argument("--evaluate", action="store_true",
+                          help="evaluate fp32 and int8 on the data (also implied by --dataset/--train-file/"
+                          "--validation-file; default data: the embedded Rotten Tomatoes snippets)")
+    _data_flags(quantize)
+    quantize.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
+    quantize.add_argument("--reference", help="a dense fp32 model to time the int8 model against (e.g. the teacher)")
+    quantize.add_argument("--seq-len", type=int, default=128, help="tokens per timed sequence")
+    quantize.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes of the timing")
+    quantize.add_argument("--repeats", type=int, default=10, help="timed passes per model and batch size")
+    quantize.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    quantize.add_argument("--json", action="store_true", help="print the results as JSON")
 
     evaluate = command("eval", "evaluate a model (pruned or not) on a task")
     evaluate.add_argument("model", help="model folder (save_pruned or save_pretrained format)")
@@ -189,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--seq-len", type=int, default=128, help="sequence length of the ORT timing")
     export.add_argument("--batch-size", type=int, default=1, help="batch size of the ORT timing")
     export.add_argument("--repeats", type=int, default=10, help="timed ONNX Runtime passes")
+    export.add_argument("--quantize", metavar="SCHEME", help="int8: write an ONNX Runtime dynamic-int8 file instead "
+                        "(block linears only); its parity check reports max |Δlogit| and argmax agreement")
 
     report = command("report", "render report.md / report.html / plots of a run directory again")
     report.add_argument("run_dir", help="a run directory of blockprune prune (holds report.json)")
@@ -222,15 +243,18 @@ class ModelFolderError(ValueError):
     """A plain ``save_pretrained`` folder cannot be loaded (missing, truncated or corrupted file)."""
 
 
-def load_model(path: str, task_class: type | None = None) -> nn.Module:
-    """Load a model folder in either format: ``save_pruned`` (has ``pruned_shapes.json``) or ``save_pretrained``."""
+def load_model(path: str, task_class: type | None = None, quantize: str | None = "auto") -> nn.Module:
+    """Load a model folder in either format: ``save_pruned`` (has ``pruned_shapes.json``) or ``save_pretrained``.
+
+    ``quantize`` is passed to :func:`blockprune.saving.load_pruned` (``None``: fp32 even if the folder says int8).
+    """
     from .saving import SHAPES_FILE, load_pruned
 
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist")
     if (folder / SHAPES_FILE).is_file():
-        return load_pruned(folder, model_class=task_class)
+        return load_pruned(folder, model_class=task_class, quantize=quantize)
     try:  # never run code shipped in a model folder from these commands
         config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False)
         names = getattr(config, "architectures", None) or []
@@ -318,6 +342,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         output_dir=args.output_dir, bench_repeats=args.bench_repeats, bench_device=args.bench_device,
         bench_threads=args.bench_threads, bench_seq_len=args.bench_seq_len,
         bench_batch_sizes=_int_list(args.bench_batch_sizes, "--bench-batch-sizes"), bench_dtype=args.bench_dtype,
+        quantize=args.quantize,
         progress=not args.no_progress,
         command="blockprune " + shlex.join(args.argv),
     )
@@ -375,6 +400,82 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_task(args: argparse.Namespace) -> Any:
+    """The task of the data flags (see :func:`_data_flags`)."""
+    from .tasks import load_task
+
+    return load_task(args.task, dataset=args.dataset, train_file=args.train_file,
+                     validation_file=args.validation_file, text_column=args.text_column,
+                     text_pair_column=args.text_pair_column, label_column=args.label_column, seed=args.seed,
+                     max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
+                     max_length=args.max_length)
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise SystemExit(f"blockprune: error: --batch-sizes takes comma-separated integers, got {text!r}") from None
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantize import check_scheme, quantized_linears, size_bytes
+    from .saving import save_pruned
+
+    check_scheme(args.scheme, "--scheme ")  # before loading anything
+    batch_sizes = _batch_sizes(args.batch_sizes)
+    if Path(args.output).resolve() == Path(args.model).resolve():
+        raise ValueError(f"OUTPUT {args.output} is the input model folder; write the int8 model to another folder")
+    evaluate = args.evaluate or any((args.dataset, args.train_file, args.validation_file))
+    task = _load_task(args) if evaluate else None
+    task_class = task.model_class() if task is not None else None
+    reference = load_model(args.reference, quantize=None) if args.reference else None  # fp32, as given
+    model = load_model(args.model, task_class, quantize=None)
+    processors = folder_processors(args.model)
+    save_pruned(model, args.output, processors, quantize=args.scheme)
+    quantized = load_model(args.output, task_class)  # what a later load gives: quantized from the saved weights
+    results: dict[str, Any] = {"scheme": args.scheme, "output": str(args.output),
+                               "quantized_linears": len(quantized_linears(quantized)),
+                               "size_bytes": size_bytes(quantized)["total"], "size_bytes_fp32": size_bytes(model)["total"]}
+    if task is not None:
+        processor = task.load_processor(args.model)
+        results["metric_name"] = task.metric_name
+        results["metrics_fp32"] = task.evaluate(model, processor, batch_size=args.batch_size)
+        results["metrics"] = task.evaluate(quantized, processor, batch_size=args.batch_size)
+    if reference is not None:
+        results["speedup"] = speedup_vs(reference, quantized, args, batch_sizes)
+    print(json.dumps(results, indent=1, sort_keys=True) if args.json else _quantize_summary(results))
+    return 0
+
+
+def speedup_vs(reference: nn.Module, model: nn.Module, args: argparse.Namespace, batch_sizes: tuple[int, ...]
+               ) -> dict[str, Any]:
+    """Measured speedup of ``model`` over ``reference`` per batch size (timed alternately, one process)."""
+    from .measure import speedup
+
+    result = speedup(reference, model, seq_len=args.seq_len, batch_sizes=batch_sizes, repeats=args.repeats,
+                     threads=args.threads, progress=True)
+    by_batch = {str(b["batch_size"]): b["measured"] for b in result["batches"]}
+    return {"measured": by_batch[str(max(batch_sizes))], "measured_by_batch": by_batch, "seq_len": args.seq_len,
+            "threads": result["threads"],
+            "latency_ms": {str(b["batch_size"]): {"reference": b["reference_ms"], "model": b["model_ms"]}
+                           for b in result["batches"]}}
+
+
+def _quantize_summary(results: dict[str, Any]) -> str:
+    lines = [f"{results['scheme']}: {results['quantized_linears']} linears quantized; size "
+             f"{results['size_bytes_fp32'] / 1e6:.2f} MB fp32 → {results['size_bytes'] / 1e6:.2f} MB"]
+    if "metrics" in results:
+        name = results["metric_name"]
+        lines.append(f"{name}: fp32 {results['metrics_fp32'][name]:.4f} → {results['scheme']} "
+                     f"{results['metrics'][name]:.4f}")
+    if "speedup" in results:
+        per_batch = ", ".join(f"batch {b}: {v:.2f}x" for b, v in results["speedup"]["measured_by_batch"].items())
+        lines.append(f"measured speedup vs --reference (seq {results['speedup']['seq_len']}): {per_batch}")
+    lines.append(f"saved to {results['output']} (load it with blockprune.load_pruned: quantized at load)")
+    return "\n".join(lines)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .tasks import load_task
 
@@ -428,12 +529,37 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import check_onnx, export_onnx, measure_onnx_latency
 
+    if args.quantize is not None:
+        return _export_int8(args)
     model = load_model(args.model)
     path = export_onnx(model, args.output)
     diff = check_onnx(model, path)
     latency = measure_onnx_latency(path, args.batch_size, args.seq_len, repeats=args.repeats)
     print(f"wrote {path}; max |ONNX - PyTorch| = {diff:.2e}; ONNX Runtime batch {args.batch_size} x seq "
           f"{args.seq_len}: median {latency['median_ms']:.1f} ms ({latency['threads']} threads)")
+    return 0
+
+
+def _export_int8(args: argparse.Namespace) -> int:
+    """``export --quantize int8``: export fp32, quantize with ONNX Runtime, compare with fp32 PyTorch."""
+    import tempfile
+
+    from .export import export_onnx, measure_onnx_latency
+    from .onnx_int8 import compare_onnx, quantize_onnx
+    from .quantize import check_scheme
+
+    check_scheme(args.quantize, "--quantize ")
+    model = load_model(args.model, quantize=None)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
+        result = quantize_onnx(export_onnx(model, Path(tmp) / "fp32.onnx"), output)
+    parity = compare_onnx(model, output)
+    latency = measure_onnx_latency(output, args.batch_size, args.seq_len, repeats=args.repeats)
+    print(f"wrote {output} ({args.quantize}: {result['quantized_matmuls']} MatMuls); vs fp32 PyTorch on "
+          f"{parity['batch_size']} x {parity['seq_len']} random tokens: max |Δlogit| = {parity['max_abs_diff']:.2e}, "
+          f"argmax agreement {parity['agreement']:.1%}; ONNX Runtime batch {args.batch_size} x seq {args.seq_len}: "
+          f"median {latency['median_ms']:.1f} ms ({latency['threads']} threads)")
     return 0
 
 
@@ -468,8 +594,8 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"prune": cmd_prune, "shrink": cmd_shrink, "eval": cmd_eval, "bench": cmd_bench, "export": cmd_export,
-            "report": cmd_report, "plan": cmd_plan, "push": cmd_push}
+COMMANDS = {"prune": cmd_prune, "shrink": cmd_shrink, "quantize": cmd_quantize, "eval": cmd_eval, "bench": cmd_bench,
+            "export": cmd_export, "report": cmd_report, "plan": cmd_plan, "push": cmd_push}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

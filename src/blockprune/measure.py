@@ -77,6 +77,8 @@ def _linear_weight(module: nn.Module, where: str) -> torch.Tensor:
         module = module.base_layer
         seen += 1
     weight = getattr(module, "weight", None)
+    if callable(weight) and hasattr(module, "_packed_params"):  # an int8 linear (blockprune.quantize) unpacks it
+        weight = weight()
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise UnsupportedModelError(
             f"{where} is a {type(module).__name__} without a 2-D weight; blockprune expects an nn.Linear there "
@@ -186,7 +188,7 @@ def count_params(model: nn.Module) -> dict[str, int]:
         21233664
     """
     unique = {id(p): p for p in model.parameters()}
-    total = sum(p.numel() for p in unique.values())
+    total = sum(p.numel() for p in unique.values()) + _packed_params(model)
     embedding_ids = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     embedding = sum(unique[i].numel() for i in embedding_ids if i in unique)
     weights = [w for layer in block_linears(model) for w in layer.values()]
@@ -195,8 +197,19 @@ def count_params(model: nn.Module) -> dict[str, int]:
         "embedding": embedding,
         "non_embedding": total - embedding,
         "linear": sum(w.numel() for w in weights),
-        "linear_nonzero": int(sum(w.numel() if w.is_meta else int(torch.count_nonzero(w.detach())) for w in weights)),
+        "linear_nonzero": int(sum(w.numel() if w.is_meta else int(torch.count_nonzero(
+            w.int_repr() if w.is_quantized else w.detach())) for w in weights)),
     }
+
+
+def _packed_params(model: nn.Module) -> int:
+    """Weights and biases of int8 linears (blockprune.quantize), which hold them packed, not as parameters."""
+    total = 0
+    for module in model.modules():
+        if hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):
+            bias = module.bias()
+            total += module.weight().numel() + (bias.numel() if bias is not None else 0)
+    return total
 
 
 def flops_per_token(model: nn.Module, seq_len: int) -> dict[str, Any]:

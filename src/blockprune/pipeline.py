@@ -1,4 +1,4 @@
-"""The whole run, stage by stage: teacher → prune → shrink → fill → evaluate → bench → report.
+"""The whole run, stage by stage: teacher → prune → shrink → fill → evaluate → bench → (quantize) → report.
 
 Each stage writes its output under the run directory and, last, a ``done.json`` with its results; a
 re-run of the same command skips the stages that have one and resumes an interrupted training stage
@@ -15,6 +15,7 @@ Layout of a run directory ``D``::
     D/shrink/model/          the shrunk model (save_pruned format)
     D/fill/model/            the shrunk model fine-tuned again (--fill, or a preset in FILL_PRESETS)
     D/model/                 the final model: load it with ``blockprune.load_pruned``
+    D/quantize/done.json     with ``quantize="int8"``: the int8 final model's metrics, speedup and size
     D/report.{json,md,html}  and D/plots/*.png
 
 Example:
@@ -45,6 +46,7 @@ from .devices import check_bench_settings
 from .measure import count_params, ffn_per_layer, flops_per_token, heads_per_layer, speedup
 from .plan import PlanError, make_plan, planned_config
 from .pruner import Pruner
+from .quantize import QuantizeError, check_scheme, quantized_linears, size_bytes
 from .run_progress import StageClock
 from .saving import load_pruned, save_pruned
 from .shrink import shrink
@@ -101,6 +103,7 @@ class RunOptions:
     bench_device: str = "cpu"  # cpu, cuda, cuda:N
     bench_threads: int | None = None  # torch intra-op threads while timing (None: torch's choice)
     bench_dtype: str = "fp32"  # fp32, fp16, bf16
+    quantize: str | None = None  # "int8": also evaluate and time the final model quantized (blockprune.quantize)
     progress: bool = True
     command: str = ""
 
@@ -148,6 +151,8 @@ STAGES: tuple[StageSpec, ...] = (
               when=lambda o: o.fills),
     StageSpec("evaluate", lambda o, n, e: e / 3),
     StageSpec("bench", _bench_cost),
+    # evaluate and time the int8 model (dynamic int8 runs on CPU)
+    StageSpec("quantize", lambda o, n, e: e / 3 + _bench_cost(o, n, e), when=lambda o: o.quantize is not None),
 )
 """Every stage a run can execute, in order: the one list the progress lines count (add new stages here)."""
 
@@ -272,6 +277,11 @@ class Run:
             raise RunError(f"--min-pruning-steps {options.min_pruning_steps} must be >= 0")
         self.check_teacher_labels()
         self.clock = StageClock(self.stage_plan(), enabled=options.progress and is_main_process())
+        if options.quantize is not None:
+            try:
+                check_scheme(options.quantize, "--quantize ")
+            except QuantizeError as err:
+                raise RunError(str(err)) from err
 
     # -- checks before any long work
     def _model_path(self) -> str:
@@ -478,6 +488,26 @@ class Run:
             (self.dir / "bench" / "done.json").unlink()
         return self.stage("bench", work)
 
+    def stage_quantize(self, teacher_path: str) -> dict[str, Any]:
+        """The final model quantized at load, as ``load_pruned(D/model, quantize=...)`` gives it.
+
+        Records its metrics, its measured speedup over the dense fp32 teacher (timed alternately, like the bench
+        stage) and its size (:func:`blockprune.quantize.size_bytes`).
+        """
+
+        def work(stage: Path) -> dict[str, Any]:
+            o = self.options
+            model = load_pruned(self.final_model_dir(), model_class=self.task.model_class(), quantize=o.quantize)
+            metrics = self.task.evaluate(model, self.tokenizer, batch_size=o.batch_size, progress=o.progress)
+            result = speedup(self.load_hf(teacher_path).eval(), model, seq_len=o.bench_seq_len,
+                             batch_sizes=o.bench_batch_sizes, repeats=o.bench_repeats, threads=o.bench_threads,
+                             progress=o.progress)  # on the CPU: dynamic int8 kernels are CPU kernels
+            return {"scheme": o.quantize, "metrics": metrics, "batches": result["batches"],
+                    "threads": result["threads"], "quantized_linears": len(quantized_linears(model)),
+                    "size_bytes": size_bytes(model), "size_bytes_fp32": size_bytes(self.load_final())}
+
+        return self.stage("quantize", work)
+
     def execute(self) -> dict[str, Any]:
         """Run every stage not done yet; write the final model and the report; return the report dict.
 
@@ -501,6 +531,8 @@ class Run:
             return json.loads((self.dir / "report.json").read_text())
         stages["evaluate"] = self.stage_evaluate()
         stages["bench"] = self.stage_bench(teacher["model"])
+        if self.options.quantize is not None:
+            stages["quantize"] = self.stage_quantize(teacher["model"])
         report = self.build_report(stages)
         final = self.dir / "model"
         with atomic.atomic_dir(final) as tmp:
@@ -525,7 +557,9 @@ class Run:
         achieved = bench["theoretical"] if target_kind == "speedup" else 1.0 - stages["prune"]["density"]["overall"]
         shrunk = stages["shrink"]
         heads = [sum(layer) for layer in shrunk["heads_kept"]]
-        return {
+        quantized = {"quantized": quantized_report(stages["quantize"], task.metric_name, main_batch, o.bench_seq_len)
+                     } if "quantize" in stages else {}
+        return quantized | {
             "format": "blockprune-report",
             "version": 1,
             "task": task.name,
@@ -571,6 +605,26 @@ class Run:
 def _test_metrics(stage: dict[str, Any]) -> dict[str, Any]:
     """``{"test_metrics": ...}`` of a stage that scored a test split, else nothing."""
     return {"test_metrics": stage["test_metrics"]} if "test_metrics" in stage else {}
+def quantized_report(done: dict[str, Any], metric_name: str, main_batch: str, seq_len: int) -> dict[str, Any]:
+    """``report.json["quantized"]`` from the quantize stage: speedups are over the dense fp32 teacher.
+
+    ``size_bytes`` is the int8 final model as it would be stored (int8 linear weights with their fp32 row scales
+    and biases, everything else at its dtype; see :func:`blockprune.quantize.size_bytes`), ``size_bytes_fp32``
+    the fp32 final model by the same count.
+    """
+    by_batch = {str(b["batch_size"]): b for b in done["batches"]}
+    return {
+        "scheme": done["scheme"],
+        "metric": done["metrics"][metric_name],
+        "metrics": done["metrics"],
+        "latency_ms": {k: v["model_ms"] for k, v in by_batch.items()},
+        "speedup": {"measured": by_batch[main_batch]["measured"] if main_batch in by_batch else None,
+                    "measured_by_batch": {k: v["measured"] for k, v in by_batch.items()},
+                    "reference": "dense fp32 teacher", "seq_len": seq_len, "threads": done["threads"]},
+        "size_bytes": done["size_bytes"]["total"],
+        "size_bytes_fp32": done["size_bytes_fp32"]["total"],
+        "quantized_linears": done["quantized_linears"],
+    }
 
 
 def run(options: RunOptions) -> dict[str, Any]:

@@ -234,12 +234,27 @@ def _summary(report: dict[str, Any], tradeoff: Figure | Note) -> Section:
         add("Measured speedup", f"{dig(report, 'speedup', 'measured'):.2f}\u00d7")
     theoretical = number(dig(report, "speedup", "theoretical"))
     add("Theoretical speedup (FLOPs)", f"{theoretical:.2f}\u00d7" if theoretical else None)
+    _quantized_rows(report.get("quantized"), metric, scale, add)
     add("Linear parameters", _before_after(dig(report, "params", "linear")))
     add("Non-embedding parameters", _before_after(dig(report, "params", "non_embedding")))
     add("Total parameters", _before_after(dig(report, "params", "total")))
     add("FLOPs per token", _before_after(report.get("flops_per_token")))
     parts: list[Any] = [Table(["Quantity", "Value"], rows)] if rows else [Note("report.json has no summary fields.")]
     return Section("Summary", [*parts, tradeoff])
+
+
+def _quantized_rows(quantized: Any, metric: str, scale: float, add: Any) -> None:
+    """Rows of the quantized final model (``report["quantized"]``, from ``--quantize``), beside the fp32 ones."""
+    if not isinstance(quantized, dict):
+        return
+    scheme = str(quantized.get("scheme", "quantized"))
+    value = number(quantized.get("metric"))
+    add(f"Final {metric} ({scheme})", _metric_text(value, scale) if value is not None else None)
+    for batch, speed in _batches(dig(quantized, "speedup", "measured_by_batch")):
+        add(f"Measured speedup {scheme} (batch {batch})", f"{speed:.2f}\u00d7")
+    size, fp32 = number(quantized.get("size_bytes")), number(quantized.get("size_bytes_fp32"))
+    if size is not None and fp32 is not None:
+        add(f"Model size fp32 \u2192 {scheme}", f"{fp32 / 1e6:.2f} MB \u2192 {size / 1e6:.2f} MB")
 
 
 _DATA_LABELS = {"num_train": "train", "num_eval": "eval", "max_length": "max length"}

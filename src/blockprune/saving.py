@@ -8,6 +8,11 @@ full-size model from the config without downloading anything, resizes it with
 :func:`blockprune.shrink.apply_shapes`, and loads the weights with strict key and shape checks. Nothing is
 padded back with zeros, and nothing is unpickled.
 
+``save_pruned(..., quantize="int8")`` adds ``quantization.json`` (``{"scheme": "int8", ...}``) beside the fp32
+weights; :func:`load_pruned` then quantizes the model as it loads (:mod:`blockprune.quantize`; deterministic,
+so every load gives the same int8 model). The weights stay fp32 on disk: one file format, loadable without
+quantizing too (``quantize=None``), and no pickled quantized modules.
+
 Example:
     >>> save_pruned(model, "out/small", tokenizer)   # doctest: +SKIP
     >>> small = load_pruned("out/small")              # doctest: +SKIP
@@ -30,11 +35,13 @@ from torch import nn
 
 from .arch import UnsupportedModelError
 from .atomic import atomic_dir, write_text
+from .quantize import QuantizeError, check_scheme, is_quantized, quantization_record, quantize_model
 from .shrink import ShrinkError, ShrinkResult, apply_shapes, shape_record
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SHAPES_FILE = "pruned_shapes.json"
+QUANTIZATION_FILE = "quantization.json"
 _CHECKSUM_KEY = "weights_sha256"  # in the shape record: the weights file as saved
 _ALIASES_KEY = "blockprune_aliases"
 
@@ -74,7 +81,7 @@ def _split_tied(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
 
 
 def save_pruned(model: nn.Module, path: str | os.PathLike[str], tokenizer: Any = None,
-                result: ShrinkResult | None = None) -> Path:
+                result: ShrinkResult | None = None, quantize: str | None = None) -> Path:
     """Save a (shrunk) model so that :func:`load_pruned` rebuilds it exactly.
 
     The folder is written to a temporary path and renamed into place, replacing any previous one whole.
@@ -85,6 +92,8 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], tokenizer: Any =
         tokenizer: saved alongside with ``tokenizer.save_pretrained`` when given.
         result: the :class:`ShrinkResult` of the shrink; when given, the shape record also lists the
             original head/neuron indices kept (for reports).
+        quantize: a scheme of :data:`blockprune.quantize.SCHEMES` (``"int8"``) that :func:`load_pruned` applies
+            at load; ``model`` must still be fp32 (its weights are what is saved).
 
     Returns:
         The folder path.
@@ -93,6 +102,11 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], tokenizer: Any =
         >>> save_pruned(model, "out/small", tokenizer, result=shrink(model))   # doctest: +SKIP
         PosixPath('out/small')
     """
+    if quantize is not None:
+        check_scheme(quantize, "quantize=")
+    if is_quantized(model):
+        raise PrunedModelError(f"{type(model).__name__} is quantized; save the fp32 model, with quantize='int8' "
+                               "to have load_pruned quantize it at load")
     record = shape_record(model, result)
     tensors, aliases = _split_tied(model.state_dict())
     config = copy.deepcopy(model.config)
@@ -105,6 +119,8 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], tokenizer: Any =
         write_text(tmp / SHAPES_FILE, json.dumps(record, indent=1, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if quantize is not None:
+            write_text(tmp / QUANTIZATION_FILE, json.dumps(quantization_record(quantize), indent=1) + "\n")
     return path
 
 
@@ -223,8 +239,21 @@ def _match_dtype(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
         model.to(dtypes.pop())
 
 
+def read_quantization(folder: str | os.PathLike[str]) -> str | None:
+    """The scheme recorded in ``folder/quantization.json``, or ``None`` when the folder has no such file."""
+    file = Path(folder) / QUANTIZATION_FILE
+    if not file.is_file():
+        return None
+    record = _read_record(file)
+    try:
+        return check_scheme(record.get("scheme"), f"{file}: scheme ")
+    except QuantizeError as err:
+        raise PrunedModelError(f"{err}; save the model again") from err
+
+
 def load_pruned(path: str | os.PathLike[str], model_class: type | None = None,
-                attn_implementation: str | None = None, verify: bool = True) -> nn.Module:
+                attn_implementation: str | None = None, verify: bool = True,
+                quantize: str | None = "auto") -> nn.Module:
     """Rebuild a model saved by :func:`save_pruned`, at its small shapes, in eval mode.
 
     Nothing is downloaded: the model is built from the saved ``config.json``, resized with
@@ -237,18 +266,24 @@ def load_pruned(path: str | os.PathLike[str], model_class: type | None = None,
         attn_implementation: e.g. ``"eager"`` or ``"sdpa"``; default: transformers' choice.
         verify: check the weights file against the SHA-256 that :func:`save_pruned` recorded (folders saved
             before checksums were recorded load without the check).
+        quantize: ``"auto"``: quantize with the scheme of the folder's ``quantization.json``, if it has one;
+            ``"int8"``: quantize (:func:`blockprune.quantize.quantize_model`; CPU, inference only); ``None``:
+            load the fp32 weights as they are.
 
     Raises:
         PrunedModelError: the folder or a file is missing, a plain (unshrunk) save, a corrupted file, a shape
             record newer than this version or inconsistent with the config or the weights, weights that differ
             from the checksum recorded at save time. The message names
             the file and, for weights, the tensor.
+        QuantizeError: ``quantize`` is not ``"auto"``, ``None`` nor a known scheme.
 
     Example:
         >>> model = load_pruned("out/small")                       # doctest: +SKIP
         >>> model(**tokenizer("hello", return_tensors="pt")).logits  # doctest: +SKIP
     """
     folder = Path(path)
+    if quantize not in ("auto", None):
+        check_scheme(quantize, "quantize=")
     _check_folder(folder)
     shapes, weights = folder / SHAPES_FILE, folder / WEIGHTS_FILE
     record = _read_record(shapes)
@@ -265,4 +300,5 @@ def load_pruned(path: str | os.PathLike[str], model_class: type | None = None,
     _check_weights(model, full, weights, shapes)
     _match_dtype(model, tensors)
     model.load_state_dict(full, strict=True)
-    return model.eval()
+    scheme = read_quantization(folder) if quantize == "auto" else quantize
+    return quantize_model(model, scheme) if scheme is not None else model.eval()
