@@ -57,23 +57,29 @@ class Point:
     """One point of the frontier (run once per seed)."""
 
     name: str
-    method: str  # blockprune | layer-drop | magnitude-oneshot | magnitude-gradual | dense-control
+    method: str  # blockprune | blockprune-int8 | layer-drop | magnitude-oneshot | magnitude-gradual | dense-control
+    # | int8-dense
     target: float  # speedup target (theoretical) or, for layer-drop, layers kept
     label: str
     preset: str = "struct"
     extra: list[str] = field(default_factory=list)
+    source: str = ""  # blockprune-int8: the point whose final model (same seed) is quantized
+    seeded: bool = True  # False: deterministic from the reference (int8-dense), run for the first seed only
 
     @property
     def baseline(self) -> bool:
-        return self.method != "blockprune"
+        return not self.method.startswith("blockprune")
 
 
 def plan(quick: bool) -> list[Point]:
     """The points, most informative first: the 2x comparison, then 3x, then 1.5x."""
-    points = [Point("dense-control", "dense-control", 1.0, "dense control (distilled, same budget)", preset="")]
+    points = [Point("dense-control", "dense-control", 1.0, "dense control (distilled, same budget)", preset=""),
+              Point("int8-dense", "int8-dense", 1.0, "dense int8 (dynamic)", preset="", seeded=False)]
     for target, layers in ((2.0, 3), (3.0, 2), (1.5, 4)):
         points += [
             Point(f"bp-struct-{target}", "blockprune", target, "blockprune struct"),
+            Point(f"bp-struct-{target}-int8", "blockprune-int8", target, "blockprune struct + int8",
+                  source=f"bp-struct-{target}"),
             Point(f"layer-drop-{layers}", "layer-drop", layers, "layer drop + distillation", preset=""),
             Point(f"magnitude-oneshot-{target}", "magnitude-oneshot", target, "one-shot magnitude + distillation"),
             Point(f"magnitude-gradual-{target}", "magnitude-gradual", target, "gradual magnitude", extra=MAGNITUDE),
@@ -132,6 +138,14 @@ def train_point(point: Point, seed: int, runs: Path, ref: dict[str, Any], ctx: d
         print(f"[frontier] {out.name}: {point.method} (in process)", flush=True)
         if point.method == "dense-control":
             result = fm.control(out, teacher, tokenizer, dev, test, epochs, seed)
+        elif point.method == "int8-dense":
+            result = fm.int8(out, teacher, tokenizer, dev, test)
+        elif point.method == "blockprune-int8":
+            source = fm.read_done(runs / f"{point.source}-s{seed}" / "frontier-result")
+            if source is None:
+                print(f"[frontier] {out.name}: {point.source}-s{seed} is not finished yet", flush=True)
+                return None
+            result = fm.int8(out, Path(source["model"]), tokenizer, dev, test)
         elif point.method == "layer-drop":
             result = fm.layer_drop(out, teacher, tokenizer, dev, test, int(point.target), epochs, seed)
         else:
@@ -155,9 +169,9 @@ def time_runs(runs: Path, finished: list[tuple[Point, int]], ref: dict[str, Any]
     reference = fm.load_classifier(Path(ref["model"]))
     batches = ft.test_set_batches(ctx["tokenizer"], ctx["test"])
     for point, seed in finished:
-        folder = run_dir(runs, point, seed) / "model"
-        model = fm.load_classifier(folder) if not (folder / "pruned_shapes.json").is_file() else fm.load_pruned(folder)
-        key = ft.shape_key(model)
+        result = fm.read_done(run_dir(runs, point, seed) / "frontier-result")
+        model = fm.load_for_timing(result)
+        key = ft.shape_key(model) + (f";{result['quantize']}" if result.get("quantize") else "")
         if key not in cache:
             print(f"[frontier] timing {point.name}-s{seed} ({key}) with {torch.get_num_threads()} threads", flush=True)
             cache[key] = ft.time_against(reference, model, batches)
@@ -279,7 +293,7 @@ def write_outputs(records: list[dict[str, Any]], ref: dict[str, Any], quick: boo
                      f"| {x(r['testset'])} | {x(r['theoretical'])} | {r['dev']:.2f} |")
     comparisons = [compare(rows, f"bp-struct-{t}", other) for t, layers in ((2.0, 3), (3.0, 2), (1.5, 4))
                    for other in (f"layer-drop-{layers}", f"magnitude-oneshot-{t}", f"magnitude-gradual-{t}",
-                                 f"bp-struct-global-{t}")]
+                                 f"bp-struct-global-{t}", f"bp-struct-{t}-int8")]
     history = ", ".join(f"epoch {h['epoch']}: dev {h['dev']:.4f} / test {h['test']:.4f}" for h in ref["history"])
     control = next((r for r in rows if r["name"] == "dense-control"), None)
     commands = "\n".join(f"    {c}" for c in dict.fromkeys(r["command"].replace(str(ROOT) + "/", "")
@@ -355,12 +369,15 @@ def main() -> None:
     ctx = {"dev": dev, "test": test, "tokenizer": tokenizer, "epochs": args.budget_epochs}
     ref = fm.reference(runs / "reference", tokenizer, dev, test)
 
+    def seeds_of(point: Point) -> list[int]:
+        return seeds if point.seeded else seeds[:1]
+
     def finished() -> list[tuple[Point, int]]:
-        return [(p, s) for p in every for s in seeds if fm.read_done(run_dir(runs, p, s) / "frontier-result")]
+        return [(p, s) for p in every for s in seeds_of(p) if fm.read_done(run_dir(runs, p, s) / "frontier-result")]
 
     if not args.report_only and not args.time:
         for point in points:
-            for seed in seeds:
+            for seed in seeds_of(point):
                 folder = run_dir(runs, point, seed) / "frontier-result"
                 if fm.read_done(folder) is None:
                     result = train_point(point, seed, runs, ref, ctx, common)
@@ -379,8 +396,8 @@ def main() -> None:
         result = fm.read_done(run_dir(runs, point, seed) / "frontier-result")
         records.append(record(point, seed, result, ref, control_metric, timing, args.budget_epochs))
     done = {(p.name, s) for p, s in finished()}
-    missing = [f"{p.name} (seeds {[s for s in seeds if (p.name, s) not in done]})" for p in every
-               if any((p.name, s) not in done for s in seeds)]
+    missing = [f"{p.name} (seeds {[s for s in seeds_of(p) if (p.name, s) not in done]})" for p in every
+               if any((p.name, s) not in done for s in seeds_of(p))]
     write_outputs(records, ref, args.quick, missing, args.budget_epochs, seeds)
     print(f"[frontier] {len(done)} runs done; see docs/RESULTS{'_quick' if args.quick else ''}.md", flush=True)
 

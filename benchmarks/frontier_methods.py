@@ -24,9 +24,9 @@ from torch import nn
 
 from blockprune import Pruner, load_pruned, save_pruned, shrink
 from blockprune.atomic import write_text
+from blockprune.finetune import TrainSettings, train
 from blockprune.pipeline import RunOptions, pruning_config, save_hf_model
 from blockprune.tasks import Task, embedded_model_path, load_task
-from blockprune.training import TrainSettings, train
 
 FFN_MULTIPLE = 16
 MAX_REFERENCE_EPOCHS = 5
@@ -160,6 +160,30 @@ def magnitude_oneshot(folder: Path, teacher_dir: Path, tokenizer: Any, dev: Task
     pruner.finalize()
     shrink(student, FFN_MULTIPLE)
     return write_done(folder, distil(student, teacher_dir, folder, tokenizer, dev, test, epochs, seed, shrunk=True))
+
+
+def int8(folder: Path, source: Path, tokenizer: Any, dev: Task, test: Task) -> dict[str, Any]:
+    """Dynamic int8 (blockprune.quantize) of a finished model: no training, so the same for every seed of it."""
+    done = read_done(folder)
+    if done is not None:
+        return done
+    from blockprune.quantize import quantize_model
+
+    model = load_pruned(source, quantize="int8") if (source / "pruned_shapes.json").is_file() else \
+        quantize_model(load_classifier(source))
+    with torch.inference_mode():
+        return write_done(folder, {"model": str(source), "quantize": "int8", **evaluate(model, tokenizer, dev, test)})
+
+
+def load_for_timing(result: dict[str, Any]) -> nn.Module:
+    """The model a record was scored with: its folder, quantized at load when the record says so."""
+    from blockprune.quantize import quantize_model
+
+    folder = Path(result["model"])
+    if (folder / "pruned_shapes.json").is_file():
+        return load_pruned(folder, quantize=result.get("quantize"))
+    model = load_classifier(folder)
+    return quantize_model(model) if result.get("quantize") else model
 
 
 def evaluate_folder(folder: Path, dev: Task, test: Task) -> dict[str, float]:

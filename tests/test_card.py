@@ -184,7 +184,7 @@ def test_check_hub_rejects_a_bad_repo_id_and_a_missing_token(monkeypatch):
 
 
 def test_card_hub_and_plan_never_import_the_training_side():
-    code = "import blockprune.card, blockprune.hub, blockprune.plan, sys; print('blockprune.training' in sys.modules)"
+    code = "import blockprune.card, blockprune.hub, blockprune.plan, sys; print('blockprune.finetune' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert done.stdout.strip().splitlines()[-1] == "False"

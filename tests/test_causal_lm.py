@@ -16,8 +16,8 @@ import torch
 import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+from blockprune.finetune import TrainSettings, train
 from blockprune.tasks import CausalLMCollator, CausalLMTask, DataError, group_blocks, load_task, read_documents
-from blockprune.training import TrainSettings, train
 
 WORDS = [f"w{i}" for i in range(37)]
 SPECIAL = ["<pad>", "<unk>", "<eos>"]

@@ -16,8 +16,8 @@ import torch
 import transformers
 from PIL import Image
 
+from blockprune.finetune import TrainSettings, train
 from blockprune.tasks import DataError, ImageDataset, ImageTask, default_image_processor, load_task, scan_image_folder
-from blockprune.training import TrainSettings, train
 
 COLOURS = {"blue": (0, 0, 255), "red": (255, 0, 0)}
 IMAGE_SIZE = 16

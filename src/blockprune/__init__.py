@@ -20,7 +20,7 @@ _EXPORTS = {
     "masks": ["METHODS", "BlockShapeError", "register_method"],
     "schedule": ["sparsity_at"],
     "pruner": ["PatchError", "Pruner"],
-    "trainer": ["PruningCallback", "PruningObjective", "distillation_loss", "make_optimizer"],
+    "objective": ["PruningCallback", "PruningObjective", "distillation_loss", "make_optimizer"],
     "shrink": ["ShrinkResult", "shrink"],
     "saving": ["PrunedModelError", "load_pruned", "save_pruned"],
     "quantize": ["QuantizeError", "quantize_model"],

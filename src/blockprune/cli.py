@@ -603,7 +603,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     The training side is not imported for this: the engine installs without the application extras.
     """
-    training = sys.modules.get(f"{__package__}.training")
+    training = sys.modules.get(f"{__package__}.finetune")
     found = getattr(training, "NonFiniteLossError", None)
     return (ValueError, FileNotFoundError) + ((found,) if found is not None else ())
 

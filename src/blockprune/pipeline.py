@@ -43,6 +43,7 @@ from torch import nn
 from . import __version__, atomic
 from .config import FILL_PRESETS, PruningConfig
 from .devices import check_bench_settings
+from .finetune import TrainSettings, check_overrides, train
 from .measure import count_params, ffn_per_layer, flops_per_token, heads_per_layer, speedup
 from .plan import PlanError, make_plan, planned_config
 from .pruner import Pruner
@@ -51,7 +52,6 @@ from .run_progress import StageClock
 from .saving import load_pruned, save_pruned
 from .shrink import shrink
 from .tasks import Task, embedded_model_path, load_task
-from .training import TrainSettings, check_overrides, train
 
 
 class RunError(ValueError):

@@ -5,8 +5,8 @@ Trainer checkpoints into ``<stage>/checkpoints`` and a re-run resumes from the l
 (model, scores, λ controller, optimizer, scheduler, schedule position and RNG all come back, so the result
 equals that of an uninterrupted run); a checkpoint cut short by a crash is skipped. A NaN or infinite loss
 stops training before it updates any weight (:class:`StopOnNonFinite`). Nothing overrides Trainer
-internals: the pruning state rides in the model, the loss in :class:`~blockprune.trainer.PruningObjective`,
-the schedule in :class:`~blockprune.trainer.PruningCallback`.
+internals: the pruning state rides in the model, the loss in :class:`~blockprune.objective.PruningObjective`,
+the schedule in :class:`~blockprune.objective.PruningCallback`.
 
 Example:
     >>> train(model, task, tokenizer, "run/prune", TrainSettings(epochs=1), pruner=pruner, teacher=teacher)  # doctest: +SKIP
@@ -30,9 +30,9 @@ import torch
 import transformers
 from torch import nn
 
+from .objective import PruningCallback, PruningObjective, make_optimizer
 from .pruner import Pruner
 from .tasks import Task
-from .trainer import PruningCallback, PruningObjective, make_optimizer
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")

@@ -1,4 +1,4 @@
-"""Training glue: the one Trainer callback, the distillation loss, and the training objective.
+"""The training objective and its Trainer hooks: distillation loss, PruningObjective, PruningCallback, optimizer.
 
 Nothing here subclasses or overrides the Hugging Face ``Trainer``:
 
