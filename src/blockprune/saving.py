@@ -3,14 +3,17 @@
 A shrunk model has per-layer head counts and FFN widths that a stock ``config.json`` cannot express, so
 ``transformers``' ``from_pretrained`` cannot rebuild it. :func:`save_pruned` writes, atomically, a folder
 holding ``config.json`` (unchanged: the full-size architecture), ``model.safetensors`` at the small shapes
-and ``pruned_shapes.json`` (see :func:`blockprune.shrink.shape_record`). :func:`load_pruned` builds the
-full-size model from the config without downloading anything, resizes it with
-:func:`blockprune.shrink.apply_shapes`, and loads the weights with strict key and shape checks. Nothing is
-padded back with zeros, and nothing is unpickled.
+and ``pruned_shapes.json`` (see :func:`blockprune.shrink.shape_record`). Tensors with many exact zeros
+(unstructured or block pruning) are stored compactly in that same file (:mod:`blockprune.compact`).
+:func:`load_pruned` builds the model from the config with its parameters on the meta device, resizes it with
+:func:`blockprune.shrink.apply_shapes`, and loads the weights into it with strict key and shape checks, so
+the full-size model is never allocated. Nothing is padded back with zeros, and nothing is unpickled; a Hub
+repo id is downloaded only when asked for.
 
 Example:
     >>> save_pruned(model, "out/small", tokenizer)   # doctest: +SKIP
     >>> small = load_pruned("out/small")              # doctest: +SKIP
+    >>> small = load_pruned("user/pruned-minilm")     # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -19,17 +22,20 @@ import copy
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
+from accelerate import init_empty_weights
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from .arch import UnsupportedModelError
 from .atomic import atomic_dir, write_text
+from .compact import METADATA_KEY, CompactError, decode_state, encode_state, parse_index
 from .shrink import ShrinkError, ShrinkResult, apply_shapes, shape_record
 
 CONFIG_FILE = "config.json"
@@ -74,7 +80,7 @@ def _split_tied(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
 
 
 def save_pruned(model: nn.Module, path: str | os.PathLike[str], tokenizer: Any = None,
-                result: ShrinkResult | None = None) -> Path:
+                result: ShrinkResult | None = None, compact: bool | str = "auto") -> Path:
     """Save a (shrunk) model so that :func:`load_pruned` rebuilds it exactly.
 
     The folder is written to a temporary path and renamed into place, replacing any previous one whole.
@@ -85,6 +91,10 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], tokenizer: Any =
         tokenizer: saved alongside with ``tokenizer.save_pretrained`` when given.
         result: the :class:`ShrinkResult` of the shrink; when given, the shape record also lists the
             original head/neuron indices kept (for reports).
+        compact: store tensors with many exact zeros (unstructured / block pruning) compactly, see
+            :mod:`blockprune.compact`: ``"auto"`` (default) does so when it saves more than 10% of the bytes,
+            ``True`` always (each tensor in its smallest form), ``False`` never (a plain safetensors file).
+            :func:`load_pruned` reads both forms.
 
     Returns:
         The folder path.
@@ -95,12 +105,14 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], tokenizer: Any =
     """
     record = shape_record(model, result)
     tensors, aliases = _split_tied(model.state_dict())
+    tensors, index = encode_state(tensors, compact)
+    metadata = {"format": "pt", _ALIASES_KEY: json.dumps(aliases)} | ({METADATA_KEY: json.dumps(index)} if index else {})
     config = copy.deepcopy(model.config)
     config.architectures = [type(model).__name__]
     path = Path(path)
     with atomic_dir(path) as tmp:
         config.save_pretrained(tmp)
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", _ALIASES_KEY: json.dumps(aliases)})
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata=metadata)
         record[_CHECKSUM_KEY] = _sha256(tmp / WEIGHTS_FILE)
         write_text(tmp / SHAPES_FILE, json.dumps(record, indent=1, sort_keys=True) + "\n")
         if tokenizer is not None:
@@ -155,15 +167,25 @@ def _read_record(file: Path) -> dict[str, Any]:
 
 
 def _read_weights(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read every tensor and the alias map; any read failure names the file."""
+    """Read every stored tensor and the file's metadata; any read failure names the file."""
     try:
         with safe_open(str(file), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+            stored = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
         raise PrunedModelError(
             f"{file}: cannot read the safetensors file ({err}); it is truncated or corrupted, save the model again."
         ) from err
+    return stored, metadata
+
+
+def _decode_weights(file: Path, stored: dict[str, torch.Tensor], metadata: dict[str, str]
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The dense tensors (compact ones decoded, see :mod:`blockprune.compact`) and the alias map."""
+    try:
+        tensors = decode_state(stored, parse_index(metadata))
+    except CompactError as err:
+        raise PrunedModelError(f"{file}: {err}; the file is corrupted, save the model again.") from err
     try:
         aliases = json.loads(metadata.get(_ALIASES_KEY, "{}"))
     except json.JSONDecodeError as err:
@@ -171,6 +193,25 @@ def _read_weights(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not isinstance(aliases, dict) or any(target not in tensors for target in aliases.values()):
         raise PrunedModelError(f"{file}: the '{_ALIASES_KEY}' metadata names tensors the file does not hold.")
     return tensors, aliases
+
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def _local_folder(path: str | os.PathLike[str]) -> Path:
+    """``path`` itself, or for a string like ``user/repo`` that is no local path, its Hub snapshot folder."""
+    folder = Path(path)
+    if not isinstance(path, str) or folder.exists() or not _REPO_ID.fullmatch(path):
+        return folder
+    import huggingface_hub
+
+    try:
+        return Path(huggingface_hub.snapshot_download(repo_id=path))
+    except (OSError, ValueError) as err:  # offline / no cache (LocalEntryNotFoundError), HTTP errors, bad id
+        raise PrunedModelError(
+            f"{path}: no such local folder, and cannot download it as a Hugging Face Hub repo ({err}) "
+            "(offline?) \u2014 give a local folder written by save_pruned, or check the repo id and the connection."
+        ) from err
 
 
 def _resolve_class(config: transformers.PretrainedConfig, model_class: type | None) -> type:
@@ -183,16 +224,44 @@ def _resolve_class(config: transformers.PretrainedConfig, model_class: type | No
     return transformers.AutoModel
 
 
-def _build(folder: Path, model_class: type | None, attn_implementation: str | None) -> nn.Module:
+def _build(folder: Path, model_class: type | None, attn_implementation: str | None,
+           record: dict[str, Any]) -> nn.Module:
+    """The model of ``config.json`` at the recorded shapes, its parameters on the meta device (no memory, no
+    random init); buffers are built for real, so those not saved (position ids, rotary frequencies) are right."""
     try:
         config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise PrunedModelError(f"{folder / CONFIG_FILE}: not a usable transformers config ({err}).") from err
     cls = _resolve_class(config, model_class)
     kwargs = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
-    if hasattr(cls, "_from_config"):
-        return cls._from_config(config, **kwargs)
-    return cls.from_config(config, **kwargs)
+    with init_empty_weights(include_buffers=False):
+        model = cls._from_config(config, **kwargs) if hasattr(cls, "_from_config") else cls.from_config(config, **kwargs)
+        try:
+            apply_shapes(model, record)
+        except (ShrinkError, UnsupportedModelError) as err:
+            raise PrunedModelError(f"{folder / SHAPES_FILE}: {err}") from err
+    return model
+
+
+def _tie(model: nn.Module, aliases: dict[str, str]) -> None:
+    """Make each alias the very tensor of its target again (``assign=True`` loading gives each name its own)."""
+    for alias, target in aliases.items():
+        owner, _, attr = alias.rpartition(".")
+        module = model.get_submodule(owner)
+        target_owner, _, target_attr = target.rpartition(".")
+        value = getattr(model.get_submodule(target_owner), target_attr)
+        if isinstance(value, nn.Parameter):
+            setattr(module, attr, value)
+        else:
+            module._buffers[attr] = value
+
+
+def _check_materialized(model: nn.Module, weights: Path) -> None:
+    """Every parameter and buffer holds data after loading (a tensor left on the meta device was never saved)."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_meta:
+            raise PrunedModelError(f"{weights}: tensor {name} was not saved and cannot be rebuilt; save the model "
+                                   "again with this version of blockprune.")
 
 
 def _check_weights(model: nn.Module, tensors: dict[str, torch.Tensor], weights: Path, shapes: Path) -> None:
@@ -227,11 +296,16 @@ def load_pruned(path: str | os.PathLike[str], model_class: type | None = None,
                 attn_implementation: str | None = None, verify: bool = True) -> nn.Module:
     """Rebuild a model saved by :func:`save_pruned`, at its small shapes, in eval mode.
 
-    Nothing is downloaded: the model is built from the saved ``config.json``, resized with
-    :func:`blockprune.shrink.apply_shapes`, then its weights are loaded with strict key and shape checks.
+    The model is built from the saved ``config.json`` with its parameters on the meta device, resized with
+    :func:`blockprune.shrink.apply_shapes`, then the saved tensors (compact ones decoded) are checked by key
+    and shape and become the parameters (``load_state_dict(assign=True)``): no full-size model is allocated
+    or randomly initialized first. Loading the dense 90 MB MiniLM added 179 MiB of peak memory before this
+    and adds 88 MiB now (``benchmarks/load_memory.py``).
 
     Args:
-        path: the folder written by :func:`save_pruned`.
+        path: the folder written by :func:`save_pruned`, or a Hugging Face Hub repo id (``"user/repo"``, when
+            no local path of that name exists) holding one: it is downloaded with
+            ``huggingface_hub.snapshot_download`` (cached; honours ``HF_HUB_OFFLINE``).
         model_class: the class to build (e.g. ``BertForSequenceClassification`` or an auto class); default:
             the class named in ``config.architectures``, else ``transformers.AutoModel``.
         attn_implementation: e.g. ``"eager"`` or ``"sdpa"``; default: transformers' choice.
@@ -239,30 +313,29 @@ def load_pruned(path: str | os.PathLike[str], model_class: type | None = None,
             before checksums were recorded load without the check).
 
     Raises:
-        PrunedModelError: the folder or a file is missing, a plain (unshrunk) save, a corrupted file, a shape
-            record newer than this version or inconsistent with the config or the weights, weights that differ
-            from the checksum recorded at save time. The message names
-            the file and, for weights, the tensor.
+        PrunedModelError: the folder or a file is missing, a repo id that cannot be downloaded, a plain
+            (unshrunk) save, a corrupted file, a shape record newer than this version or inconsistent with the
+            config or the weights, weights that differ from the checksum recorded at save time. The message
+            names the file and, for weights, the tensor.
 
     Example:
         >>> model = load_pruned("out/small")                       # doctest: +SKIP
         >>> model(**tokenizer("hello", return_tensors="pt")).logits  # doctest: +SKIP
     """
-    folder = Path(path)
+    folder = _local_folder(path)
     _check_folder(folder)
     shapes, weights = folder / SHAPES_FILE, folder / WEIGHTS_FILE
     record = _read_record(shapes)
-    tensors, aliases = _read_weights(weights)
+    stored, metadata = _read_weights(weights)
     if verify:
         _check_checksum(record, weights, shapes)
-    model = _build(folder, model_class, attn_implementation)
-    try:
-        apply_shapes(model, record)
-    except (ShrinkError, UnsupportedModelError) as err:
-        raise PrunedModelError(f"{shapes}: {err}") from err
+    tensors, aliases = _decode_weights(weights, stored, metadata)
+    model = _build(folder, model_class, attn_implementation, record)
     full = dict(tensors)
     full.update({alias: tensors[target] for alias, target in aliases.items()})
     _check_weights(model, full, weights, shapes)
     _match_dtype(model, tensors)
-    model.load_state_dict(full, strict=True)
+    model.load_state_dict(full, strict=True, assign=True)
+    _tie(model, aliases)
+    _check_materialized(model, weights)
     return model.eval()
