@@ -335,6 +335,16 @@ def test_the_model_is_built_on_the_meta_device_before_the_weights_arrive(saved90
     assert all(p.requires_grad for p in loaded.parameters())
 
 
+def test_writing_to_loaded_weights_never_changes_the_file(saved90: Path, pruned90: nn.Module) -> None:
+    """Weights may stay mapped from the file: writes must be copy-on-write (training a loaded model is common)."""
+    loaded = load_pruned(saved90)
+    with torch.no_grad():
+        for param in loaded.parameters():
+            param.add_(1.0)
+    again = load_pruned(saved90)  # the checksum is verified
+    assert all(same_bits(t, pruned90.state_dict()[k]) for k, t in again.state_dict().items())
+
+
 @pytest.mark.parametrize("model_type", ["bert", "gpt2", "llama", "t5"])
 def test_buffers_that_are_not_saved_are_rebuilt_exactly(model_type: str, tmp_path: Path) -> None:
     """Position ids, the GPT-2 causal mask, rotary frequencies: not in the file, built for real on load."""
@@ -443,3 +453,34 @@ def test_minilm_at_90_percent_unstructured_meets_the_linear_goal(tmp_path: Path)
     loaded = load_pruned(folder)
     with torch.no_grad():
         assert torch.equal(loaded(**batch).logits, model(**batch).logits)
+
+
+# --------------------------------------------------------------------------------------------- pipeline
+
+
+def test_the_pipeline_saves_an_unstructured_model_compactly_and_reports_its_size(tmp_path: Path) -> None:
+    import csv
+
+    from blockprune.cli import main
+    from blockprune.tasks import embedded_model_path
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                     vocab_size=30522, max_position_embeddings=128)
+    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "tiny")
+    transformers.AutoTokenizer.from_pretrained(embedded_model_path()).save_pretrained(tmp_path / "tiny")
+    with open(tmp_path / "train.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows([("good fine nice" if i % 2 else "bad dull awful", str(i % 2)) for i in range(32)])
+    out = tmp_path / "run"
+    assert main(["prune", "--model", str(tmp_path / "tiny"), "--train-file", str(tmp_path / "train.csv"),
+                 "--validation-file", str(tmp_path / "train.csv"), "--preset", "unstructured", "--sparsity", "0.9",
+                 "--epochs", "1", "--teacher-epochs", "1", "--batch-size", "16", "--bench-repeats", "1",
+                 "--max-length", "16", "--no-progress", "--output-dir", str(out)]) == 0
+    assert METADATA_KEY in file_metadata(out / "model")  # compact although the dense embeddings dominate the file
+    size = json.loads((out / "report.json").read_text())["size"]
+    assert size == size_report(out / "model")
+    assert size["linear_saved_bytes"] <= 0.15 * size["linear_dense_bytes"]
+    assert size["saved_bytes"] < size["dense_bytes"]
+    assert "Weights on disk" in (out / "report.md").read_text()
