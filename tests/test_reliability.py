@@ -141,7 +141,7 @@ WORKER = textwrap.dedent('''
                              logging_steps=2, progress=False, overrides={"use_cpu": True})
     train(student, task, tokenizer, out, settings, pruner=pruner, teacher=teacher)
     dumped = {f"state.{k}": v.detach().clone().contiguous() for k, v in student.state_dict().items()}
-    dumped |= {f"mask.{i}": g.mask().detach().clone() for i, g in enumerate(pruner.groups)}
+    dumped |= {f"mask.{i}": g.final_mask().detach().clone() for i, g in enumerate(pruner.groups)}
     save_file(dumped, dump)
     print(json.dumps({"forwards": forwards, "log_lambda_scale": float(pruner.state.log_lambda_scale)}))
 ''')
@@ -335,7 +335,9 @@ def test_nan_loss_stops_at_its_step_before_any_update_and_keeps_the_last_checkpo
     saved = load_file(str(last / "model.safetensors"))
     assert all(bool(torch.isfinite(t).all()) for t in saved.values())
     live = {f"student.{k}": v for k, v in student.state_dict().items()}
-    for name, tensor in saved.items():  # the NaN step changed nothing: memory still equals the checkpoint
+    for name, tensor in saved.items():  # the NaN step updated nothing: memory still equals the checkpoint
+        if name.endswith(("last_mask", "has_last_mask")):  # its forward pass did record the masks it used
+            continue
         assert torch.equal(live[name], tensor), name
 
 

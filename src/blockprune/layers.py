@@ -220,8 +220,11 @@ class MaskedLinear(nn.Module):
         """Bake the mask (the group's current one unless given) into ``base_layer`` and return it."""
         weight_mask, bias_mask = self.masks(block_mask)
         self.weight.mul_(weight_mask.to(self.weight.dtype))  # in place through the view: Conv1D too
+        # a negative weight times 0 is -0.0: store +0.0, the zero that compact saving leaves out (all bits zero)
+        self.weight.masked_fill_(weight_mask == 0, 0.0)
         if self.bias is not None and bias_mask is not None:
             self.base_layer.bias.mul_(bias_mask.to(self.bias.dtype))
+            self.base_layer.bias.masked_fill_(bias_mask == 0, 0.0)
         return self.base_layer
 
     def extra_repr(self) -> str:

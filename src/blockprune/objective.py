@@ -141,8 +141,12 @@ class PruningCallback(TrainerCallback):
         self.last: dict[str, float] = {}
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        # the step about to run; a run resumed at its very end re-applies its last step, so that the masks and
-        # the controller state equal those of the uninterrupted run (no spurious controller update)
+        # a run resumed at its very end keeps what its checkpoint holds: the masks of its last training forward
+        # pass (what finalize bakes) and the controller state, as the uninterrupted run has them
+        if state.max_steps and state.global_step >= state.max_steps and self.pruner.has_last_masks():
+            self.last = self.pruner.log_values()
+            return
+        # the step about to run (or, at the very end without recorded masks, the last one again)
         self.last = self.pruner.step(min(state.global_step, max(state.max_steps - 1, 0)), state.max_steps)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -41,7 +41,8 @@ import transformers
 from torch import nn
 
 from . import __version__, atomic
-from .config import FILL_PRESETS, PruningConfig
+from .compact import size_report
+from .config import FILL_PRESETS, HEAD, NEURON, PruningConfig
 from .devices import check_bench_settings
 from .finetune import TrainSettings, check_overrides, train
 from .measure import count_params, ffn_per_layer, flops_per_token, heads_per_layer, speedup
@@ -428,7 +429,7 @@ class Run:
             diff = max(float((getattr(before, f) - getattr(after, f)).abs().max()) for f in fields)
             if diff > 1e-4:
                 raise RuntimeError(f"shrink changed the outputs by {diff:.2e} (> 1e-4); please report this as a bug")
-            save_pruned(model, stage / "model", self.tokenizer, result=result)
+            save_pruned(model, stage / "model", self.tokenizer, result=result, compact=self.compact_save())
             return {"heads_kept": result.heads_per_layer, "ffn_width": result.ffn_per_layer,
                     "ffn_padding": result.ffn_padding, "params_before": result.params_before, "params_after": result.params_after, "max_abs_diff": diff}
 
@@ -444,6 +445,11 @@ class Run:
             return {}
 
         return self.stage("fill", work)
+
+    def compact_save(self) -> bool | str:
+        """Sparse presets (zeros left inside the matrices after shrink) save compactly; others when it pays."""
+        structured = self.config.attention_block == HEAD and self.config.ffn_block == NEURON
+        return "auto" if structured else True
 
     def final_model_dir(self) -> Path:
         return self.dir / ("fill" if self.options.fills else "shrink") / "model"
@@ -594,6 +600,7 @@ class Run:
             "ffn_width": shrunk["ffn_width"],
             "ffn_total": bench["ffn_before"],
             "plan": self.plan,
+            "size": size_report(self.final_model_dir(), self.load_final()),
             "stages": {name: {"seconds": round(s.get("seconds", 0.0), 1)} for name, s in stages.items()},
             "command": o.command or "blockprune.run(RunOptions(...)) from Python",
             "versions": versions(),

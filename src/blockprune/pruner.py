@@ -339,6 +339,10 @@ class Pruner:
             self._lambda = 0.0
         return self.log_values()
 
+    def has_last_masks(self) -> bool:
+        """Whether every group recorded the mask of a training forward pass since its density last changed."""
+        return all(bool(g.has_last_mask) for g in self.state.groups)
+
     def log_values(self) -> dict[str, float]:
         """Numbers worth logging: scheduled density per kind, λ, threshold, measured density per kind."""
         stats = self.stats()

@@ -239,6 +239,8 @@ def _summary(report: dict[str, Any], tradeoff: Figure | Note) -> Section:
     add("Non-embedding parameters", _before_after(dig(report, "params", "non_embedding")))
     add("Total parameters", _before_after(dig(report, "params", "total")))
     add("FLOPs per token", _before_after(report.get("flops_per_token")))
+    add("Weights on disk", _disk_text(report.get("size"), ""))
+    add("Pruned linears on disk", _disk_text(report.get("size"), "linear_"))
     parts: list[Any] = [Table(["Quantity", "Value"], rows)] if rows else [Note("report.json has no summary fields.")]
     return Section("Summary", [*parts, tradeoff])
 
@@ -255,6 +257,21 @@ def _quantized_rows(quantized: Any, metric: str, scale: float, add: Any) -> None
     size, fp32 = number(quantized.get("size_bytes")), number(quantized.get("size_bytes_fp32"))
     if size is not None and fp32 is not None:
         add(f"Model size fp32 \u2192 {scheme}", f"{fp32 / 1e6:.2f} MB \u2192 {size / 1e6:.2f} MB")
+
+
+def _disk_text(size: Any, prefix: str) -> str | None:
+    """``90.9 MB as dense fp32 → 48.1 MB saved (52.9%)`` from the report's ``size`` object."""
+    dense, saved = number(dig(size, f"{prefix}dense_bytes")), number(dig(size, f"{prefix}saved_bytes"))
+    if dense is None or saved is None or dense <= 0:
+        return None
+    return f"{_bytes(dense)} as dense fp32 \u2192 {_bytes(saved)} saved ({saved / dense:.1%})"
+
+
+def _bytes(count: float) -> str:
+    for size, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count:.0f} B"
 
 
 _DATA_LABELS = {"num_train": "train", "num_eval": "eval", "max_length": "max length"}
