@@ -123,7 +123,7 @@ def train_point(point: Point, seed: int, runs: Path, ref: dict[str, Any], ctx: d
         args = blockprune_command(point, out, teacher, epochs, seed, common)
         command = shlex.join(args)
         if not (out / "report.json").is_file():
-            log = out.with_suffix(".log")
+            log = out.parent / f"{out.name}.log"
             print(f"[frontier] {out.name}: {command}  (log: {log})", flush=True)
             with open(log, "a") as handle:
                 code = subprocess.call([sys.executable, "-m", "blockprune.cli", *args[1:]], stdout=handle,

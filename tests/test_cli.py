@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 import transformers
+from tiny import save_tiny_bert
 
 from blockprune import load_pruned
 from blockprune.cli import main
@@ -19,13 +20,7 @@ WORDS_NEG = ["dull", "boring", "messy", "flat", "tedious", "awful"]
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A tiny randomly initialised BERT that uses the embedded MiniLM tokenizer."""
-    path = tmp_path_factory.mktemp("tinybert")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, vocab_size=30522, max_position_embeddings=128)
-    transformers.BertForSequenceClassification(config).save_pretrained(path)
-    transformers.AutoTokenizer.from_pretrained(embedded_model_path()).save_pretrained(path)
-    return path
+    return save_tiny_bert(tmp_path_factory.mktemp("tinybert"))
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +65,7 @@ def test_prune_end_to_end_writes_model_and_report(tiny_dir, data_files, tmp_path
     assert 0.0 <= report["final"]["metric"] <= 1.0 and 0.0 <= report["teacher"]["metric"] <= 1.0
     assert report["params"]["linear"]["after"] < report["params"]["linear"]["before"]
     assert report["speedup"]["theoretical"] > 1.0 and report["speedup"]["measured"] > 0
+    assert report["target"]["seq_len"] == 32  # achieved at --max-length, where the target was solved
     assert report["pruning"]["density"]["overall"] == pytest.approx(0.5, abs=0.05)
     assert sum(report["ffn_width"]) <= 0.55 * 2 * 64
     assert report["heads_total"] == [4, 4] and report["ffn_total"] == [64, 64]  # read from the dense modules

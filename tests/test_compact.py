@@ -461,14 +461,11 @@ def test_minilm_at_90_percent_unstructured_meets_the_linear_goal(tmp_path: Path)
 def test_the_pipeline_saves_an_unstructured_model_compactly_and_reports_its_size(tmp_path: Path) -> None:
     import csv
 
-    from blockprune.cli import main
-    from blockprune.tasks import embedded_model_path
+    from tiny import save_tiny_bert
 
-    torch.manual_seed(0)
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                                     vocab_size=30522, max_position_embeddings=128)
-    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "tiny")
-    transformers.AutoTokenizer.from_pretrained(embedded_model_path()).save_pretrained(tmp_path / "tiny")
+    from blockprune.cli import main
+
+    save_tiny_bert(tmp_path / "tiny")
     with open(tmp_path / "train.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["text", "label"])

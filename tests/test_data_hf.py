@@ -9,13 +9,12 @@ import random
 import sys
 
 import pytest
-import torch
-import transformers
+from tiny import save_tiny_bert
 
 datasets = pytest.importorskip("datasets")
 
 from blockprune.cli import main  # noqa: E402
-from blockprune.tasks import DataError, embedded_model_path, load_task  # noqa: E402
+from blockprune.tasks import DataError, load_task  # noqa: E402
 
 WORDS = ["great", "dull", "moving", "flat", "sharp", "tedious", "funny", "awful"]
 SPLIT_SIZES = {"train": 48, "validation_matched": 24, "test": 12}
@@ -49,13 +48,7 @@ def glue_dir(tmp_path_factory, splits):
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A tiny randomly initialised 2-label BERT that uses the embedded MiniLM tokenizer."""
-    path = tmp_path_factory.mktemp("tinybert")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, vocab_size=30522, max_position_embeddings=128)
-    transformers.BertForSequenceClassification(config).save_pretrained(path)
-    transformers.AutoTokenizer.from_pretrained(embedded_model_path()).save_pretrained(path)
-    return path
+    return save_tiny_bert(tmp_path_factory.mktemp("tinybert"))
 
 
 def as_examples(split: datasets.Dataset) -> list[tuple[str, str, int]]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file
-from tiny import FFN, HEAD_DIM, HEADS, tiny_inputs, tiny_model
+from tiny import FFN, HEAD_DIM, HEADS, save_tiny_bert, tiny_inputs, tiny_model
 from torch import nn
 
 from blockprune.arch import EmptyAttention, find_blocks, get_arch, get_path
@@ -208,13 +208,7 @@ def test_size_bytes_counts_int8_weights_scales_and_the_fp32_rest(fp32: nn.Module
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny randomly initialised BERT (save_pretrained) that uses the embedded MiniLM tokenizer."""
-    path = tmp_path_factory.mktemp("tinybert")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, vocab_size=30522, max_position_embeddings=128)
-    transformers.BertForSequenceClassification(config).save_pretrained(path)
-    transformers.AutoTokenizer.from_pretrained(embedded_model_path()).save_pretrained(path)
-    return path
+    return save_tiny_bert(tmp_path_factory.mktemp("tinybert"))
 
 
 @pytest.fixture(scope="module")

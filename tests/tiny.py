@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import transformers
 from torch import nn
@@ -148,3 +150,14 @@ def prune_at_random(model: nn.Module, preset: str = "struct", sparsity: float = 
     pruner.step(10, 10)
     return pruner.finalize()
 
+
+def save_tiny_bert(path: Path) -> Path:
+    """A tiny randomly initialised BERT classifier (seed 0) saved with the embedded MiniLM tokenizer into ``path``."""
+    from blockprune.tasks import embedded_model_path
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                                     intermediate_size=FFN, vocab_size=30522, max_position_embeddings=128)
+    transformers.BertForSequenceClassification(config).save_pretrained(path)
+    transformers.AutoTokenizer.from_pretrained(embedded_model_path()).save_pretrained(path)
+    return path

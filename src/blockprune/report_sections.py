@@ -298,7 +298,8 @@ def _target_text(target: Any, key: str) -> str | None:
     if value is None:
         return None
     if kind == "speedup":
-        return f"{value:.2f}\u00d7 speedup"
+        length = number(dig(target, "seq_len"))
+        return f"{value:.2f}\u00d7 speedup" + (f" (FLOPs at {length:.0f} tokens)" if length else "")
     if kind == "sparsity":
         return f"{value:.1%} sparsity"
     return f"{kind} {value:.4g}"
