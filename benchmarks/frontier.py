@@ -227,7 +227,9 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "b1": statistics.median([r["speedup_measured_b1"] for r in rs if r["speedup_measured_b1"]] or [0]),
                      "testset": statistics.median(
                          [r["speedup_measured_testset"] for r in rs if r["speedup_measured_testset"]] or [0]),
-                     "theoretical": rs[0]["speedup_theoretical"], "dev": statistics.fmean(r["dev_metric"] for r in rs),
+                     "theoretical": rs[0]["speedup_theoretical"],
+                     "dev": statistics.fmean(r["dev_metric"] * 100 for r in rs),
+                     "per_seed": ", ".join(f"{r['metric'] * 100:.2f}" for r in rs),
                      "min_efficiency": min((r["efficiency_b32"] for r in rs if r["efficiency_b32"]), default=None)})
     return rows
 
@@ -284,12 +286,13 @@ def write_outputs(records: list[dict[str, Any]], ref: dict[str, Any], quick: boo
     def x(value: float | None) -> str:
         return f"{value:.2f}x" if value else "not timed"
 
-    table = ["| point | method | seeds | test acc (mean ± std) | Δ reference | Δ control | b32×s128 (IQR) | b1×s128 "
-             "| test set | theoretical | dev acc |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    table = ["| point | method | seeds | test acc (mean ± std) | per seed | Δ reference | Δ control | b32×s128 (± IQR/2) "
+             "| b1×s128 | test set | theoretical | dev acc |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         dc = f"{r['delta_control']:+.2f}" if r["delta_control"] is not None else "—"
-        table.append(f"| {r['name']} | {r['label']} | {r['seeds']} | {r['acc']:.2f} ± {r['std']:.2f} "
-                     f"| {r['delta_ref']:+.2f} | {dc} | {x(r['b32'])} (±{r['iqr'] / 2:.2f}) | {x(r['b1'])} "
+        b32 = f"{x(r['b32'])} (±{r['iqr'] / 2:.2f})" if r["b32"] else x(None)
+        table.append(f"| {r['name']} | {r['label']} | {r['seeds']} | {r['acc']:.2f} ± {r['std']:.2f} | {r['per_seed']} "
+                     f"| {r['delta_ref']:+.2f} | {dc} | {b32} | {x(r['b1'])} "
                      f"| {x(r['testset'])} | {x(r['theoretical'])} | {r['dev']:.2f} |")
     comparisons = [compare(rows, f"bp-struct-{t}", other) for t, layers in ((2.0, 3), (3.0, 2), (1.5, 4))
                    for other in (f"layer-drop-{layers}", f"magnitude-oneshot-{t}", f"magnitude-gradual-{t}",
