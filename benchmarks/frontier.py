@@ -157,7 +157,7 @@ def train_point(point: Point, seed: int, runs: Path, ref: dict[str, Any], ctx: d
 
 
 def time_runs(runs: Path, finished: list[tuple[Point, int]], ref: dict[str, Any], ctx: dict[str, Any],
-              retime: bool) -> None:
+              retime: bool, test_repeats: int = 10) -> None:
     """Time every distinct shape of the finished runs against the reference (frontier_timing.py)."""
     import frontier_methods as fm
     import frontier_timing as ft
@@ -174,7 +174,7 @@ def time_runs(runs: Path, finished: list[tuple[Point, int]], ref: dict[str, Any]
         key = ft.shape_key(model) + (f";{result['quantize']}" if result.get("quantize") else "")
         if key not in cache:
             print(f"[frontier] timing {point.name}-s{seed} ({key}) with {torch.get_num_threads()} threads", flush=True)
-            cache[key] = ft.time_against(reference, model, batches)
+            cache[key] = ft.time_against(reference, model, batches, test_repeats=test_repeats)
             from blockprune.atomic import write_text
 
             write_text(cache_file, json.dumps(cache, indent=1) + "\n")
@@ -315,7 +315,7 @@ Produced by `python benchmarks/frontier.py{' --quick' if quick else ''}` then `p
   {f"{control['acc']:.2f} ± {control['std']:.2f}" if control else 'not run yet'}.
 - **Budget**: {epochs:g} epochs of training after the teacher for every compressed model; seeds {seeds}.
 - **Speed**: CPU latency vs the reference, {THREADS} pinned threads (torch and OMP), one process, ≥30 interleaved
-  pairs (10 for the test-set pass), median of the per-pair speedup, ± half the IQR; "test set" times the test
+  pairs (4–10 for the test-set pass: `repeats` in runs/v2/timing.json), median of the per-pair speedup, ± half the IQR; "test set" times the test
   set itself at its real lengths (batches of 32, padded per batch). Runs with identical shapes share one timing.
 
 ![frontier](frontier{suffix}.png)
@@ -345,6 +345,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="only rewrite the outputs from finished runs")
     parser.add_argument("--time", action="store_true", help="time the finished runs (quiet machine), then report")
     parser.add_argument("--retime", action="store_true", help="forget earlier timings and time again")
+    parser.add_argument("--test-repeats", type=int, default=10, help="interleaved pairs of the test-set pass")
     args = parser.parse_args()
     seeds = [42] if args.quick and args.seeds == "42,43,44" else [int(s) for s in args.seeds.split(",")]
     runs = Path(args.runs_dir) / ("v2-quick" if args.quick else "v2")
@@ -387,7 +388,8 @@ def main() -> None:
                     if result is not None:
                         fm.write_done(folder, result)
     if args.time or args.retime:
-        time_runs(runs, finished(), ref, ctx, args.retime)
+        wanted = {p.name for p in points}  # --only limits the timing too
+        time_runs(runs, [(p, s) for p, s in finished() if p.name in wanted], ref, ctx, args.retime, args.test_repeats)
     timings = json.loads((runs / "timing.json").read_text()) if (runs / "timing.json").is_file() else {}
     control = [fm.read_done(run_dir(runs, p, s) / "frontier-result")["test"] for p, s in finished()
                if p.method == "dense-control"]
