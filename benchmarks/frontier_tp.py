@@ -1,0 +1,99 @@
+"""The torch-pruning peer: the maintained structural-pruning library run the way its own BERT example runs it.
+
+``torch_pruning`` (1.6.1, in the ``dev`` extra; it needs only torch and numpy) traces the
+reference's dependency graph, scores channel groups with its Taylor importance (|w · ∂L/∂w| summed over the
+group, gradients of the task loss on ``TAYLOR_BATCHES`` training batches), and removes **whole heads** and **FFN
+neurons** with a **global** ranking (``global_pruning=True``: layers end up uneven). The hidden size (the residual
+stream) is left alone, as in blockprune's ``struct``. The totals removed are those ``struct`` reaches at the same
+target: heads ``attention_sparsity`` of all heads, neurons ``sparsity`` of all neurons, so the theoretical speedup
+is the same. The pruned model is then distilled from the reference with the same budget as every other run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+TAYLOR_BATCHES = 16
+
+
+def _heads(model: nn.Module) -> dict[nn.Module, int]:
+    """Query, key and value linears of every self-attention, mapped to its head count (torch-pruning's input)."""
+    counts = {}
+    for layer in model.base_model.encoder.layer:
+        attention = layer.attention.self
+        for linear in (attention.query, attention.key, attention.value):
+            counts[linear] = attention.num_attention_heads
+    return counts
+
+
+def _ignored(model: nn.Module) -> list[nn.Module]:
+    """Modules whose output channels stay: the residual stream (embeddings, attention output, FFN output),
+    the pooler and the classifier; what is left to prune is heads (Q/K/V rows) and FFN neurons (up rows)."""
+    ignored = [model.base_model.embeddings, model.classifier]
+    if getattr(model.base_model, "pooler", None) is not None:
+        ignored.append(model.base_model.pooler)
+    for layer in model.base_model.encoder.layer:
+        ignored += [layer.attention.output, layer.output]
+    return ignored
+
+
+def accumulate_task_gradients(model: nn.Module, task: Any, tokenizer: Any, batches: int, seed: int) -> None:
+    """Sum the gradients of the task loss (labels) over ``batches`` shuffled training batches of 32."""
+    loader = torch.utils.data.DataLoader(task.train_dataset(tokenizer), batch_size=32, shuffle=True,
+                                         collate_fn=task.collate(tokenizer),
+                                         generator=torch.Generator().manual_seed(seed))
+    model.train()
+    model.zero_grad()
+    for index, batch in enumerate(loader):
+        if index == batches:
+            break
+        model(**batch).loss.backward()
+
+
+def prune_like_struct(model: nn.Module, tokenizer: Any, task: Any, head_ratio: float, ffn_ratio: float,
+                      seed: int) -> dict[str, Any]:
+    """Remove ``head_ratio`` of all heads and ``ffn_ratio`` of all FFN neurons, ranked globally by Taylor
+    importance; returns the per-layer shapes kept."""
+    import torch_pruning as tp
+
+    heads = _heads(model)
+    example = tokenizer(["a sample sentence for tracing"], return_tensors="pt")
+    example = {k: v for k, v in example.items()}
+    pruner = tp.pruner.MetaPruner(
+        model, example, importance=tp.importance.GroupTaylorImportance(), global_pruning=True,
+        pruning_ratio=ffn_ratio, num_heads=heads, prune_num_heads=True, prune_head_dims=False,
+        head_pruning_ratio=head_ratio, ignored_layers=_ignored(model),
+        output_transform=lambda out: out.logits.sum())
+    accumulate_task_gradients(model, task, tokenizer, TAYLOR_BATCHES, seed)
+    pruner.step()
+    model.zero_grad(set_to_none=True)
+    for layer in model.base_model.encoder.layer:
+        attention = layer.attention.self
+        attention.num_attention_heads = pruner.num_heads[attention.query]
+        attention.all_head_size = attention.query.out_features
+    shapes = [{"heads": layer.attention.self.num_attention_heads, "ffn": layer.intermediate.dense.out_features}
+              for layer in model.base_model.encoder.layer]
+    return {"shapes": shapes}
+
+
+def torch_pruning_baseline(folder: Path, teacher_dir: Path, tokenizer: Any, dev: Any, test: Any, target: float,
+                           epochs: float, seed: int) -> dict[str, Any]:
+    """torch-pruning (Taylor, global, heads + neurons) to ``struct``'s totals at ``target``, then distilled."""
+    import frontier_methods as fm
+
+    from blockprune.pipeline import RunOptions, pruning_config
+
+    done = fm.read_done(folder)
+    if done is not None:
+        return done
+    config = pruning_config(RunOptions(preset="struct", target_speedup=target), str(teacher_dir))
+    head_ratio = config.sparsity if config.attention_sparsity is None else config.attention_sparsity
+    student = fm.load_classifier(teacher_dir)
+    torch.manual_seed(seed)
+    pruned = prune_like_struct(student, tokenizer, dev, head_ratio, config.sparsity, seed)
+    result = fm.distil(student, teacher_dir, folder, tokenizer, dev, test, epochs, seed, shrunk=True)
+    return fm.write_done(folder, pruned | {"head_ratio": head_ratio, "ffn_ratio": config.sparsity} | result)

@@ -1,0 +1,73 @@
+"""The frontier benchmark's baselines (benchmarks/): layer dropping, the torch-pruning peer, carried records."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from blockprune import load_pruned, save_pruned
+from tests.tiny import FFN, HEADS, HIDDEN, LAYERS, save_tiny_bert
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import frontier  # noqa: E402
+import frontier_methods as fm  # noqa: E402
+import frontier_tp  # noqa: E402
+
+
+def test_kept_layers_are_evenly_spaced_and_start_at_the_first():
+    assert fm.kept_layers(6, 3) == [0, 2, 4]
+    assert fm.kept_layers(6, 2) == [0, 3]
+    assert fm.kept_layers(6, 4) == [0, 1, 3, 4]
+
+
+def test_drop_layers_keeps_the_chosen_layers_and_the_config_follows(tmp_path):
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(save_tiny_bert(tmp_path / "m")).eval()
+    second = model.bert.encoder.layer[1]
+    fm.drop_layers(model, [1])
+    assert model.config.num_hidden_layers == 1 and model.bert.encoder.layer[0] is second
+    logits = model(input_ids=torch.tensor([[101, 2000, 102]])).logits
+    assert logits.shape == (1, 2)
+
+
+@pytest.mark.real  # the embedded reviews give the Taylor gradients
+def test_torch_pruning_removes_whole_heads_and_neurons_to_the_totals_and_saves_exactly(tmp_path):
+    from blockprune.tasks import load_task
+
+    folder = save_tiny_bert(tmp_path / "m")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
+    task = load_task(max_train_samples=64)
+    shapes = frontier_tp.prune_like_struct(model, tokenizer, task, head_ratio=0.5, ffn_ratio=0.5, seed=0)["shapes"]
+    assert sum(s["heads"] for s in shapes) == LAYERS * HEADS // 2  # global: layers may differ, the total may not
+    assert 0 < sum(s["ffn"] for s in shapes) <= LAYERS * FFN // 2 + LAYERS
+    assert all(p.grad is None for p in model.parameters())
+    for layer, shape in zip(model.bert.encoder.layer, shapes, strict=True):
+        attention = layer.attention.self
+        assert attention.query.out_features == attention.key.out_features == attention.value.out_features \
+            == shape["heads"] * (HIDDEN // HEADS) == layer.attention.output.dense.in_features
+        assert layer.output.dense.out_features == HIDDEN  # the residual stream is left alone
+    batch = tokenizer(["a fine film", "dull"], return_tensors="pt", padding=True)
+    model.eval()
+    with torch.no_grad():
+        expected = model(**batch).logits
+        reloaded = load_pruned(save_pruned(model, tmp_path / "pruned", tokenizer)).eval()
+        assert torch.equal(reloaded(**batch).logits, expected)
+
+
+def test_earlier_records_are_carried_only_for_the_same_reference_and_missing_runs(tmp_path):
+    import json
+
+    earlier = [{"name": "layer-drop-3", "seed": 42, "split": "test", "reference_metric": 0.8099, "metric": 0.8},
+               {"name": "layer-drop-3", "seed": 43, "split": "test", "reference_metric": 0.8099, "metric": 0.81},
+               {"name": "layer-drop-3", "seed": 44, "split": "test", "reference_metric": 0.7, "metric": 0.7},
+               {"name": "gone-point", "seed": 42, "split": "test", "reference_metric": 0.8099, "metric": 0.7}]
+    path = tmp_path / "frontier.json"
+    path.write_text(json.dumps(earlier))
+    kept = frontier.carried_records(path, {"test": 0.8099}, {("layer-drop-3", 42)}, {"layer-drop-3"})
+    assert [(r["name"], r["seed"], r["carried"]) for r in kept] == [("layer-drop-3", 43, True)]
+    assert frontier.carried_records(tmp_path / "absent.json", {"test": 0.8099}, set(), {"layer-drop-3"}) == []
