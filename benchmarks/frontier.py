@@ -217,8 +217,9 @@ def carried_records(path: Path, ref: dict[str, Any], done: set[tuple[str, int]],
                     names: set[str]) -> list[dict[str, Any]]:
     """Records of an earlier results file whose run folders are not on this machine (runs are not committed).
 
-    Kept only when they were scored against the same reference (the reference is deterministic: same seed, same
-    data, same test accuracy); each is marked ``"carried": true`` and keeps its own timing and versions.
+    Kept only when they were scored against the same reference: its test accuracy must match exactly. (Retrained
+    on another machine the reference can differ in the last bits, and then nothing is carried: a Δ against another
+    teacher means nothing.) Each kept record is marked ``"carried": true`` and keeps its own timing and versions.
     """
     if not path.is_file():
         return []
