@@ -50,6 +50,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
 QUICK_TRAIN = 1500
 MAGNITUDE = ["--set", "attention_method=magnitude", "--set", "ffn_method=magnitude"]
+TARGETS = ((2.0, 3), (3.0, 2), (1.5, 4))  # speedup target, and the layers layer-drop keeps to match it
+GOALS = {2.0: (1.0, 0.5), 3.0: (2.5, 3.0)}  # target: (max points below the reference, min points above layer-drop)
 
 
 @dataclass
@@ -75,7 +77,7 @@ def plan(quick: bool) -> list[Point]:
     """The points, most informative first: the 2x comparison, then 3x, then 1.5x."""
     points = [Point("dense-control", "dense-control", 1.0, "dense control (distilled, same budget)", preset=""),
               Point("int8-dense", "int8-dense", 1.0, "dense int8 (dynamic)", preset="", seeded=False)]
-    for target, layers in ((2.0, 3), (3.0, 2), (1.5, 4)):
+    for target, layers in TARGETS:
         points += [
             Point(f"bp-struct-{target}", "blockprune", target, "blockprune struct"),
             Point(f"bp-struct-{target}-int8", "blockprune-int8", target, "blockprune struct + int8",
@@ -258,6 +260,47 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def goals(rows: list[dict[str, Any]]) -> list[str]:
+    """The issue's goals, each said reached or not, by how much, from the summarized rows."""
+    by_name = {r["name"]: r for r in rows}
+    out = []
+    for target, layers in TARGETS:
+        candidates = [by_name[n] for n in (f"bp-struct-{target}", f"bp-struct-global-{target}") if n in by_name]
+        if not candidates:
+            continue
+        best = max(candidates, key=lambda r: r["dev"])
+        if target in GOALS:
+            within, above = GOALS[target]
+            gap_ref = best["delta_ref"]
+            drop = by_name.get(f"layer-drop-{layers}")
+            text = (f"{target:g}x: best preset by dev = {best['name']} ({best['acc']:.2f} ± {best['std']:.2f}, "
+                    f"{best['b32']:.2f}x measured) — {gap_ref:+.2f} vs the reference: "
+                    f"{'reached' if gap_ref >= -within else f'NOT reached (by {-within - gap_ref:.2f})'} "
+                    f"(goal ≥ −{within})") if best["b32"] else f"{target:g}x: {best['name']} not timed yet"
+            if drop is not None and best["b32"]:
+                gap = best["acc"] - drop["acc"]
+                noise = "" if abs(gap) > best["std"] + drop["std"] else ", within noise"
+                speed = (f"at {'the same or higher' if best['b32'] >= drop['b32'] - drop['iqr'] / 2 else 'LOWER'} "
+                         f"speed ({best['b32']:.2f}x vs {drop['b32']:.2f}x)") if drop["b32"] else "(not timed)"
+                text += (f"; vs layer-drop-{layers} {gap:+.2f} {speed}: "
+                         f"{'reached' if gap >= above else f'NOT reached (by {above - gap:.2f})'} "
+                         f"(goal ≥ +{above}{noise})")
+            out.append(text)
+        for baseline in (f"magnitude-oneshot-{target}", f"magnitude-gradual-{target}", f"torch-pruning-{target}"):
+            if baseline in by_name:
+                other = by_name[baseline]
+                gap = best["acc"] - other["acc"]
+                noise = "larger than the spread" if abs(gap) > best["std"] + other["std"] else "within noise"
+                out.append(f"{target:g}x: {best['name']} vs {baseline}: {gap:+.2f} ({noise})")
+    shrunk = [r for r in rows if r["min_efficiency"] is not None and r["method"] in
+              ("blockprune", "magnitude-oneshot", "magnitude-gradual", "torch-pruning")]
+    if shrunk:
+        worst = min(shrunk, key=lambda r: r["min_efficiency"])
+        out.append(f"measured/theoretical (b32×s128) of every shrunk model ≥ 0.9: lowest {worst['min_efficiency']:.2f} "
+                   f"({worst['name']}): {'reached' if worst['min_efficiency'] >= 0.9 else 'NOT reached'}")
+    return out
+
+
 def compare(rows: list[dict[str, Any]], a: str, b: str) -> str:
     """``a`` vs ``b`` in points, saying whether the gap is larger than the spread of the seeds."""
     ra, rb = next((r for r in rows if r["name"] == a), None), next((r for r in rows if r["name"] == b), None)
@@ -318,9 +361,12 @@ def write_outputs(records: list[dict[str, Any]], ref: dict[str, Any], quick: boo
         table.append(f"| {r['name']} | {r['label']} | {r['seeds']} | {r['acc']:.2f} ± {r['std']:.2f} | {r['per_seed']} "
                      f"| {r['delta_ref']:+.2f} | {dc} | {b32} | {x(r['b1'])} "
                      f"| {x(r['testset'])} | {x(r['theoretical'])} | {r['dev']:.2f} |")
-    comparisons = [compare(rows, f"bp-struct-{t}", other) for t, layers in ((2.0, 3), (3.0, 2), (1.5, 4))
-                   for other in (f"layer-drop-{layers}", f"magnitude-oneshot-{t}", f"magnitude-gradual-{t}",
-                                 f"bp-struct-global-{t}", f"torch-pruning-{t}", f"bp-struct-{t}-int8")]
+    comparisons = [c for t, layers in TARGETS for a, others in (
+        (f"bp-struct-global-{t}", (f"bp-struct-{t}", f"layer-drop-{layers}", f"magnitude-oneshot-{t}",
+                                   f"magnitude-gradual-{t}", f"torch-pruning-{t}")),
+        (f"bp-struct-{t}", (f"layer-drop-{layers}", f"magnitude-oneshot-{t}", f"magnitude-gradual-{t}",
+                            f"torch-pruning-{t}", f"bp-struct-{t}-int8")))
+        for other in others if "not run yet" not in (c := compare(rows, a, other))]
     history = ", ".join(f"epoch {h['epoch']}: dev {h['dev']:.4f} / test {h['test']:.4f}" for h in ref["history"])
     control = next((r for r in rows if r["name"] == "dense-control"), None)
     commands = "\n".join(f"    {c}" for c in dict.fromkeys(r["command"].replace(str(ROOT) + "/", "")
@@ -345,6 +391,13 @@ Produced by `python benchmarks/frontier.py{' --quick' if quick else ''}` then `p
 ![frontier](frontier{suffix}.png)
 
 {chr(10).join(table)}
+
+## Goals (issue 11), checked from the table
+
+The best blockprune preset at a target is the one with the higher **dev** accuracy (the choice is made on dev);
+its test accuracy is what is compared.
+
+{chr(10).join('- ' + g for g in goals(rows))}
 
 ## Comparisons (a claim is made only where the gap exceeds the seeds' spread)
 

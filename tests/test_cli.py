@@ -1,13 +1,11 @@
 """The `blockprune` CLI end to end on a tiny BERT (with the embedded tokenizer) and a small CSV dataset."""
 
-import csv
 import json
-import random
 
 import pytest
 import torch
 import transformers
-from tiny import save_tiny_bert
+from tiny import save_tiny_bert, write_review_csvs
 
 from blockprune import load_pruned
 from blockprune.cli import main
@@ -25,17 +23,7 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    rng = random.Random(0)
-    for name, n in (("train.csv", 96), ("dev.csv", 32)):
-        with open(folder / name, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["review", "sentiment"])
-            for _ in range(n):
-                label = rng.random() < 0.5
-                words = rng.choices(WORDS_POS if label else WORDS_NEG, k=5)
-                writer.writerow([" ".join(words), "pos" if label else "neg"])
-    return folder
+    return write_review_csvs(tmp_path_factory.mktemp("data"), {"train.csv": 96, "dev.csv": 32}, WORDS_POS, WORDS_NEG)
 
 
 def prune_args(tiny_dir, data_files, out, *extra):

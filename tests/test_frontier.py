@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from tiny import FFN, HEADS, HIDDEN, LAYERS, save_tiny_bert
 
 from blockprune import load_pruned, save_pruned
-from tests.tiny import FFN, HEADS, HIDDEN, LAYERS, save_tiny_bert
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
@@ -71,3 +71,25 @@ def test_earlier_records_are_carried_only_for_the_same_reference_and_missing_run
     kept = frontier.carried_records(path, {"test": 0.8099}, {("layer-drop-3", 42)}, {"layer-drop-3"})
     assert [(r["name"], r["seed"], r["carried"]) for r in kept] == [("layer-drop-3", 43, True)]
     assert frontier.carried_records(tmp_path / "absent.json", {"test": 0.8099}, set(), {"layer-drop-3"}) == []
+
+
+def _row(name, method, acc, dev, b32, std=0.2, theoretical=None):
+    return {"name": name, "method": method, "acc": acc, "std": std, "dev": dev, "b32": b32, "iqr": 0.1,
+            "delta_ref": acc - 81.0, "min_efficiency": b32 / theoretical if theoretical else None}
+
+
+def test_goals_pick_the_best_preset_on_dev_and_say_what_is_missed():
+    rows = [_row("bp-struct-2.0", "blockprune", 80.5, 85.0, 2.05, theoretical=2.0),
+            _row("bp-struct-global-2.0", "blockprune", 80.9, 84.0, 2.1, theoretical=2.3),  # better test, worse dev
+            _row("layer-drop-3", "layer-drop", 79.8, 84.0, 2.0),
+            _row("magnitude-oneshot-2.0", "magnitude-oneshot", 78.0, 83.0, 2.0, std=0.3)]
+    text = frontier.goals(rows)
+    assert text[0].startswith("2x: best preset by dev = bp-struct-2.0 (80.50")
+    assert "-0.50 vs the reference: reached" in text[0]
+    assert "vs layer-drop-3 +0.70 at the same or higher speed (2.05x vs 2.00x): reached" in text[0]
+    assert text[1] == "2x: bp-struct-2.0 vs magnitude-oneshot-2.0: +2.50 (larger than the spread)"
+    assert text[-1].startswith("measured/theoretical (b32×s128) of every shrunk model ≥ 0.9: lowest 0.91 "
+                               "(bp-struct-global-2.0): reached")
+    rows[0]["acc"], rows[0]["delta_ref"] = 79.5, -1.5
+    missed = frontier.goals(rows)[0]
+    assert "NOT reached (by 0.50) (goal ≥ −1.0)" in missed and "-0.30" in missed and "NOT reached (by 0.80)" in missed

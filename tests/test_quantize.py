@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import csv
 import json
-import random
 import sys
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file
-from tiny import FFN, HEAD_DIM, HEADS, save_tiny_bert, tiny_inputs, tiny_model
+from tiny import FFN, HEAD_DIM, HEADS, save_tiny_bert, tiny_inputs, tiny_model, write_review_csvs
 from torch import nn
 
 from blockprune.arch import EmptyAttention, find_blocks, get_arch, get_path
@@ -213,17 +211,8 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("data")
-    rng = random.Random(0)
-    words = {True: ["great", "wonderful", "moving", "sharp"], False: ["dull", "boring", "messy", "flat"]}
-    for name, n in (("train.csv", 64), ("dev.csv", 24)):
-        with open(folder / name, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["review", "sentiment"])
-            for _ in range(n):
-                label = rng.random() < 0.5
-                writer.writerow([" ".join(rng.choices(words[label], k=5)), "pos" if label else "neg"])
-    return folder
+    return write_review_csvs(tmp_path_factory.mktemp("data"), {"train.csv": 64, "dev.csv": 24},
+                             ["great", "wonderful", "moving", "sharp"], ["dull", "boring", "messy", "flat"])
 
 
 DATA = ["--text-column", "review", "--label-column", "sentiment", "--max-length", "32"]

@@ -161,3 +161,22 @@ def save_tiny_bert(path: Path) -> Path:
     transformers.BertForSequenceClassification(config).save_pretrained(path)
     transformers.AutoTokenizer.from_pretrained(embedded_model_path()).save_pretrained(path)
     return path
+
+
+def write_review_csvs(folder: Path, sizes: dict[str, int], positive: list[str], negative: list[str],
+                      seed: int = 0) -> Path:
+    """CSV files ``{name: rows}`` of 5-word reviews (columns ``review``, ``sentiment`` = pos/neg) drawn from the
+    two word lists with one seeded generator, in the order of ``sizes``."""
+    import csv
+    import random
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in sizes.items():
+        with open(folder / name, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["review", "sentiment"])
+            for _ in range(rows):
+                label = rng.random() < 0.5
+                writer.writerow([" ".join(rng.choices(positive if label else negative, k=5)), "pos" if label else "neg"])
+    return folder
