@@ -274,3 +274,14 @@ def test_version_is_printed(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"blockprune {__version__}"
+
+
+@pytest.mark.parametrize("command", [["eval"], ["bench"], ["shrink", "unused-output"]])
+def test_a_hub_repo_id_that_cannot_be_downloaded_is_one_clear_error(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.chdir(tmp_path)  # no local folder called someone/nothing-here
+    args = [command[0], "someone/nothing-here", *command[1:]]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "someone/nothing-here: no such local folder" in err[0] and "Hub" in err[0]

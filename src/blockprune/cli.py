@@ -170,12 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--hub-token", help="with --push-to-hub: hub token (default: HF_TOKEN or `hf auth login`)")
 
     shrink = command("shrink", "remove empty heads and FFN neurons from a pruned model (exact)")
-    shrink.add_argument("input", help="model folder saved with save_pretrained (zeros where pruned)")
+    shrink.add_argument("input", help="model folder saved with save_pretrained (zeros where pruned), or a Hub repo id")
     shrink.add_argument("output", help="folder for the shrunk model (load it with blockprune.load_pruned)")
     shrink.add_argument("--ffn-multiple", type=int, default=16, help=FFN_MULTIPLE_HELP)
 
     quantize = command("quantize", "int8 copy of a model for CPU inference: accuracy and speedup")
-    quantize.add_argument("model", help="model folder (save_pruned or save_pretrained format), fp32")
+    quantize.add_argument("model", help="model folder (save_pruned or save_pretrained format) or Hub repo id, fp32")
     quantize.add_argument("output", help="folder to write: the fp32 save_pruned model + quantization.json "
                           "(load_pruned quantizes it at load)")
     quantize.add_argument("--scheme", default="int8", help="quantization scheme (int8)")
@@ -192,18 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--json", action="store_true", help="print the results as JSON")
 
     evaluate = command("eval", "evaluate a model (pruned or not) on a task")
-    evaluate.add_argument("model", help="model folder (save_pruned or save_pretrained format)")
+    evaluate.add_argument("model", help="model folder (save_pruned or save_pretrained format) or Hub repo id")
     _data_flags(evaluate)
     evaluate.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
 
     bench = command("bench", "measure parameters, FLOPs and latency; speedup against --reference")
-    bench.add_argument("model", help="model folder (save_pruned or save_pretrained format)")
+    bench.add_argument("model", help="model folder (save_pruned or save_pretrained format) or Hub repo id")
     bench.add_argument("--reference", help="a model to compare against (e.g. the dense teacher)")
     _bench_flags(bench, "", aliases=True)
     bench.add_argument("--json", action="store_true", help="print JSON instead of markdown")
 
     export = command("export", "export a model to ONNX, check it against PyTorch, time ONNX Runtime")
-    export.add_argument("model", help="model folder (save_pruned or save_pretrained format)")
+    export.add_argument("model", help="model folder (save_pruned or save_pretrained format) or Hub repo id")
     export.add_argument("output", help="the .onnx file to write")
     export.add_argument("--seq-len", type=int, default=128, help="sequence length of the ORT timing")
     export.add_argument("--batch-size", type=int, default=1, help="batch size of the ORT timing")
@@ -246,11 +246,13 @@ class ModelFolderError(ValueError):
 def load_model(path: str, task_class: type | None = None, quantize: str | None = "auto") -> nn.Module:
     """Load a model folder in either format: ``save_pruned`` (has ``pruned_shapes.json``) or ``save_pretrained``.
 
-    ``quantize`` is passed to :func:`blockprune.saving.load_pruned` (``None``: fp32 even if the folder says int8).
+    ``path`` may also be a Hugging Face Hub repo id (``user/repo``, no such local folder): its snapshot is
+    downloaded (or taken from the cache) first. ``quantize`` is passed to :func:`blockprune.saving.load_pruned`
+    (``None``: fp32 even if the folder says int8).
     """
-    from .saving import SHAPES_FILE, load_pruned
+    from .saving import SHAPES_FILE, load_pruned, local_folder
 
-    folder = Path(path)
+    folder = local_folder(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist")
     if (folder / SHAPES_FILE).is_file():
@@ -486,8 +488,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      text_pair_column=args.text_pair_column, label_column=args.label_column, seed=args.seed,
                      max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
                      max_length=args.max_length)
-    model = load_model(args.model, task.model_class())
-    tokenizer = task.load_processor(args.model)
+    from .saving import local_folder
+
+    folder = str(local_folder(args.model))  # a Hub repo id becomes its snapshot folder, once
+    model = load_model(folder, task.model_class())
+    tokenizer = task.load_processor(folder)
     metrics = task.evaluate(model, tokenizer, batch_size=args.batch_size)
     if task.test_examples:  # reported next to the validation metrics, under "test"
         metrics["test"] = task.test_task().evaluate(model, tokenizer, batch_size=args.batch_size)

@@ -216,7 +216,7 @@ def _decode_weights(file: Path, stored: dict[str, torch.Tensor], metadata: dict[
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
-def _local_folder(path: str | os.PathLike[str]) -> Path:
+def local_folder(path: str | os.PathLike[str]) -> Path:
     """``path`` itself, or for a string like ``user/repo`` that is no local path, its Hub snapshot folder."""
     folder = Path(path)
     if not isinstance(path, str) or folder.exists() or not _REPO_ID.fullmatch(path):
@@ -381,7 +381,7 @@ def load_pruned(path: str | os.PathLike[str], model_class: type | None = None,
         >>> model = load_pruned("out/small")                       # doctest: +SKIP
         >>> model(**tokenizer("hello", return_tensors="pt")).logits  # doctest: +SKIP
     """
-    folder = _local_folder(path)
+    folder = local_folder(path)
     if quantize not in ("auto", None):
         check_scheme(quantize, "quantize=")
     _check_folder(folder)
