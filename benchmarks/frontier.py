@@ -9,7 +9,8 @@ Protocol (docs/RESULTS.md states it with the numbers):
   the same budget as the compressed runs.
 * **Equal budgets.** Every compressed model gets ``--budget-epochs`` epochs of training after the teacher
   (blockprune: pruning epochs, split half/half with the fill stage when the recipe has one; baselines: the
-  same number of distillation epochs after their removal).
+  same number of distillation epochs after their removal). Baselines: layer dropping (frontier_methods.py),
+  one-shot and gradual magnitude, dense int8, and the torch-pruning library (frontier_tp.py).
 * **Seeds.** Every point runs with each of ``--seeds``; tables give mean ± std over seeds.
 * **Timing** (``--time``, on a quiet machine, after training): one process, torch and OMP threads pinned,
   ≥30 interleaved pairs per workload, median and IQR of the per-pair speedup (frontier_timing.py).
