@@ -302,6 +302,26 @@ def goals(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def allocation_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """Uniform vs global top-k at each target: test mean ± std, dev, speed, and which dev would choose."""
+    by_name = {r["name"]: r for r in rows}
+    out = []
+    for target, _ in TARGETS:
+        uniform, glob = by_name.get(f"bp-struct-{target}"), by_name.get(f"bp-struct-global-{target}")
+        if uniform is None or glob is None:
+            continue
+
+        def speed(r: dict[str, Any]) -> str:
+            return f"{r['b32']:.2f}x" if r["b32"] else "not timed"
+
+        chosen = "global" if glob["dev"] > uniform["dev"] else "uniform"
+        out.append(f"{target:g}x: uniform {uniform['acc']:.2f} ± {uniform['std']:.2f} (dev {uniform['dev']:.2f}, "
+                   f"{speed(uniform)}) vs global {glob['acc']:.2f} ± {glob['std']:.2f} (dev {glob['dev']:.2f}, "
+                   f"{speed(glob)}); dev chooses {chosen}; "
+                   + compare(rows, f"bp-struct-global-{target}", f"bp-struct-{target}").split(": ", 1)[1])
+    return out
+
+
 def compare(rows: list[dict[str, Any]], a: str, b: str) -> str:
     """``a`` vs ``b`` in points, saying whether the gap is larger than the spread of the seeds."""
     ra, rb = next((r for r in rows if r["name"] == a), None), next((r for r in rows if r["name"] == b), None)
@@ -406,6 +426,18 @@ its test accuracy is what is compared.
 
 Not run yet: {', '.join(missing) or 'none'}.
 
+## Allocation of top-k: uniform vs global (issue 12, item 1)
+
+`struct` keeps the same fraction of heads and neurons in every layer (uniform); `--set allocation=global` ranks
+heads with heads and neurons with neurons across all layers, so layers end up uneven. Same budget, same seeds.
+
+{chr(10).join('- ' + a for a in allocation_rows(rows))}
+
+## Shapes kept (heads and FFN width per layer, first to last; from the timed models)
+
+{chr(10).join(f"- {r['name']} s{r['seed']}: {r['shape']}" for r in records
+              if r.get("shape") and r["method"] in ("blockprune", "torch-pruning") and "int8" not in r["name"])}
+
 ## Commands
 
 {commands}
@@ -477,7 +509,8 @@ def main() -> None:
         key_file = run_dir(runs, point, seed) / "shape_key.txt"
         timing = timings.get(key_file.read_text().strip()) if key_file.is_file() else None
         result = fm.read_done(run_dir(runs, point, seed) / "frontier-result")
-        records.append(record(point, seed, result, ref, control_metric, timing, args.budget_epochs))
+        shape = key_file.read_text().strip() if key_file.is_file() else None
+        records.append(record(point, seed, result, ref, control_metric, timing, args.budget_epochs) | {"shape": shape})
     done = {(p.name, s) for p, s in finished()}
     carried = carried_records(RESULTS / f"frontier{'_quick' if args.quick else ''}.json", ref, done,
                               {p.name for p in every})
