@@ -22,10 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockprune import Pruner, load_pruned, save_pruned, shrink
+from blockprune import Pruner, load_pruned, save_pruned
 from blockprune.atomic import write_text
 from blockprune.finetune import TrainSettings, train
 from blockprune.pipeline import RunOptions, pruning_config, save_hf_model
+from blockprune.shrink import shrink
 from blockprune.tasks import Task, embedded_model_path, load_task
 
 FFN_MULTIPLE = 16
