@@ -306,14 +306,13 @@ def allocation_rows(rows: list[dict[str, Any]]) -> list[str]:
     """Uniform vs global top-k at each target: test mean ± std, dev, speed, and which dev would choose."""
     by_name = {r["name"]: r for r in rows}
     out = []
+    def speed(r: dict[str, Any]) -> str:
+        return f"{r['b32']:.2f}x" if r["b32"] else "not timed"
+
     for target, _ in TARGETS:
         uniform, glob = by_name.get(f"bp-struct-{target}"), by_name.get(f"bp-struct-global-{target}")
         if uniform is None or glob is None:
             continue
-
-        def speed(r: dict[str, Any]) -> str:
-            return f"{r['b32']:.2f}x" if r["b32"] else "not timed"
-
         chosen = "global" if glob["dev"] > uniform["dev"] else "uniform"
         out.append(f"{target:g}x: uniform {uniform['acc']:.2f} ± {uniform['std']:.2f} (dev {uniform['dev']:.2f}, "
                    f"{speed(uniform)}) vs global {glob['acc']:.2f} ± {glob['std']:.2f} (dev {glob['dev']:.2f}, "
@@ -507,9 +506,9 @@ def main() -> None:
     records = []
     for point, seed in finished():
         key_file = run_dir(runs, point, seed) / "shape_key.txt"
-        timing = timings.get(key_file.read_text().strip()) if key_file.is_file() else None
-        result = fm.read_done(run_dir(runs, point, seed) / "frontier-result")
         shape = key_file.read_text().strip() if key_file.is_file() else None
+        timing = timings.get(shape) if shape else None
+        result = fm.read_done(run_dir(runs, point, seed) / "frontier-result")
         records.append(record(point, seed, result, ref, control_metric, timing, args.budget_epochs) | {"shape": shape})
     done = {(p.name, s) for p, s in finished()}
     carried = carried_records(RESULTS / f"frontier{'_quick' if args.quick else ''}.json", ref, done,

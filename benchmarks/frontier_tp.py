@@ -5,8 +5,9 @@ reference's dependency graph, scores channel groups with its Taylor importance (
 group, gradients of the task loss on ``TAYLOR_BATCHES`` training batches), and removes **whole heads** and **FFN
 neurons** with a **global** ranking (``global_pruning=True``: layers end up uneven). The hidden size (the residual
 stream) is left alone, as in blockprune's ``struct``. The totals removed are those ``struct`` reaches at the same
-target: heads ``attention_sparsity`` of all heads, neurons ``sparsity`` of all neurons, so the theoretical speedup
-is the same. The pruned model is then distilled from the reference with the same budget as every other run.
+target: heads ``attention_sparsity`` of all heads, neurons ``sparsity`` of all neurons (torch-pruning's global
+ratio lands within ~1% of the neuron total: 4,558 kept instead of 4,608 at 2x), so the theoretical speedup is the
+same to about 1% (2.02 vs 2.00 measured by the frontier's FLOPs count at 2x). The pruned model is then distilled from the reference with the same budget as every other run.
 """
 
 from __future__ import annotations
@@ -61,8 +62,7 @@ def prune_like_struct(model: nn.Module, tokenizer: Any, task: Any, head_ratio: f
     import torch_pruning as tp
 
     heads = _heads(model)
-    example = tokenizer(["a sample sentence for tracing"], return_tensors="pt")
-    example = {k: v for k, v in example.items()}
+    example = dict(tokenizer(["a sample sentence for tracing"], return_tensors="pt"))
     pruner = tp.pruner.MetaPruner(
         model, example, importance=tp.importance.GroupTaylorImportance(), global_pruning=True,
         pruning_ratio=ffn_ratio, num_heads=heads, prune_num_heads=True, prune_head_dims=False,
