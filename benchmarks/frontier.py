@@ -307,23 +307,27 @@ def goals(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def allocation_rows(rows: list[dict[str, Any]]) -> list[str]:
-    """Uniform vs global top-k at each target: test mean ± std, dev, speed, and which dev would choose."""
+VARIANTS = {"global": "global top-k", "front": "front-loaded schedule"}  # suffix of bp-struct-<suffix>-T: label
+
+
+def variant_rows(rows: list[dict[str, Any]], variant: str) -> list[str]:
+    """``struct`` vs one of its VARIANTS at each target: test mean ± std, dev, speed, and which dev would choose."""
     by_name = {r["name"]: r for r in rows}
     out = []
+
     def speed(r: dict[str, Any]) -> str:
         return f"{r['b32']:.2f}x" if r["b32"] else "not timed"
 
     for target, _ in TARGETS:
-        uniform, glob = by_name.get(f"bp-struct-{target}"), by_name.get(f"bp-struct-global-{target}")
-        if uniform is None or glob is None:
+        base, other = by_name.get(f"bp-struct-{target}"), by_name.get(f"bp-struct-{variant}-{target}")
+        if base is None or other is None:
             continue
-        chosen = "global" if glob["dev"] > uniform["dev"] else "uniform"
-        out.append(f"{target:g}x: uniform {uniform['acc']:.2f} ± {uniform['std']:.2f} (dev {uniform['dev']:.2f}, "
-                   f"{speed(uniform)}) vs global {glob['acc']:.2f} ± {glob['std']:.2f} (dev {glob['dev']:.2f}, "
-                   f"{speed(glob)}); dev chooses {chosen}; "
-                   + compare(rows, f"bp-struct-global-{target}", f"bp-struct-{target}").split(": ", 1)[1])
-    return out
+        chosen = VARIANTS[variant] if other["dev"] > base["dev"] else "default"
+        out.append(f"{target:g}x: default {base['acc']:.2f} ± {base['std']:.2f} (dev {base['dev']:.2f}, "
+                   f"{speed(base)}) vs {VARIANTS[variant]} {other['acc']:.2f} ± {other['std']:.2f} "
+                   f"(dev {other['dev']:.2f}, {speed(other)}); dev chooses {chosen}; "
+                   + compare(rows, f"bp-struct-{variant}-{target}", f"bp-struct-{target}").split(": ", 1)[1])
+    return out or ["not run yet"]
 
 
 def compare(rows: list[dict[str, Any]], a: str, b: str) -> str:
@@ -386,12 +390,10 @@ def write_outputs(records: list[dict[str, Any]], ref: dict[str, Any], quick: boo
         table.append(f"| {r['name']} | {r['label']} | {r['seeds']} | {r['acc']:.2f} ± {r['std']:.2f} | {r['per_seed']} "
                      f"| {r['delta_ref']:+.2f} | {dc} | {b32} | {x(r['b1'])} "
                      f"| {x(r['testset'])} | {x(r['theoretical'])} | {r['dev']:.2f} |")
-    comparisons = [c for t, layers in TARGETS for a, others in (
-        (f"bp-struct-global-{t}", (f"bp-struct-{t}", f"layer-drop-{layers}", f"magnitude-oneshot-{t}",
-                                   f"magnitude-gradual-{t}", f"torch-pruning-{t}")),
-        (f"bp-struct-{t}", (f"layer-drop-{layers}", f"magnitude-oneshot-{t}", f"magnitude-gradual-{t}",
-                            f"torch-pruning-{t}", f"bp-struct-{t}-int8")))
-        for other in others if "not run yet" not in (c := compare(rows, a, other))]
+    comparisons = [c for t, layers in TARGETS for a in (f"bp-struct-{t}", *(f"bp-struct-{v}-{t}" for v in VARIANTS))
+                   for other in (f"layer-drop-{layers}", f"magnitude-oneshot-{t}", f"magnitude-gradual-{t}",
+                                 f"torch-pruning-{t}", *([f"bp-struct-{t}-int8"] if a == f"bp-struct-{t}" else []))
+                   if "not run yet" not in (c := compare(rows, a, other))]
     history = ", ".join(f"epoch {h['epoch']}: dev {h['dev']:.4f} / test {h['test']:.4f}" for h in ref["history"])
     control = next((r for r in rows if r["name"] == "dense-control"), None)
     commands = "\n".join(f"    {c}" for c in dict.fromkeys(r["command"].replace(str(ROOT) + "/", "")
@@ -435,7 +437,15 @@ Not run yet: {', '.join(missing) or 'none'}.
 `struct` keeps the same fraction of heads and neurons in every layer (uniform); `--set allocation=global` ranks
 heads with heads and neurons with neurons across all layers, so layers end up uneven. Same budget, same seeds.
 
-{chr(10).join('- ' + a for a in allocation_rows(rows))}
+{chr(10).join('- ' + a for a in variant_rows(rows, "global"))}
+
+## Schedule: default vs front-loaded
+
+The default cubic schedule keeps the model dense for the first 10% of steps and reaches the final shapes only for
+the last 10%; `{shlex.join(FRONT)}` starts removing at 5% and trains the final shapes for the last half (the
+one-shot baselines train their final shapes for the whole budget). Same budget, same seeds.
+
+{chr(10).join('- ' + a for a in variant_rows(rows, "front"))}
 
 ## Shapes kept (heads and FFN width per layer, first to last; from the timed models)
 

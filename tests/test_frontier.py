@@ -93,3 +93,16 @@ def test_goals_pick_the_best_preset_on_dev_and_say_what_is_missed():
     rows[0]["acc"], rows[0]["delta_ref"] = 79.5, -1.5
     missed = frontier.goals(rows)[0]
     assert "NOT reached (by 0.50) (goal ≥ −1.0)" in missed and "-0.30" in missed and "NOT reached (by 0.80)" in missed
+
+
+def test_variant_rows_compare_each_struct_variant_with_the_default_and_let_dev_choose():
+    rows = [_row("bp-struct-3.0", "blockprune", 79.4, 83.0, 2.9, std=0.3),
+            _row("bp-struct-front-3.0", "blockprune", 80.6, 84.1, None, std=0.2),
+            _row("bp-struct-global-3.0", "blockprune", 78.6, 82.0, 3.1, std=0.6)]
+    front = frontier.variant_rows(rows, "front")
+    assert len(front) == 1 and front[0].startswith("3x: default 79.40 ± 0.30 (dev 83.00, 2.90x) vs front-loaded")
+    assert "(dev 84.10, not timed); dev chooses front-loaded schedule; +1.20 points, larger than the seed spread" \
+        in front[0]
+    glob = frontier.variant_rows(rows, "global")[0]
+    assert "dev chooses default; -0.80 points, within noise" in glob
+    assert frontier.variant_rows(rows[:1], "front") == ["not run yet"]
