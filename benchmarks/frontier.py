@@ -53,6 +53,8 @@ QUICK_TRAIN = 1500
 MAGNITUDE = ["--set", "attention_method=magnitude", "--set", "ffn_method=magnitude"]
 # final shapes trained longer: a short dense start and half the run at the final sparsity (default 0.1 / 0.1)
 FRONT = ["--set", "warmup=0.05", "--set", "cooldown=0.5"]
+# movement scores start from the magnitude ranking instead of 0 (the student starts from a converged teacher)
+MAGINIT = ["--set", "score_init_from=magnitude"]
 TARGETS = ((2.0, 3), (3.0, 2), (1.5, 4))  # speedup target, and the layers layer-drop keeps to match it
 GOALS = {2.0: (1.0, 0.5), 3.0: (2.5, 3.0)}  # target: (max points below the reference, min points above layer-drop)
 
@@ -93,6 +95,8 @@ def plan(quick: bool) -> list[Point]:
             Point(f"torch-pruning-{target}", "torch-pruning", target, "torch-pruning (Taylor, global) + distillation"),
             Point(f"bp-struct-front-{target}", "blockprune", target, "blockprune struct, front-loaded schedule",
                   extra=FRONT),
+            Point(f"bp-struct-maginit-{target}", "blockprune", target, "blockprune struct, scores from |W|",
+                  extra=MAGINIT),
         ]
     if quick:
         keep = ("dense-control", "bp-struct-2.0", "layer-drop-3")
@@ -270,8 +274,8 @@ def goals(rows: list[dict[str, Any]]) -> list[str]:
     by_name = {r["name"]: r for r in rows}
     out = []
     for target, layers in TARGETS:
-        candidates = [by_name[n] for n in (f"bp-struct-{target}", f"bp-struct-global-{target}",
-                                                f"bp-struct-front-{target}") if n in by_name]
+        candidates = [by_name[n] for n in (f"bp-struct-{target}", *(f"bp-struct-{v}-{target}" for v in VARIANTS))
+                      if n in by_name]
         if not candidates:
             continue
         best = max(candidates, key=lambda r: r["dev"])
@@ -307,7 +311,7 @@ def goals(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-VARIANTS = {"global": "global top-k", "front": "front-loaded schedule"}  # suffix of bp-struct-<suffix>-T: label
+VARIANTS = {"global": "global top-k", "front": "front-loaded schedule", "maginit": "scores initialised from |W|"}  # suffix of bp-struct-<suffix>-T: label
 
 
 def variant_rows(rows: list[dict[str, Any]], variant: str) -> list[str]:
@@ -446,6 +450,14 @@ the last 10%; `{shlex.join(FRONT)}` starts removing at 5% and trains the final s
 one-shot baselines train their final shapes for the whole budget). Same budget, same seeds.
 
 {chr(10).join('- ' + a for a in variant_rows(rows, "front"))}
+
+## Score initialisation: 0 vs the magnitude ranking
+
+The student starts from the converged teacher, where gradients are small and movement scores that start at 0 carry
+little ranking early on; `{shlex.join(MAGINIT)}` starts every score at its block's sum |W| over its matrix's mean
+and lets movement change the ranking from there. Same budget, same seeds.
+
+{chr(10).join('- ' + a for a in variant_rows(rows, "maginit"))}
 
 ## Shapes kept (heads and FFN width per layer, first to last; from the timed models)
 
