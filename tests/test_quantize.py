@@ -21,6 +21,7 @@ from blockprune.quantize import (
     SCHEMES,
     QuantizeError,
     dynamic_linear_class,
+    input_bits,
     is_quantized,
     quantize_model,
     quantized_linears,
@@ -402,7 +403,10 @@ def test_real_minilm_int8_logits_stay_close_to_fp32() -> None:
         return (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
     cosine = torch.nn.functional.cosine_similarity(sentence(out.last_hidden_state), sentence(hidden))
-    assert float(cosine.min()) >= 0.97, cosine.min()
+    # 8-bit inputs (VNNI/AMX) measured min 0.97+, logits within ~0.14 of the largest; 7-bit inputs (AVX2 without
+    # VNNI, torch's default there) measured min 0.929 / mean 0.970, within 0.207: twice the rounding error
+    least, mean, spread = (0.97, 0.98, 0.2) if input_bits() == 8 else (0.9, 0.96, 0.3)
+    assert float(cosine.min()) >= least and float(cosine.mean()) >= mean, cosine
     assert float((before.argmax(-1) == labels).float().mean()) >= 0.9  # the probe works in fp32 ...
     assert float((after.argmax(-1) == before.argmax(-1)).float().mean()) >= 0.95  # ... and int8 agrees
-    assert float((after - before).abs().max()) <= 0.2 * float(before.abs().max())  # measured: ~0.14
+    assert float((after - before).abs().max()) <= spread * float(before.abs().max())
