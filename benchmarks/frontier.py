@@ -300,8 +300,7 @@ def goals(rows: list[dict[str, Any]]) -> list[str]:
             if baseline in by_name:
                 other = by_name[baseline]
                 gap = best["acc"] - other["acc"]
-                noise = "larger than the spread" if abs(gap) > best["std"] + other["std"] else "within noise"
-                out.append(f"{target:g}x: {best['name']} vs {baseline}: {gap:+.2f} ({noise})")
+                out.append(f"{target:g}x: {best['name']} vs {baseline}: {gap:+.2f} ({verdict(best, other, gap)})")
     shrunk = [r for r in rows if r["min_efficiency"] is not None and r["method"] in
               ("blockprune", "magnitude-oneshot", "magnitude-gradual", "torch-pruning")]
     if shrunk:
@@ -340,9 +339,16 @@ def compare(rows: list[dict[str, Any]], a: str, b: str) -> str:
     if ra is None or rb is None:
         return f"{a} vs {b}: not run yet"
     gap = ra["acc"] - rb["acc"]
-    spread = ra["std"] + rb["std"]
-    verdict = "larger than the seed spread" if abs(gap) > spread else "within noise (gap ≤ sum of the two stds)"
-    return f"{a} {ra['acc']:.2f} vs {b} {rb['acc']:.2f}: {gap:+.2f} points, {verdict} ({spread:.2f})"
+    return f"{a} {ra['acc']:.2f} vs {b} {rb['acc']:.2f}: {gap:+.2f} points, {verdict(ra, rb, gap)}"
+
+
+def verdict(a: dict[str, Any], b: dict[str, Any], gap: float) -> str:
+    """Whether ``gap`` exceeds the two rows' seed spread; no claim where either row has a single seed."""
+    if min(a.get("seeds", 3), b.get("seeds", 3)) < 2:
+        return "single seed on one side: no spread, no claim"
+    spread = a["std"] + b["std"]
+    return (f"larger than the seed spread ({spread:.2f})" if abs(gap) > spread
+            else f"within noise (gap ≤ sum of the two stds, {spread:.2f})")
 
 
 def plot(rows: list[dict[str, Any]], ref: dict[str, Any], path: Path) -> None:

@@ -87,7 +87,7 @@ def test_goals_pick_the_best_preset_on_dev_and_say_what_is_missed():
     assert text[0].startswith("2x: best preset by dev = bp-struct-2.0 (80.50")
     assert "-0.50 vs the reference: reached" in text[0]
     assert "vs layer-drop-3 +0.70 at the same or higher speed (2.05x vs 2.00x): reached" in text[0]
-    assert text[1] == "2x: bp-struct-2.0 vs magnitude-oneshot-2.0: +2.50 (larger than the spread)"
+    assert text[1] == "2x: bp-struct-2.0 vs magnitude-oneshot-2.0: +2.50 (larger than the seed spread (0.50))"
     assert text[-1].startswith("measured/theoretical (b32×s128) of every shrunk model ≥ 0.9: lowest 0.91 "
                                "(bp-struct-global-2.0): reached")
     rows[0]["acc"], rows[0]["delta_ref"] = 79.5, -1.5
@@ -106,3 +106,5 @@ def test_variant_rows_compare_each_struct_variant_with_the_default_and_let_dev_c
     glob = frontier.variant_rows(rows, "global")[0]
     assert "dev chooses default; -0.80 points, within noise" in glob
     assert frontier.variant_rows(rows[:1], "front") == ["not run yet"]
+    rows[1]["seeds"] = 1  # one seed has no spread: the gap is reported, no claim is made
+    assert frontier.variant_rows(rows, "front")[0].endswith("+1.20 points, single seed on one side: no spread, no claim")
