@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import os
+import platform
 import warnings
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,11 @@ def _weight_matmuls(graph: Any) -> list[str]:
     return names
 
 
+def _pairs_saturate() -> bool:
+    """Whether ORT's int8 products here sum pairs in 16 bits: x86 without VNNI/AMX (see the module docstring)."""
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686") and not vnni_cpu()
+
+
 def quantize_onnx(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> dict[str, Any]:
     """Write ``path``: ``source`` (an fp32 file from :func:`blockprune.export.export_onnx`) with its block linears
     dynamically quantized to int8 (see the module docstring). Written atomically; metadata is kept.
@@ -66,7 +72,7 @@ def quantize_onnx(source: str | os.PathLike[str], path: str | os.PathLike[str]) 
     with _temp_beside(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, reduce_range=not vnni_cpu())
+                         op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, reduce_range=_pairs_saturate())
         quantized = onnx.load(str(tmp))
         if not quantized.metadata_props:  # keep the blockprune.* metadata that measure_onnx_latency reads
             quantized.metadata_props.extend(model.metadata_props)
