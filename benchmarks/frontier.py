@@ -51,10 +51,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
 QUICK_TRAIN = 1500
 MAGNITUDE = ["--set", "attention_method=magnitude", "--set", "ffn_method=magnitude"]
-# final shapes trained longer: a short dense start and half the run at the final sparsity (default 0.1 / 0.1)
-FRONT = ["--set", "warmup=0.05", "--set", "cooldown=0.5"]
-# movement scores start from the magnitude ranking instead of 0 (the student starts from a converged teacher)
-MAGINIT = ["--set", "score_init_from=magnitude"]
+VARIANTS = {  # bp-struct-<suffix>-T: struct with one change, (label, CLI flags); each compared with the default
+    "global": ("global top-k", ["--set", "allocation=global"]),
+    # final shapes trained longer: a short dense start and half the run at the final sparsity (default 0.1 / 0.1)
+    "front": ("front-loaded schedule", ["--set", "warmup=0.05", "--set", "cooldown=0.5"]),
+    # movement scores start from the magnitude ranking instead of 0 (the student starts from a converged teacher)
+    "maginit": ("scores initialised from weight magnitude", ["--set", "score_init_from=magnitude"]),
+}
 TARGETS = ((2.0, 3), (3.0, 2), (1.5, 4))  # speedup target, and the layers layer-drop keeps to match it
 GOALS = {2.0: (1.0, 0.5), 3.0: (2.5, 3.0)}  # target: (max points below the reference, min points above layer-drop)
 
@@ -90,13 +93,9 @@ def plan(quick: bool) -> list[Point]:
             Point(f"layer-drop-{layers}", "layer-drop", layers, "layer drop + distillation", preset=""),
             Point(f"magnitude-oneshot-{target}", "magnitude-oneshot", target, "one-shot magnitude + distillation"),
             Point(f"magnitude-gradual-{target}", "magnitude-gradual", target, "gradual magnitude", extra=MAGNITUDE),
-            Point(f"bp-struct-global-{target}", "blockprune", target, "blockprune struct, global top-k",
-                  extra=["--set", "allocation=global"]),
             Point(f"torch-pruning-{target}", "torch-pruning", target, "torch-pruning (Taylor, global) + distillation"),
-            Point(f"bp-struct-front-{target}", "blockprune", target, "blockprune struct, front-loaded schedule",
-                  extra=FRONT),
-            Point(f"bp-struct-maginit-{target}", "blockprune", target, "blockprune struct, scores from |W|",
-                  extra=MAGINIT),
+            *(Point(f"bp-struct-{v}-{target}", "blockprune", target, f"blockprune struct, {label}", extra=flags)
+              for v, (label, flags) in VARIANTS.items()),
         ]
     if quick:
         keep = ("dense-control", "bp-struct-2.0", "layer-drop-3")
@@ -310,9 +309,6 @@ def goals(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-VARIANTS = {"global": "global top-k", "front": "front-loaded schedule", "maginit": "scores initialised from |W|"}  # suffix of bp-struct-<suffix>-T: label
-
-
 def variant_rows(rows: list[dict[str, Any]], variant: str) -> list[str]:
     """``struct`` vs one of its VARIANTS at each target: test mean ± std, dev, speed, and which dev would choose."""
     by_name = {r["name"]: r for r in rows}
@@ -325,9 +321,10 @@ def variant_rows(rows: list[dict[str, Any]], variant: str) -> list[str]:
         base, other = by_name.get(f"bp-struct-{target}"), by_name.get(f"bp-struct-{variant}-{target}")
         if base is None or other is None:
             continue
-        chosen = VARIANTS[variant] if other["dev"] > base["dev"] else "default"
+        label = VARIANTS[variant][0]
+        chosen = label if other["dev"] > base["dev"] else "default"
         out.append(f"{target:g}x: default {base['acc']:.2f} ± {base['std']:.2f} (dev {base['dev']:.2f}, "
-                   f"{speed(base)}) vs {VARIANTS[variant]} {other['acc']:.2f} ± {other['std']:.2f} "
+                   f"{speed(base)}) vs {label} {other['acc']:.2f} ± {other['std']:.2f} "
                    f"(dev {other['dev']:.2f}, {speed(other)}); dev chooses {chosen}; "
                    + compare(rows, f"bp-struct-{variant}-{target}", f"bp-struct-{target}").split(": ", 1)[1])
     return out or ["not run yet"]
@@ -344,7 +341,7 @@ def compare(rows: list[dict[str, Any]], a: str, b: str) -> str:
 
 def verdict(a: dict[str, Any], b: dict[str, Any], gap: float) -> str:
     """Whether ``gap`` exceeds the two rows' seed spread; no claim where either row has a single seed."""
-    if min(a.get("seeds", 3), b.get("seeds", 3)) < 2:
+    if min(a["seeds"], b["seeds"]) < 2:
         return "single seed on one side: no spread, no claim"
     spread = a["std"] + b["std"]
     return (f"larger than the seed spread ({spread:.2f})" if abs(gap) > spread
@@ -452,7 +449,7 @@ heads with heads and neurons with neurons across all layers, so layers end up un
 ## Schedule: default vs front-loaded
 
 The default cubic schedule keeps the model dense for the first 10% of steps and reaches the final shapes only for
-the last 10%; `{shlex.join(FRONT)}` starts removing at 5% and trains the final shapes for the last half (the
+the last 10%; `{shlex.join(VARIANTS["front"][1])}` starts removing at 5% and trains the final shapes for the last half (the
 one-shot baselines train their final shapes for the whole budget). Same budget, same seeds.
 
 {chr(10).join('- ' + a for a in variant_rows(rows, "front"))}
@@ -460,7 +457,7 @@ one-shot baselines train their final shapes for the whole budget). Same budget, 
 ## Score initialisation: 0 vs the magnitude ranking
 
 The student starts from the converged teacher, where gradients are small and movement scores that start at 0 carry
-little ranking early on; `{shlex.join(MAGINIT)}` starts every score at its block's sum |W| over its matrix's mean
+little ranking early on; `{shlex.join(VARIANTS["maginit"][1])}` starts every score at its block's sum |W| over its matrix's mean
 and lets movement change the ranking from there. Same budget, same seeds.
 
 {chr(10).join('- ' + a for a in variant_rows(rows, "maginit"))}

@@ -74,7 +74,7 @@ def test_earlier_records_are_carried_only_for_the_same_reference_and_missing_run
 
 
 def _row(name, method, acc, dev, b32, std=0.2, theoretical=None):
-    return {"name": name, "method": method, "acc": acc, "std": std, "dev": dev, "b32": b32, "iqr": 0.1,
+    return {"name": name, "method": method, "acc": acc, "std": std, "seeds": 3, "dev": dev, "b32": b32, "iqr": 0.1,
             "delta_ref": acc - 81.0, "min_efficiency": b32 / theoretical if theoretical else None}
 
 
