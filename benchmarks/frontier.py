@@ -57,6 +57,8 @@ VARIANTS = {  # bp-struct-<suffix>-T: struct with one change, (label, CLI flags)
     "front": ("front-loaded schedule", ["--set", "warmup=0.05", "--set", "cooldown=0.5"]),
     # movement scores start from the magnitude ranking instead of 0 (the student starts from a converged teacher)
     "maginit": ("scores initialised from weight magnitude", ["--set", "score_init_from=magnitude"]),
+    # ... or from the first-order Taylor ranking of the task loss (torch-pruning's criterion) on 16 batches
+    "taylor": ("scores initialised from Taylor importance", ["--set", "score_init_from=taylor"]),
 }
 TARGETS = ((2.0, 3), (3.0, 2), (1.5, 4))  # speedup target, and the layers layer-drop keeps to match it
 GOALS = {2.0: (1.0, 0.5), 3.0: (2.5, 3.0)}  # target: (max points below the reference, min points above layer-drop)

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from tiny import FFN, HEADS, LAYERS, tiny_inputs, tiny_model
+from tiny import FFN, HEADS, LAYERS, tiny_batch, tiny_inputs, tiny_model
 
 from blockprune import Pruner, PruningConfig
 from blockprune.config import ConfigError
@@ -16,6 +16,7 @@ from blockprune.objective import distillation_loss
 from blockprune.plan import PlanError, target_without_ignored
 from blockprune.pruner import PatchError
 from blockprune.shrink import shrink
+from blockprune.taylor import TaylorInitError, init_scores_taylor
 
 
 def struct(**changes) -> PruningConfig:
@@ -102,6 +103,50 @@ def test_scores_initialised_from_magnitude_rank_blocks_as_magnitude_does():
         assert torch.allclose(group.scores.detach(), magnitude / magnitude.mean())
     with pytest.raises(ConfigError, match="score_init_from='weights' is unknown"):
         PruningConfig(score_init_from="weights")
+
+
+def test_scores_initialised_from_taylor_are_weight_times_gradient_summed_per_head_and_neuron():
+    model, reference = tiny_model("bert"), tiny_model("bert")
+    batches = [tiny_batch("bert", seed=s) for s in range(3)]
+    for batch in batches:  # the same gradients, summed, on the unpatched copy (eval mode: no dropout)
+        reference.eval()(**batch).loss.backward()
+    pruner = Pruner(model, struct(score_init_from="taylor"))
+    assert all(float(g.scores.detach().abs().sum()) == 0 for g in pruner.groups)  # taylor needs data: nothing yet
+    assert init_scores_taylor(pruner, model, iter(batches)) == 3
+    layer = reference.bert.encoder.layer[0]
+    up, down = layer.intermediate.dense.weight, layer.output.dense.weight
+    neurons = (up * up.grad).abs().sum(1) + (down * down.grad).abs().sum(0)
+    attn = layer.attention
+    per_row = sum((lin.weight * lin.weight.grad).abs().sum(1) for lin in (attn.self.query, attn.self.key,
+                                                                       attn.self.value))
+    per_head = per_row.reshape(HEADS, -1).sum(1) + (attn.output.dense.weight * attn.output.dense.weight.grad
+                                                    ).abs().sum(0).reshape(HEADS, -1).sum(1)
+    ffn, heads = groups_of(pruner, "ffn")[0], groups_of(pruner, "attention")[0]
+    assert torch.allclose(ffn.scores.detach(), neurons / neurons.mean(), rtol=1e-4)
+    assert torch.allclose(heads.scores.detach(), per_head / per_head.mean(), rtol=1e-4)
+    assert all(p.grad is None for p in model.parameters())  # training starts from clean gradients
+
+
+def test_taylor_of_a_conv1d_equals_that_of_the_same_linear():
+    from transformers.pytorch_utils import Conv1D
+
+    from blockprune.layers import MaskedLinear, ScoreGroup
+
+    torch.manual_seed(0)
+    conv, linear = Conv1D(6, 4), torch.nn.Linear(4, 6)  # (in, out) storage vs (out, in)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.t())
+    conv.weight.grad = torch.randn(4, 6)
+    linear.weight.grad = conv.weight.grad.t().clone()
+    values = [MaskedLinear(m, ScoreGroup((6,), "topk", "ffn"), "rows", (1, -1)).block_taylor() for m in (conv, linear)]
+    assert torch.allclose(values[0], values[1])
+
+
+def test_taylor_init_without_labels_names_the_fix():
+    model = tiny_model("bert")
+    pruner = Pruner(model, struct(score_init_from="taylor"))
+    with pytest.raises(TaylorInitError, match="give the batches labels, or use score_init_from=magnitude"):
+        init_scores_taylor(pruner, model, iter([tiny_inputs()]))
 
 
 def test_straight_sigmoid_passes_the_gradient_unscaled_while_the_sigmoid_version_scales_it():

@@ -539,6 +539,38 @@ def test_the_source_never_unpickles() -> None:
     assert offenders == []
 
 
+def test_taylor_scores_start_from_training_batches_and_a_resumed_run_keeps_the_checkpointed_ones(
+        workdir, tmp_path, monkeypatch) -> None:
+    import blockprune.finetune as finetune
+
+    task = load_task(train_file=workdir / "train.csv", seed=0, max_length=16)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(workdir / "model")
+    calls: list[list[float]] = []
+    real = finetune.init_scores_taylor
+
+    def spy(pruner, model, batches):
+        used = real(pruner, model, batches)
+        calls.append([float(g.scores.detach().abs().sum()) for g in pruner.groups])
+        return used
+
+    monkeypatch.setattr(finetune, "init_scores_taylor", spy)
+
+    def run() -> Pruner:
+        student = transformers.AutoModelForSequenceClassification.from_pretrained(workdir / "model")
+        pruner = Pruner(student, PruningConfig.preset("struct", sparsity=0.5, score_init_from="taylor"))
+        settings = TrainSettings(epochs=1, batch_size=8, max_length=16, seed=0, save_steps=2, progress=False,
+                                 overrides={"use_cpu": True, "max_steps": 2})
+        train(student, task, tokenizer, tmp_path, settings, pruner=pruner)
+        return pruner
+
+    first = run()
+    assert len(calls) == 1 and all(total > 0 for total in calls[0])  # every group got a Taylor ranking
+    second = run()  # finished: resumes from checkpoint-2, the scores come from there, not from new batches
+    assert len(calls) == 1
+    for a, b in zip(first.groups, second.groups, strict=True):
+        assert torch.equal(a.scores.detach(), b.scores.detach())
+
+
 def test_resuming_reads_the_trainer_files_with_weights_only(workdir, tmp_path, monkeypatch) -> None:
     task = load_task(train_file=workdir / "train.csv", seed=0, max_length=16)
     tokenizer = transformers.AutoTokenizer.from_pretrained(workdir / "model")

@@ -440,7 +440,12 @@ def features(module: nn.Module) -> tuple[int, int]:
 
 def weight_out_in(module: nn.Module) -> torch.Tensor:
     """The weight of a linear-like module as an ``(out, in)`` view (``Conv1D`` weights are transposed)."""
-    return module.weight.t() if isinstance(module, Conv1D) else module.weight
+    return as_out_in(module, module.weight)
+
+
+def as_out_in(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor laid out like ``module.weight`` (e.g. its gradient) as an ``(out, in)`` view."""
+    return tensor.t() if isinstance(module, Conv1D) else tensor
 
 
 # --------------------------------------------------------------------------------------------- heads

@@ -34,7 +34,7 @@ HEAD = "head"
 NEURON: tuple[int, int] = (1, -1)
 
 BlockSetting = tuple[int, int] | str
-SCORE_INITS = ("constant", "magnitude")
+SCORE_INITS = ("constant", "magnitude", "taylor")
 ALLOCATIONS = ("uniform", "global")
 
 
@@ -93,7 +93,9 @@ class PruningConfig:
     score_init: float = _help("initial value of learned scores", 0.0)
     score_init_from: str = _help(
         "constant: every learned score starts at score_init | magnitude: at score_init + the block's sum |W| "
-        "divided by the mean of its matrix (movement then starts from the magnitude ranking)", "constant")
+        "divided by the mean of its matrix (movement then starts from the magnitude ranking) | taylor: the same "
+        "with sum |W * dL/dW|, the task loss's gradients on 16 labelled training batches before pruning starts",
+        "constant")
     allocation: str = _help(
         "topk/magnitude: uniform keeps the scheduled fraction of every matrix | global ranks the blocks of a kind "
         "(heads with heads, neurons with neurons) across all layers, so layers end up uneven", "uniform")

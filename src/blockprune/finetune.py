@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ from torch import nn
 from .objective import PruningCallback, PruningObjective, make_optimizer
 from .pruner import Pruner
 from .tasks import Task
+from .taylor import TAYLOR_BATCHES, init_scores_taylor
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
@@ -254,6 +256,13 @@ def train(
     trainer.callback_handler.callbacks.sort(key=lambda cb: not isinstance(cb, PruningCallback | StopOnNonFinite))
     last = last_complete_checkpoint(args.output_dir)
     start = time.perf_counter()
+    if pruner is not None and pruner.config.score_init_from == "taylor" and last is None:
+        # a resumed run has its scores in the checkpoint; a fresh one ranks by the task loss's gradients first
+        loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, shuffle=True,
+                                             collate_fn=task.collate(tokenizer),
+                                             generator=torch.Generator().manual_seed(settings.seed))
+        used = init_scores_taylor(pruner, model, itertools.islice(loader, TAYLOR_BATCHES))
+        logger.info("scores start from Taylor importance on %d training batches", used)
     try:
         trainer.train(resume_from_checkpoint=last)
     finally:

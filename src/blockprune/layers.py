@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arch import features, weight_out_in
+from .arch import as_out_in, features, weight_out_in
 from .masks import Block, expand_blocks, get_method, resolve_block
 
 Layout = Literal["grid", "rows", "cols"]
@@ -72,11 +72,12 @@ class ScoreGroup(nn.Module):
         """How many weights one score covers, summed over the member linears."""
         return sum(m.weights_per_score for m in self.members)
 
-    def importance(self) -> torch.Tensor:
-        """Block magnitudes ``sum |W|`` over the members, at score resolution (for non-learned methods)."""
+    def importance(self, criterion: str = "magnitude") -> torch.Tensor:
+        """Block importance summed over the members, at score resolution: ``magnitude`` ``sum |W|`` (what
+        non-learned methods rank) or ``taylor`` ``sum |W * dL/dW|`` (needs the gradients of a backward pass)."""
         total = torch.zeros_like(self.scores)
         for member in self.members:
-            total = total + member.block_magnitude()
+            total = total + (member.block_taylor() if criterion == "taylor" else member.block_magnitude())
         return total
 
     def ranking_values(self) -> torch.Tensor:
@@ -186,7 +187,17 @@ class MaskedLinear(nn.Module):
 
     def block_magnitude(self) -> torch.Tensor:
         """``sum |W|`` per score of this linear (detached)."""
-        w = self.weight.detach().abs()
+        return self.block_sum(self.weight.detach().abs())
+
+    def block_taylor(self) -> torch.Tensor:
+        """``sum |W * dL/dW|`` per score of this linear, from the gradient the weight holds (first-order Taylor)."""
+        weight = self.base_layer.weight
+        if weight.grad is None:
+            raise RuntimeError("block_taylor needs the weight's gradient: run a backward pass first")
+        return self.block_sum(as_out_in(self.base_layer, (weight.detach() * weight.grad).abs()))
+
+    def block_sum(self, w: torch.Tensor) -> torch.Tensor:
+        """Sum an ``(out, in)`` tensor shaped like the weight per score of this linear."""
         rows, cols = self.block
         if self.layout == "rows":
             return w.sum(dim=1).reshape(self.parts, -1, rows).sum(dim=(0, 2))

@@ -176,7 +176,7 @@ class Pruner:
         if not self.layers:
             raise PatchError(f"the configuration patched no module in {type(model).__name__}")
         if config.score_init_from == "magnitude":
-            self._init_scores_from_magnitude()
+            self.init_scores("magnitude")
         device = next(iter(self.layers.values())).weight.device
         model.add_module(STATE_NAME, self.state.to(device))
 
@@ -206,18 +206,22 @@ class Pruner:
                     self._wrap_grid(index, block, path, cfg.ffn_method, cfg.ffn_block, "ffn")
 
     @torch.no_grad()
-    def _init_scores_from_magnitude(self) -> None:
-        """Learned scores start at ``score_init`` plus their block's ``sum |W|`` over its matrix's mean.
+    def init_scores(self, criterion: str = "magnitude") -> None:
+        """Add each block's importance, over the mean of its matrix, to the learned scores.
 
-        Movement scores starting at one constant carry no ranking until they have moved; starting from the
-        magnitude ranking (normalised per matrix so that every layer starts on one scale, around 1) lets a
-        short schedule prune by magnitude first and by movement as the scores learn.
+        ``criterion`` is ``magnitude`` (``sum |W|``; done on construction for ``score_init_from="magnitude"``)
+        or ``taylor`` (``sum |W * dL/dW|``, from the gradients the weights hold: see
+        :func:`blockprune.taylor.init_scores_taylor`, which the training loop calls for
+        ``score_init_from="taylor"``). Movement scores starting at one constant carry no ranking until they
+        have moved; starting from an importance ranking (normalised per matrix so that every layer starts on
+        one scale, around 1) lets a short schedule prune by that ranking first and by movement as the scores
+        learn.
         """
         for group in self.state.groups:
             if group.method.learned:
-                magnitude = group.importance()
-                mean = magnitude.mean()
-                group.scores.add_(magnitude / mean if float(mean) > 0 else magnitude)
+                values = group.importance(criterion)
+                mean = values.mean()
+                group.scores.add_(values / mean if float(mean) > 0 else values)
 
     def _patch_attention(self, index: int, block: nn.Module, attn: AttentionSpec) -> None:
         """One score per unit (head, or KV head with its query heads) in head mode; else block grids."""
