@@ -94,7 +94,8 @@ class PruningConfig:
     score_init_from: str = _help(
         "constant: every learned score starts at score_init | magnitude: at score_init + the block's sum |W| "
         "divided by the mean of its matrix (movement then starts from the magnitude ranking) | taylor: the same "
-        "with sum |W * dL/dW|, the task loss's gradients on 16 labelled training batches before pruning starts",
+        "with sum |W * dL/dW|, the task loss's gradients on 16 labelled training batches before pruning starts "
+        "(blockprune's training loop does it; a loop of your own calls blockprune.taylor.init_scores_taylor)",
         "constant")
     allocation: str = _help(
         "topk/magnitude: uniform keeps the scheduled fraction of every matrix | global ranks the blocks of a kind "
