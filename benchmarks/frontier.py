@@ -59,6 +59,9 @@ VARIANTS = {  # bp-struct-<suffix>-T: struct with one change, (label, CLI flags)
     "maginit": ("scores initialised from weight magnitude", ["--set", "score_init_from=magnitude"]),
     # ... or from the first-order Taylor ranking of the task loss (torch-pruning's criterion) on 16 batches
     "taylor": ("scores initialised from Taylor importance", ["--set", "score_init_from=taylor"]),
+    # both of torch-pruning's choices (Taylor ranking, global allocation), learned during the run instead of one-shot
+    "taylor-global": ("Taylor-initialised scores, global top-k",
+                      ["--set", "score_init_from=taylor", "--set", "allocation=global"]),
 }
 TARGETS = ((2.0, 3), (3.0, 2), (1.5, 4))  # speedup target, and the layers layer-drop keeps to match it
 GOALS = {2.0: (1.0, 0.5), 3.0: (2.5, 3.0)}  # target: (max points below the reference, min points above layer-drop)
@@ -490,6 +493,9 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [42] if args.quick and args.seeds == "42,43,44" else [int(s) for s in args.seeds.split(",")]
     runs = Path(args.runs_dir) / ("v2-quick" if args.quick else "v2")
+    if (args.report_only or args.time or args.retime) and not (runs / "reference" / "done.json").is_file():
+        parser.error(f"{runs} holds no finished reference, so there is nothing to time or report; give the "
+                     "--runs-dir of a frontier run, or run without --report-only/--time to train one")
     runs.mkdir(parents=True, exist_ok=True)
     common = ["--no-progress", "--bench-repeats", "2"]
     if args.quick:

@@ -108,3 +108,20 @@ def test_variant_rows_compare_each_struct_variant_with_the_default_and_let_dev_c
     assert frontier.variant_rows(rows[:1], "front") == ["not run yet"]
     rows[1]["seeds"] = 1  # one seed has no spread: the gap is reported, no claim is made
     assert frontier.variant_rows(rows, "front")[0].endswith("+1.20 points, single seed on one side: no spread, no claim")
+
+
+def test_report_only_without_a_finished_reference_stops_before_training_anything(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["frontier.py", "--report-only", "--runs-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as stop:
+        frontier.main()
+    assert stop.value.code == 2
+    assert "holds no finished reference" in capsys.readouterr().err
+    assert not (tmp_path / "v2").exists()  # nothing was created, let alone trained
+
+
+def test_every_struct_variant_is_a_point_at_every_target():
+    names = {p.name for p in frontier.plan(quick=False)}
+    for suffix in frontier.VARIANTS:
+        assert {f"bp-struct-{suffix}-{t}" for t, _ in frontier.TARGETS} <= names
+    taylor = next(p for p in frontier.plan(quick=False) if p.name == "bp-struct-taylor-global-3.0")
+    assert taylor.extra == ["--set", "score_init_from=taylor", "--set", "allocation=global"]
