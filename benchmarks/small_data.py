@@ -1,14 +1,15 @@
 """Small data, short schedules: the default ``struct`` at 2x on 2,000 training examples, with and without a
-minimum number of pruning steps (issue 12, item 5).
+minimum number of pruning steps, and with scores started from the Taylor ranking (issue 12, item 5).
 
 Each run is a plain ``blockprune prune`` command: it trains its own teacher on the same 2,000 examples (the
 CLI's default teacher, 1 epoch), prunes, and scores teacher and final model on the embedded **test** split.
 The goal is the final model within 2.0 points of that teacher; ``--min-pruning-steps`` lengthens the pruning
-stage (more epochs over the small data) so that the scores have time to rank.
+stage (more epochs over the small data) so that the scores have time to rank; ``score_init_from=taylor`` gives
+them a ranking from the start instead.
 
 Usage:
     python benchmarks/small_data.py                       # every setting × seed (resumable), then the table
-    python benchmarks/small_data.py --settings 0,300 --seeds 42,43,44
+    python benchmarks/small_data.py --settings default,min300,taylor --seeds 42,43,44
 
 Outputs: benchmarks/results/small_data.json (one record per run), docs/RESULTS_small_data.md.
 """
@@ -29,17 +30,23 @@ from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = 2000
+SETTINGS = {  # name: flags added to the default command
+    "default": [],
+    "min300": ["--min-pruning-steps", "300"],
+    "taylor": ["--set", "score_init_from=taylor"],
+    "taylor-min300": ["--set", "score_init_from=taylor", "--min-pruning-steps", "300"],
+}
 
 
-def command(min_steps: int, seed: int, out: Path) -> list[str]:
+def command(setting: str, seed: int, out: Path) -> list[str]:
     return ["blockprune", "prune", "--preset", "struct", "--target-speedup", "2.0", "--max-train-samples",
-            str(SAMPLES), "--min-pruning-steps", str(min_steps), "--seed", str(seed), "--no-progress",
-            "--bench-repeats", "2", "--output-dir", str(out)]
+            str(SAMPLES), *SETTINGS[setting], "--seed", str(seed), "--no-progress", "--bench-repeats", "2",
+            "--output-dir", str(out)]
 
 
-def run(min_steps: int, seed: int, runs: Path) -> dict | None:
-    out = runs / f"min{min_steps}-s{seed}"
-    args = command(min_steps, seed, out)
+def run(setting: str, seed: int, runs: Path) -> dict | None:
+    out = runs / f"{setting}-s{seed}"
+    args = command(setting, seed, out)
     if not (out / "report.json").is_file():
         print(f"[small-data] {shlex.join(args)}", flush=True)
         with open(runs / f"{out.name}.log", "a") as log:
@@ -49,7 +56,7 @@ def run(min_steps: int, seed: int, runs: Path) -> dict | None:
                 return None
     report = json.loads((out / "report.json").read_text())
     teacher, final = report["teacher"]["test_metrics"]["accuracy"], report["final"]["test_metrics"]["accuracy"]
-    return {"min_pruning_steps": min_steps, "seed": seed, "split": "test", "train_samples": SAMPLES,
+    return {"setting": setting, "flags": SETTINGS[setting], "seed": seed, "split": "test", "train_samples": SAMPLES,
             "teacher_metric": teacher, "metric": final, "drop_points": round((teacher - final) * 100, 2),
             "pruning_steps": report["pruning"]["steps"], "pruning_epochs": report["pruning"]["epochs"],
             "speedup_theoretical": report["speedup"]["theoretical"], "heads_kept": report["heads_kept"],
@@ -59,22 +66,26 @@ def run(min_steps: int, seed: int, runs: Path) -> dict | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", default="0,300", help="comma-separated --min-pruning-steps values")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of {list(SETTINGS)}")
     parser.add_argument("--seeds", default="42,43,44")
     parser.add_argument("--runs-dir", default=str(ROOT / "benchmarks" / "runs" / "small-data"))
     args = parser.parse_args()
+    settings = args.settings.split(",")
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        parser.error(f"--settings {','.join(unknown)}: unknown; choose among {','.join(SETTINGS)}")
     runs = Path(args.runs_dir)
     runs.mkdir(parents=True, exist_ok=True)
-    records = [r for steps in args.settings.split(",") for seed in args.seeds.split(",")
-               if (r := run(int(steps), int(seed), runs)) is not None]
+    records = [r for setting in settings for seed in args.seeds.split(",")
+               if (r := run(setting, int(seed), runs)) is not None]
     (ROOT / "benchmarks" / "results" / "small_data.json").write_text(json.dumps(records, indent=1) + "\n")
-    lines = ["| --min-pruning-steps | seeds | pruning steps (epochs) | teacher test | final test | drop (mean ± std) "
+    lines = ["| setting (flags) | seeds | pruning steps (epochs) | teacher test | final test | drop (mean ± std) "
              "| per seed | theoretical |", "|---|---|---|---|---|---|---|---|"]
-    for steps in dict.fromkeys(r["min_pruning_steps"] for r in records):
-        rs = [r for r in records if r["min_pruning_steps"] == steps]
+    for setting in dict.fromkeys(r["setting"] for r in records):
+        rs = [r for r in records if r["setting"] == setting]
         drops = [r["drop_points"] for r in rs]
         std = statistics.stdev(drops) if len(drops) > 1 else 0.0
-        lines.append(f"| {steps} | {len(rs)} | {rs[0]['pruning_steps']} ({rs[0]['pruning_epochs']:.2f}) "
+        lines.append(f"| {setting} (`{' '.join(rs[0]['flags']) or 'none'}`) | {len(rs)} | {rs[0]['pruning_steps']} ({rs[0]['pruning_epochs']:.2f}) "
                      f"| {statistics.fmean(r['teacher_metric'] for r in rs):.2%} "
                      f"| {statistics.fmean(r['metric'] for r in rs):.2%} | {statistics.fmean(drops):.2f} ± {std:.2f} "
                      f"| {', '.join(f'{d:.2f}' for d in drops)} "
