@@ -62,6 +62,10 @@ VARIANTS = {  # bp-struct-<suffix>-T: struct with one change, (label, CLI flags)
     # both of torch-pruning's choices (Taylor ranking, global allocation), learned during the run instead of one-shot
     "taylor-global": ("Taylor-initialised scores, global top-k",
                       ["--set", "score_init_from=taylor", "--set", "allocation=global"]),
+    # ... and torch-pruning's timing too: the final sparsity after 1% of the steps, movement refining it after
+    "taylor-global-oneshot": ("Taylor-initialised scores, global top-k, final sparsity from the start",
+                              ["--set", "score_init_from=taylor", "--set", "allocation=global",
+                               "--set", "warmup=0", "--set", "cooldown=0.99"]),
 }
 TARGETS = ((2.0, 3), (3.0, 2), (1.5, 4))  # speedup target, and the layers layer-drop keeps to match it
 GOALS = {2.0: (1.0, 0.5), 3.0: (2.5, 3.0)}  # target: (max points below the reference, min points above layer-drop)
