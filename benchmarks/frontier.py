@@ -51,21 +51,23 @@ RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
 QUICK_TRAIN = 1500
 MAGNITUDE = ["--set", "attention_method=magnitude", "--set", "ffn_method=magnitude"]
-VARIANTS = {  # bp-struct-<suffix>-T: struct with one change, (label, CLI flags); each compared with the default
-    "global": ("global top-k", ["--set", "allocation=global"]),
-    # final shapes trained longer: a short dense start and half the run at the final sparsity (default 0.1 / 0.1)
-    "front": ("front-loaded schedule", ["--set", "warmup=0.05", "--set", "cooldown=0.5"]),
-    # movement scores start from the magnitude ranking instead of 0 (the student starts from a converged teacher)
-    "maginit": ("scores initialised from weight magnitude", ["--set", "score_init_from=magnitude"]),
-    # ... or from the first-order Taylor ranking of the task loss (torch-pruning's criterion) on 16 batches
-    "taylor": ("scores initialised from Taylor importance", ["--set", "score_init_from=taylor"]),
-    # both of torch-pruning's choices (Taylor ranking, global allocation), learned during the run instead of one-shot
-    "taylor-global": ("Taylor-initialised scores, global top-k",
-                      ["--set", "score_init_from=taylor", "--set", "allocation=global"]),
-    # ... and torch-pruning's timing too: the final sparsity after 1% of the steps, movement refining it after
-    "taylor-global-oneshot": ("Taylor-initialised scores, global top-k, final sparsity from the start",
-                              ["--set", "score_init_from=taylor", "--set", "allocation=global",
-                               "--set", "warmup=0", "--set", "cooldown=0.99"]),
+VARIANTS = {  # bp-struct-<suffix>-T: struct with one change: (label, CLI flags, what it tests), each against the default
+    "const": ("scores start at 0 (the default before Taylor)", ["--set", "score_init_from=constant"],
+              "The default before this run: every movement score starts at 0, so the ranking comes from movement alone "
+              "— and the student starts from the converged teacher, whose gradients are small."),
+    "maginit": ("scores initialised from weight magnitude", ["--set", "score_init_from=magnitude"],
+                "Every score starts at its block's sum |W| over its matrix's mean instead of the Taylor ranking."),
+    "global": ("global top-k", ["--set", "allocation=global"],
+               "The default keeps the same fraction of heads and neurons in every layer (uniform); global ranks heads "
+               "with heads and neurons with neurons across all layers, so layers end up uneven (issue 12, item 1)."),
+    "global-oneshot": ("global top-k, final sparsity from the start",
+                       ["--set", "allocation=global", "--set", "warmup=0", "--set", "cooldown=0.99"],
+                       "torch-pruning's ranking, allocation and timing inside the engine: the final sparsity after 1% "
+                       "of the steps, then movement refines the masks at that sparsity."),
+    "front": ("front-loaded schedule", ["--set", "warmup=0.05", "--set", "cooldown=0.5"],
+              "The default cubic schedule keeps the model dense for the first 10% of steps and reaches the final "
+              "shapes only for the last 10%; this starts removing at 5% and trains the final shapes for the last "
+              "half (the one-shot baselines train theirs for the whole budget)."),
 }
 TARGETS = ((2.0, 3), (3.0, 2), (1.5, 4))  # speedup target, and the layers layer-drop keeps to match it
 GOALS = {2.0: (1.0, 0.5), 3.0: (2.5, 3.0)}  # target: (max points below the reference, min points above layer-drop)
@@ -104,7 +106,7 @@ def plan(quick: bool) -> list[Point]:
             Point(f"magnitude-gradual-{target}", "magnitude-gradual", target, "gradual magnitude", extra=MAGNITUDE),
             Point(f"torch-pruning-{target}", "torch-pruning", target, "torch-pruning (Taylor, global) + distillation"),
             *(Point(f"bp-struct-{v}-{target}", "blockprune", target, f"blockprune struct, {label}", extra=flags)
-              for v, (label, flags) in VARIANTS.items()),
+              for v, (label, flags, _) in VARIANTS.items()),
         ]
     if quick:
         keep = ("dense-control", "bp-struct-2.0", "layer-drop-3")
@@ -339,6 +341,13 @@ def variant_rows(rows: list[dict[str, Any]], variant: str) -> list[str]:
     return out or ["not run yet"]
 
 
+def variant_section(rows: list[dict[str, Any]], variant: str) -> str:
+    """A report section: what the variant changes and tests, then its rows against the default."""
+    label, flags, purpose = VARIANTS[variant]
+    lines = "\n".join("- " + a for a in variant_rows(rows, variant))
+    return f"### {label} (`{shlex.join(flags)}`)\n\n{purpose}\n\n{lines}\n"
+
+
 def compare(rows: list[dict[str, Any]], a: str, b: str) -> str:
     """``a`` vs ``b`` in points, saying whether the gap is larger than the spread of the seeds."""
     ra, rb = next((r for r in rows if r["name"] == a), None), next((r for r in rows if r["name"] == b), None)
@@ -448,28 +457,12 @@ its test accuracy is what is compared.
 
 Not run yet: {', '.join(missing) or 'none'}.
 
-## Allocation of top-k: uniform vs global (issue 12, item 1)
+## `struct` variants, each against the default (same budget, same seeds; dev chooses)
 
-`struct` keeps the same fraction of heads and neurons in every layer (uniform); `--set allocation=global` ranks
-heads with heads and neurons with neurons across all layers, so layers end up uneven. Same budget, same seeds.
+The default `struct` ranks heads and neurons by movement scores that start from each block's first-order Taylor
+importance (`score_init_from=taylor`: sum |W · ∂L/∂W| on 16 labelled training batches, normalised per matrix).
 
-{chr(10).join('- ' + a for a in variant_rows(rows, "global"))}
-
-## Schedule: default vs front-loaded
-
-The default cubic schedule keeps the model dense for the first 10% of steps and reaches the final shapes only for
-the last 10%; `{shlex.join(VARIANTS["front"][1])}` starts removing at 5% and trains the final shapes for the last half (the
-one-shot baselines train their final shapes for the whole budget). Same budget, same seeds.
-
-{chr(10).join('- ' + a for a in variant_rows(rows, "front"))}
-
-## Score initialisation: 0 vs the magnitude ranking
-
-The student starts from the converged teacher, where gradients are small and movement scores that start at 0 carry
-little ranking early on; `{shlex.join(VARIANTS["maginit"][1])}` starts every score at its block's sum |W| over its matrix's mean
-and lets movement change the ranking from there. Same budget, same seeds.
-
-{chr(10).join('- ' + a for a in variant_rows(rows, "maginit"))}
+{chr(10).join(variant_section(rows, v) for v in VARIANTS)}
 
 ## Shapes kept (heads and FFN width per layer, first to last; from the timed models)
 

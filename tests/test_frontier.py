@@ -123,5 +123,13 @@ def test_every_struct_variant_is_a_point_at_every_target():
     names = {p.name for p in frontier.plan(quick=False)}
     for suffix in frontier.VARIANTS:
         assert {f"bp-struct-{suffix}-{t}" for t, _ in frontier.TARGETS} <= names
-    taylor = next(p for p in frontier.plan(quick=False) if p.name == "bp-struct-taylor-global-3.0")
-    assert taylor.extra == ["--set", "score_init_from=taylor", "--set", "allocation=global"]
+    const = next(p for p in frontier.plan(quick=False) if p.name == "bp-struct-const-3.0")
+    assert const.extra == ["--set", "score_init_from=constant"]  # the default before Taylor stays measurable
+
+
+def test_variant_section_says_what_the_variant_changes_then_its_rows():
+    rows = [_row("bp-struct-2.0", "blockprune", 80.0, 84.0, 2.0, std=0.3),
+            _row("bp-struct-const-2.0", "blockprune", 79.0, 82.0, 2.0, std=0.4)]
+    text = frontier.variant_section(rows, "const")
+    assert text.startswith("### scores start at 0 (the default before Taylor) (`--set score_init_from=constant`)")
+    assert "movement alone" in text and "- 2x: default 80.00 ± 0.30" in text and "dev chooses default" in text

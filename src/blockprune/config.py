@@ -57,7 +57,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         ffn_method="sigmoid_threshold",
         ffn_block=NEURON,
     ),
-    "struct": dict(attention_method="topk", attention_block=HEAD, ffn_method="topk", ffn_block=NEURON),
+    # scores start from the Taylor ranking: at 3x on the embedded task dev accuracy 85.09 vs 83.12 from 0 (2 seeds)
+    "struct": dict(attention_method="topk", attention_block=HEAD, ffn_method="topk", ffn_block=NEURON,
+                   score_init_from="taylor"),
 }
 """Named settings. ``hybrid-filled`` prunes like ``hybrid``; the pipeline adds the fill stage (see FILL_PRESETS)."""
 
