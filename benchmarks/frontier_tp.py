@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-TAYLOR_BATCHES = 16
+from blockprune.taylor import TAYLOR_BATCHES  # the peer ranks on as many batches as struct's Taylor start
 
 
 def _heads(model: nn.Module) -> dict[nn.Module, int]:

@@ -24,7 +24,8 @@ from torch import nn
 from .pruner import Pruner
 
 TAYLOR_BATCHES = 16
-"""Labelled training batches whose task-loss gradients are summed (torch-pruning's BERT example uses ~10)."""
+"""Labelled training batches whose task-loss gradients are summed (the frontier's torch-pruning peer ranks on
+as many)."""
 
 
 class TaylorInitError(ValueError):
