@@ -124,14 +124,15 @@ def geometry(block: nn.Module, attn: arch_module.AttentionSpec) -> tuple[int, in
 
 
 def kill_unit(block: nn.Module, attn: arch_module.AttentionSpec, unit: int, how: str) -> None:
-    """Zero one unit's V rows (and V bias) or its O columns, by hand from the layout rules."""
+    """Zero one unit's V rows (``v``: and V bias; ``v-rows``: the bias stays, to be folded into O's) or its O
+    columns, by hand from the layout rules."""
     units, ratio, d = geometry(block, attn)
     with torch.no_grad():
-        if how == "v":
+        if how in ("v", "v-rows"):
             v = get_path(block, attn.v)
             start = (2 * units * d if attn.fused else 0) + unit * d
             weight_out_in(v)[start:start + d] = 0
-            if v.bias is not None:
+            if v.bias is not None and how == "v":
                 v.bias[start:start + d] = 0
         else:
             weight_out_in(get_path(block, attn.o))[:, unit * ratio * d:(unit + 1) * ratio * d] = 0
@@ -163,7 +164,8 @@ class Expected:
 
 
 def prune_by_hand(model: nn.Module, seed: int = 0) -> Expected:
-    """Even blocks lose every head, odd blocks every FFN neuron; the others lose a random half, by V/O and up/down."""
+    """Even blocks lose every head, odd blocks every FFN neuron; the others lose a random half, by O / V / V rows
+    only (for units) and up/down (for neurons)."""
     generator = torch.Generator().manual_seed(seed)
     expected = Expected()
     for index, (stack, block) in enumerate(iter_blocks(model)):
@@ -172,7 +174,7 @@ def prune_by_hand(model: nn.Module, seed: int = 0) -> Expected:
             units, ratio, _ = geometry(block, attn)
             gone = range(units) if index % 2 == 0 else torch.randperm(units, generator=generator)[: units // 2].tolist()
             for i, unit in enumerate(gone):
-                kill_unit(block, attn, unit, "v" if i % 2 else "o")
+                kill_unit(block, attn, unit, ("o", "v-rows", "v")[i % 3])
             kept = units - len(gone) or int(keeps_one(block, attn))
             expected.removed_units += units - kept
             heads.append(kept * ratio)

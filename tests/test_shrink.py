@@ -104,12 +104,39 @@ def test_head_with_only_q_and_k_zero_is_kept(model_type: str) -> None:
     assert result.params_after == result.params_before
 
 
-def test_head_with_zero_v_rows_but_nonzero_v_bias_is_kept() -> None:
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("model_type", ARCHS)
+def test_heads_with_zero_v_rows_go_and_their_v_bias_moves_into_o(model_type: str, attn: str) -> None:
+    """V bias untouched (as masks leave it): the head outputs that bias at every position, a constant for O."""
+    model = noisy_model(model_type, attn)
+    gone = random_sets(LAYERS, HEADS, seed=4)
+    o_bias = []
+    with torch.no_grad():
+        for layer, heads in enumerate(gone):
+            p = parts(model, layer)
+            o_bias.append(p["o"].bias.clone())
+            expected_shift = sum(p["o"].weight[:, head_slice(h)] @ p["v"].bias[head_slice(h)] for h in heads)
+            o_bias[-1] += expected_shift
+            for h in heads:
+                p["v"].weight[head_slice(h)] = 0
+    result = shrink_and_compare(model)
+    assert result.heads_kept == [[sorted(set(range(HEADS)) - set(heads))] for heads in gone]
+    assert result.units_folded == sum(map(len, gone))
+    for layer in range(LAYERS):
+        torch.testing.assert_close(parts(model, layer)["o"].bias, o_bias[layer])
+
+
+def test_head_with_zero_v_rows_stays_when_o_has_no_bias_to_take_its_constant() -> None:
     model = noisy_model("bert")
     with torch.no_grad():
-        parts(model, 0)["v"].weight[head_slice(2)] = 0  # outputs its constant bias through O: not removable
+        p = parts(model, 0)
+        p["o"].bias = None
+        p["v"].weight[head_slice(2)] = 0  # outputs its V bias through O: a constant with nowhere to go
+        p["v"].weight[head_slice(3)] = 0
+        p["v"].bias[head_slice(3)] = 0  # outputs exactly zero: goes
     result = shrink_and_compare(model)
-    assert result.heads_kept[0] == [list(range(HEADS))]
+    assert result.heads_kept[0] == [[h for h in range(HEADS) if h != 3]]
+    assert result.units_folded == 0
 
 
 @pytest.mark.parametrize("model_type", ARCHS)
@@ -145,8 +172,9 @@ def test_tile_masks_remove_exactly_the_fully_empty_groups(model_type: str) -> No
                 rows, cols = linear.weight.shape[0] // 8, linear.weight.shape[1] // 8
                 keep = torch.rand(rows, cols, generator=generator) > 0.6
                 linear.weight.mul_(keep.repeat_interleave(8, 0).repeat_interleave(8, 1))
-            o_zero = [bool((p["o"].weight[:, head_slice(h)] == 0).all()) for h in range(HEADS)]
-            expect_heads.append([[h for h in range(HEADS) if not o_zero[h]]])  # V bias is never zero here
+            empty = [bool((p["o"].weight[:, head_slice(h)] == 0).all() or (p["v"].weight[head_slice(h)] == 0).all())
+                     for h in range(HEADS)]  # zero V rows: the V bias (never zero here) is folded into O's
+            expect_heads.append([[h for h in range(HEADS) if not empty[h]]])
             up_zero = (p["up"].weight == 0).all(dim=1)
             down_zero = (p["down"].weight == 0).all(dim=0)
             expect_neurons.append((~(up_zero | down_zero)).nonzero().flatten().tolist())

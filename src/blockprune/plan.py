@@ -11,7 +11,8 @@ read or allocated), and works out what shrink would leave of every layer:
 * ``budget``: whole heads / neurons with ``sigmoid_threshold`` (soft movement): the total is fixed, but one
   global ranking of the scores decides which layers keep what during training. Shown spread evenly.
 * ``upper bound``: tiles inside a matrix (``block``/``hybrid`` attention, ``unstructured``): shrink removes a
-  head or neuron only if training empties all its tiles. Attention is shown with every head kept (any head
+  head only if training empties all its V tiles or all its O tiles, a neuron only if its up row or down
+  column empties. Attention is shown with every head kept (any head
   emptied is extra speed); a tiled FFN is shown as if its weight budget went into whole neurons.
 
 The planned model (the dense model resized with :func:`~blockprune.shrink.apply_shapes`) gives parameters,

@@ -8,10 +8,13 @@ never imports the training side, so it works on any model with zeros in its weig
 
 Exact removal rules (``d`` is the head size):
 
-* head ``h`` (rows ``h*d:(h+1)*d`` of Q/K/V, columns of O) goes iff its V rows and V bias are all zero,
-  or its O columns are all zero. A head with only zero Q or K rows is kept: it still outputs mean(V)·O.
-  With grouped-query attention the unit is a key/value head with its ``r`` query heads: it goes iff its V
-  rows (and bias) are zero or the O columns of all its query heads are zero. A fused ``[Q; K; V]``
+* head ``h`` (rows ``h*d:(h+1)*d`` of Q/K/V, columns of O) goes iff its V rows are all zero, or its O
+  columns are all zero. With zero V rows the head outputs its V bias ``b`` whatever it attends to (softmax
+  weights sum to 1), so ``O[:, h] · b`` is folded into O's bias first; if O has no bias and that is not 0
+  the head stays. A head with only zero Q or K rows is kept: it still outputs mean(V)·O, which depends on
+  the input. With grouped-query attention the unit is a key/value head with its ``r`` query heads: it goes
+  iff its V rows are zero (folded through the O columns of all ``r`` query heads) or the O columns of all
+  its query heads are zero. A fused ``[Q; K; V]``
   projection (GPT-2) loses the unit's rows in all three sections; extra per-head projections (DeBERTa's
   relative-position ones) lose the unit's rows too. A shared per-head position bias (MPNet, T5) is never
   sliced; each shrunk layer selects its kept heads from it (:mod:`.headbias`).
@@ -84,6 +87,8 @@ class ShrinkResult:
         params_after: parameter count after shrinking.
         neurons_folded: neurons removed whose constant output was folded into the down bias.
         ffn_padding: ``ffn_padding[layer]`` zero neurons appended after the kept ones (``ffn_multiple``).
+        units_folded: attention units (heads; GQA: key/value heads) removed whose constant output (zero V
+            rows, non-zero V bias) was folded into O's bias.
     """
 
     heads_kept: list[list[list[int]]]
@@ -92,6 +97,7 @@ class ShrinkResult:
     params_after: int
     neurons_folded: int = 0
     ffn_padding: list[int] = field(default_factory=list)
+    units_folded: int = 0
 
     @property
     def heads_per_layer(self) -> list[list[int]]:
@@ -193,8 +199,13 @@ def _geometry(block: nn.Module, attn: AttentionSpec) -> _Geometry:
     return _Geometry(units, num_heads(block, attn) // units if units else 1, head_dim(block, attn))
 
 
-def _removable_units(block: nn.Module, attn: AttentionSpec, layer: int) -> list[bool]:
-    """Which units contribute exactly nothing: V rows and V bias zero, or O columns (of all its query heads) zero."""
+def _unit_plan(block: nn.Module, attn: AttentionSpec, layer: int) -> tuple[list[bool], dict[int, torch.Tensor]]:
+    """Which units contribute nothing or a constant: (removable, ``{unit: its constant output through O}``).
+
+    A unit goes when its O columns are zero, or when its V rows are zero: it then outputs its V bias ``b``
+    at every position (softmax weights sum to 1), so ``O[:, unit] · b`` summed over its query heads is a
+    constant, to be folded into O's bias. Without an O bias such a unit stays unless that constant is 0.
+    """
     g = _geometry(block, attn)
     v, o = _linear(block, attn.v, layer), _linear(block, attn.o, layer)
     v_weight, v_bias = weight_out_in(v).detach(), None if v.bias is None else v.bias.detach()
@@ -202,11 +213,20 @@ def _removable_units(block: nn.Module, attn: AttentionSpec, layer: int) -> list[
         v_weight = v_weight[2 * g.units * g.d:]
         v_bias = None if v_bias is None else v_bias[2 * g.units * g.d:]
     v_zero = (v_weight.reshape(g.units, g.d, -1) == 0).flatten(1).all(dim=1)
-    if v_bias is not None:
-        v_zero &= (v_bias.reshape(g.units, g.d) == 0).all(dim=1)
     o_weight = weight_out_in(o).detach()
     o_zero = (o_weight.reshape(o_weight.shape[0], g.units, -1) == 0).permute(1, 0, 2).flatten(1).all(dim=1)
-    return (v_zero | o_zero).tolist()
+    constants: dict[int, torch.Tensor] = {}
+    if v_bias is not None:
+        for unit in (v_zero & ~o_zero).nonzero().flatten().tolist():
+            each_head = v_bias[unit * g.d:(unit + 1) * g.d].double().repeat(g.ratio)
+            constant = o_weight[:, g.q_rows([unit])].double() @ each_head
+            if not bool((constant != 0).any()):
+                continue
+            if o.bias is None:
+                v_zero[unit] = False  # nowhere to put the constant: the unit stays
+            else:
+                constants[unit] = constant
+    return (v_zero | o_zero).tolist(), constants
 
 
 def _keep_units(block: nn.Module, attn: AttentionSpec, keep: Sequence[int], layer: int) -> None:
@@ -398,10 +418,12 @@ def shrink(model: nn.Module, ffn_multiple: int = 1) -> ShrinkResult:
     heads_kept: list[list[list[int]]] = []
     neurons_kept: list[list[int]] = []
     padding: list[int] = []
-    folded = 0
+    folded = units_folded = 0
     with torch.no_grad():
         for layer, (stack, block) in enumerate(iter_blocks(model)):
-            heads_kept.append([_shrink_attention(block, attn, layer) for attn in stack.attention])
+            attentions = [_shrink_attention(block, attn, layer) for attn in stack.attention]
+            heads_kept.append([heads for heads, _ in attentions])
+            units_folded += sum(count for _, count in attentions)
             keep_n, fold_idx, fold_values = _neuron_plan(block, stack.ffn, layer)
             if not keep_n and stack.ffn.keep_one and features(_linear(block, stack.ffn.up, layer))[0]:
                 keep_n, fold_idx, fold_values = [0], fold_idx[fold_idx != 0], fold_values[fold_idx != 0]
@@ -409,19 +431,24 @@ def shrink(model: nn.Module, ffn_multiple: int = 1) -> ShrinkResult:
             neurons_kept.append(keep_n)
             padding.append(_pad_neurons(block, stack.ffn, ffn_multiple, layer))
             folded += int(fold_idx.numel())
-    return ShrinkResult(heads_kept, neurons_kept, before, _total_params(model), folded, padding)
+    return ShrinkResult(heads_kept, neurons_kept, before, _total_params(model), folded, padding, units_folded)
 
 
-def _shrink_attention(block: nn.Module, attn: AttentionSpec, layer: int) -> list[int]:
-    """Remove the removable units of one attention; return the query-head indices kept."""
+def _shrink_attention(block: nn.Module, attn: AttentionSpec, layer: int) -> tuple[list[int], int]:
+    """Remove the removable units of one attention; return the query-head indices kept, and units folded."""
     if num_heads(block, attn) == 0:
-        return []
+        return [], 0
     geometry = _geometry(block, attn)
-    keep = [u for u, gone in enumerate(_removable_units(block, attn, layer)) if not gone]
+    removable, constants = _unit_plan(block, attn, layer)
+    keep = [u for u, gone in enumerate(removable) if not gone]
     if not keep and _must_keep_one(block, attn):
-        keep = [0]  # its output is exactly zero, but the module keeps running
+        keep = [0]  # unchanged: its output is exactly zero (or its constant), but the module keeps running
+    folded = [u for u in constants if u not in keep]
+    if folded:
+        o = _linear(block, attn.o, layer)
+        o.bias.add_(sum(constants[u] for u in folded).to(o.bias.dtype))
     _keep_units(block, attn, keep, layer)
-    return geometry.heads(keep)
+    return geometry.heads(keep), len(folded)
 
 
 def current_shapes(model: nn.Module) -> list[dict[str, Any]]:
