@@ -71,6 +71,7 @@ VARIANTS = {  # bp-struct-<suffix>-T: struct with one change: (label, CLI flags,
 }
 TARGETS = ((2.0, 3), (3.0, 2), (1.5, 4))  # speedup target, and the layers layer-drop keeps to match it
 GOALS = {2.0: (1.0, 0.5), 3.0: (2.5, 3.0)}  # target: (max points below the reference, min points above layer-drop)
+HYBRID = (2.2, 0.15)  # issue 12 item 2: hybrid-filled at ≥2.2x measured, at most 0.15 points below the reference
 
 
 @dataclass
@@ -108,6 +109,8 @@ def plan(quick: bool) -> list[Point]:
             *(Point(f"bp-struct-{v}-{target}", "blockprune", target, f"blockprune struct, {label}", extra=flags)
               for v, (label, flags, _) in VARIANTS.items()),
         ]
+    points.append(Point(f"bp-hybrid-filled-{HYBRID[0]}", "blockprune", HYBRID[0], "blockprune hybrid-filled",
+                        preset="hybrid-filled"))
     if quick:
         keep = ("dense-control", "bp-struct-2.0", "layer-drop-3")
         return [p for p in points if p.name in keep]
@@ -311,6 +314,15 @@ def goals(rows: list[dict[str, Any]]) -> list[str]:
                 other = by_name[baseline]
                 gap = best["acc"] - other["acc"]
                 out.append(f"{target:g}x: {best['name']} vs {baseline}: {gap:+.2f} ({verdict(best, other, gap)})")
+    hybrid = by_name.get(f"bp-hybrid-filled-{HYBRID[0]}")
+    if hybrid is not None and hybrid["b32"]:
+        target, within = HYBRID
+        misses = [f"{target - hybrid['b32']:.2f}x too slow"] if hybrid["b32"] < target else []
+        misses += [f"{-within - hybrid['delta_ref']:.2f} points short"] if hybrid["delta_ref"] < -within else []
+        out.append(f"hybrid-filled: {hybrid['acc']:.2f} ± {hybrid['std']:.2f} at {hybrid['b32']:.2f}x measured, "
+                   f"{hybrid['delta_ref']:+.2f} vs the reference: "
+                   f"{'NOT reached (' + '; '.join(misses) + ')' if misses else 'reached'} "
+                   f"(goal ≥ {target}x and ≥ −{within})")
     shrunk = [r for r in rows if r["min_efficiency"] is not None and r["method"] in
               ("blockprune", "magnitude-oneshot", "magnitude-gradual", "torch-pruning")]
     if shrunk:

@@ -95,6 +95,19 @@ def test_goals_pick_the_best_preset_on_dev_and_say_what_is_missed():
     assert "NOT reached (by 0.50) (goal ≥ −1.0)" in missed and "-0.30" in missed and "NOT reached (by 0.80)" in missed
 
 
+def test_hybrid_filled_is_a_point_on_the_same_budget_and_its_goal_says_what_is_missed():
+    point = next(p for p in frontier.plan(quick=False) if p.name == "bp-hybrid-filled-2.2")
+    command = frontier.blockprune_command(point, Path("out"), Path("teacher"), 2.0, 42, [])
+    assert command[command.index("--epochs") + 1] == "1.0" and command[command.index("--fill-epochs") + 1] == "1.0"
+    rows = [_row("bp-hybrid-filled-2.2", "blockprune", 80.9, 84.0, 2.1)]
+    assert frontier.goals(rows)[-1] == ("hybrid-filled: 80.90 ± 0.20 at 2.10x measured, -0.10 vs the reference: "
+                                        "NOT reached (0.10x too slow) (goal ≥ 2.2x and ≥ −0.15)")
+    rows[0].update(b32=2.3, acc=80.5, delta_ref=-0.5)
+    assert frontier.goals(rows)[-1].endswith("NOT reached (0.35 points short) (goal ≥ 2.2x and ≥ −0.15)")
+    rows[0].update(acc=81.0, delta_ref=0.0)
+    assert frontier.goals(rows)[-1].endswith("vs the reference: reached (goal ≥ 2.2x and ≥ −0.15)")
+
+
 def test_variant_rows_compare_each_struct_variant_with_the_default_and_let_dev_choose():
     rows = [_row("bp-struct-3.0", "blockprune", 79.4, 83.0, 2.9, std=0.3),
             _row("bp-struct-front-3.0", "blockprune", 80.6, 84.1, None, std=0.2),
