@@ -40,7 +40,7 @@ frontier-time: venv  # on a quiet machine, after `make frontier`: pinned-thread 
 frontier-quick: venv
 	$(PY) benchmarks/frontier.py --quick
 
-small-data: venv  # struct 2x on 2,000 examples: default, --min-pruning-steps 300, Taylor scores, both; 3 seeds (~30 min on 2 cores)
+small-data: venv  # struct 2x on 2,000 examples: default, --min-pruning-steps 300, scores from 0, both; 3 seeds (~30 min on 2 cores)
 	$(PY) benchmarks/small_data.py
 
 lint: venv

@@ -1,15 +1,16 @@
 """Small data, short schedules: the default ``struct`` at 2x on 2,000 training examples, with and without a
-minimum number of pruning steps, and with scores started from the Taylor ranking (issue 12, item 5).
+minimum number of pruning steps, and with scores started from 0 instead of the Taylor ranking (issue 12, item 5).
 
 Each run is a plain ``blockprune prune`` command: it trains its own teacher on the same 2,000 examples (the
 CLI's default teacher, 1 epoch), prunes, and scores teacher and final model on the embedded **test** split.
 The goal is the final model within 2.0 points of that teacher; ``--min-pruning-steps`` lengthens the pruning
-stage (more epochs over the small data) so that the scores have time to rank; ``score_init_from=taylor`` gives
-them a ranking from the start instead.
+stage (more epochs over the small data) so that the scores have time to rank; struct's default
+``score_init_from=taylor`` gives them a ranking from the start instead, and ``const`` measures what that start
+is worth here.
 
 Usage:
     python benchmarks/small_data.py                       # every setting × seed (resumable), then the table
-    python benchmarks/small_data.py --settings default,min300,taylor --seeds 42,43,44
+    python benchmarks/small_data.py --settings default,min300 --seeds 42,43,44
 
 Outputs: benchmarks/results/small_data.json (one record per run), docs/RESULTS_small_data.md.
 """
@@ -30,11 +31,11 @@ from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = 2000
-SETTINGS = {  # name: flags added to the default command
+SETTINGS = {  # name: flags added to the default command (struct's scores start from the Taylor ranking)
     "default": [],
     "min300": ["--min-pruning-steps", "300"],
-    "taylor": ["--set", "score_init_from=taylor"],
-    "taylor-min300": ["--set", "score_init_from=taylor", "--min-pruning-steps", "300"],
+    "const": ["--set", "score_init_from=constant"],  # struct's default before the Taylor start
+    "const-min300": ["--set", "score_init_from=constant", "--min-pruning-steps", "300"],
 }
 
 
