@@ -100,12 +100,14 @@ def test_hybrid_filled_is_a_point_on_the_same_budget_and_its_goal_says_what_is_m
     command = frontier.blockprune_command(point, Path("out"), Path("teacher"), 2.0, 42, [])
     assert command[command.index("--epochs") + 1] == "1.0" and command[command.index("--fill-epochs") + 1] == "1.0"
     rows = [_row("bp-hybrid-filled-2.2", "blockprune", 80.9, 84.0, 2.1)]
-    assert frontier.goals(rows)[-1] == ("hybrid-filled: 80.90 ± 0.20 at 2.10x measured, -0.10 vs the reference: "
+    assert frontier.goals(rows)[-1] == ("bp-hybrid-filled-2.2: 80.90 ± 0.20 at 2.10x measured, -0.10 vs the reference: "
                                         "NOT reached (0.10x too slow) (goal ≥ 2.2x and ≥ −0.15)")
     rows[0].update(b32=2.3, acc=80.5, delta_ref=-0.5)
     assert frontier.goals(rows)[-1].endswith("NOT reached (0.35 points short) (goal ≥ 2.2x and ≥ −0.15)")
     rows[0].update(acc=81.0, delta_ref=0.0)
     assert frontier.goals(rows)[-1].endswith("vs the reference: reached (goal ≥ 2.2x and ≥ −0.15)")
+    flops = next(p for p in frontier.plan(quick=False) if p.name == "bp-hybrid-filled-flops-2.2")
+    assert flops.preset == "hybrid-filled" and flops.extra == ["--set", "ffn_budget=flops"]
 
 
 def test_variant_rows_compare_each_struct_variant_with_the_default_and_let_dev_choose():

@@ -36,6 +36,7 @@ NEURON: tuple[int, int] = (1, -1)
 BlockSetting = tuple[int, int] | str
 SCORE_INITS = ("constant", "magnitude", "taylor")
 ALLOCATIONS = ("uniform", "global")
+FFN_BUDGETS = ("fixed", "flops")
 
 
 class ConfigError(ValueError):
@@ -103,6 +104,12 @@ class PruningConfig:
         "topk/magnitude: uniform keeps the scheduled fraction of every matrix | global ranks the blocks of a kind "
         "(heads with heads, neurons with neurons) across all layers, so layers end up uneven", "uniform")
     min_blocks: int = _help("global allocation: blocks (e.g. heads) every matrix keeps at least", 0)
+    ffn_budget: str = _help(
+        "fixed: the FFN follows its scheduled sparsity | flops (tiled attention, neuron FFN): every head the "
+        "attention tiles empty (V rows or O columns all masked) gives its FLOPs per token back to the FFN, "
+        "which keeps that many more neurons, so the model lands on the planned FLOPs (blockprune.budget)",
+        "fixed")
+    seq_len: int = _help("tokens per sequence at which ffn_budget='flops' counts a head's attention FLOPs", 128)
     ignored_layers: tuple[int, ...] = _help("indices of transformer layers left dense (not patched)", ())
     version: int = _help("format version of this config", CONFIG_VERSION)
 
@@ -132,6 +139,15 @@ class PruningConfig:
             raise ConfigError(f"allocation={self.allocation!r} is unknown; choose one of {list(ALLOCATIONS)}")
         if isinstance(self.min_blocks, bool) or not isinstance(self.min_blocks, int) or self.min_blocks < 0:
             raise ConfigError(f"min_blocks={self.min_blocks!r} must be an integer >= 0")
+        if self.ffn_budget not in FFN_BUDGETS:
+            raise ConfigError(f"ffn_budget={self.ffn_budget!r} is unknown; choose one of {list(FFN_BUDGETS)}")
+        if self.ffn_budget == "flops" and (self.attention_block == HEAD or self.ffn_block != NEURON):
+            raise ConfigError(
+                "ffn_budget='flops' hands the FLOPs of heads emptied by attention tiles to FFN neurons: it needs "
+                f"tiled attention and neuron FFN blocks (e.g. --preset hybrid), not attention_block="
+                f"{self.attention_block!r} with ffn_block={self.ffn_block!r}")
+        if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 1:
+            raise ConfigError(f"seq_len={self.seq_len!r} must be an integer >= 1 (tokens per sequence)")
         layers = self.ignored_layers
         if not isinstance(layers, list | tuple) or not all(
                 isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):

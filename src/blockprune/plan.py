@@ -13,7 +13,8 @@ read or allocated), and works out what shrink would leave of every layer:
 * ``upper bound``: tiles inside a matrix (``block``/``hybrid`` attention, ``unstructured``): shrink removes a
   head only if training empties all its V tiles or all its O tiles, a neuron only if its up row or down
   column empties. Attention is shown with every head kept (any head
-  emptied is extra speed); a tiled FFN is shown as if its weight budget went into whole neurons.
+  emptied is extra speed, or with ``ffn_budget="flops"`` FFN width: the FFN shown is then its least); a tiled FFN
+  is shown as if its weight budget went into whole neurons.
 
 The planned model (the dense model resized with :func:`~blockprune.shrink.apply_shapes`) gives parameters,
 FLOPs per token and the theoretical speedup through :mod:`blockprune.measure`; :func:`measure_plan` times a
@@ -137,6 +138,8 @@ def planned_config(preset: str, target_speedup: float | None = None, sparsity: f
     if unknown:
         raise PlanError(f"--set {', '.join(unknown)}: not a PruningConfig field; choose among {known}")
     config = PruningConfig.preset(preset, **overrides)
+    if config.ffn_budget == "flops" and "seq_len" not in overrides:
+        config = config.replace(seq_len=max_length)  # heads' FLOPs counted at the length the target is solved at
     if target_speedup is None:
         return config if sparsity is None else config.replace(sparsity=sparsity)
     source = model_source(model_path)

@@ -56,6 +56,7 @@ from .arch import (
     num_units,
     set_path,
 )
+from .budget import FreedHeads
 from .config import HEAD, NEURON, PruningConfig
 from .layers import Layout, MaskedLinear, ScoreGroup
 from .masks import BlockShapeError, grid_shape
@@ -169,6 +170,8 @@ class Pruner:
         self.state = PrunerState()
         self._lambda = 0.0
         self._target = {"attention": 1.0, "ffn": 1.0}
+        self._freed = FreedHeads(config.seq_len) if config.ffn_budget == "flops" else None
+        self._ffn_bonus = 0.0
         if self.spec is None:
             self._patch_fallback()
         else:
@@ -201,6 +204,8 @@ class Pruner:
                 for path in ups:
                     self._wrap(index, block, path, group, "rows", (1, -1))
                 self._wrap(index, block, ffn.down, group, "cols", (-1, 1))
+                if self._freed is not None:
+                    self._freed.add_ffn(features(get_path(block, ffn.up))[1], width, len(ups) + 1)
             else:
                 for path in [*ups, ffn.down]:
                     self._wrap_grid(index, block, path, cfg.ffn_method, cfg.ffn_block, "ffn")
@@ -230,6 +235,11 @@ class Pruner:
         if cfg.attention_block != HEAD:
             for path in dict.fromkeys([attn.q, attn.k, attn.v, *extras, attn.o]):
                 self._wrap_grid(index, block, path, cfg.attention_method, cfg.attention_block, "attention")
+            if self._freed is not None and num_units(block, attn):
+                units, d = num_units(block, attn), head_dim(block, attn)
+                self._freed.add_attention(self.layers[f"layer.{index}.{attn.v}"], 2 * units * d if attn.fused else 0,
+                                          self.layers[f"layer.{index}.{attn.o}"], units,
+                                          num_heads(block, attn) // units, d)
             return
         d, units = head_dim(block, attn), num_units(block, attn)
         q_rows = num_heads(block, attn) // units * d
@@ -326,6 +336,12 @@ class Pruner:
         regularized = self._regularized()
         hard = [g for g in self.state.groups if not g.method.regularized] if cfg.allocation == "global" else []
         for kind in ("attention", "ffn"):
+            if kind == "ffn" and self._freed is not None:  # attention's masks are set: pay for what they emptied
+                self._ffn_bonus = min(1.0 - self._target["ffn"], self._freed.ffn_bonus())
+                self._target["ffn"] += self._ffn_bonus
+                for group in self.state.groups:
+                    if group.kind == "ffn":
+                        group.density = self._target["ffn"]
             allocate_global_density([g for g in regularized if g.kind == kind], self._target[kind], cfg.threshold)
             allocate_global_density([g for g in hard if g.kind == kind], self._target[kind], None, cfg.min_blocks)
         for group, (density, threshold) in zip(self.state.groups, before, strict=True):
@@ -356,6 +372,8 @@ class Pruner:
             "prune/density_attention": round(stats["attention"], 4),
             "prune/density_ffn": round(stats["ffn"], 4),
         }
+        if self._freed is not None:
+            out["prune/ffn_bonus"] = round(self._ffn_bonus, 4)
         if self._regularized():
             out["prune/lambda"] = self._lambda
             out["prune/threshold"] = self.config.threshold

@@ -1,0 +1,91 @@
+"""ffn_budget="flops": heads emptied by attention tiles give their FLOPs to the FFN, so the total stays on plan."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import DEFAULT_TASK, FFN, HEAD_DIM, HEADS, HIDDEN, LAYERS, tiny_model
+
+from blockprune import Pruner, PruningConfig
+from blockprune.config import ConfigError
+from blockprune.measure import flops_per_token
+from blockprune.plan import planned_config
+from blockprune.shrink import shrink
+
+SEQ = 16
+TILE = (HEAD_DIM, HEAD_DIM)
+
+
+def tiled(**changes) -> PruningConfig:
+    """Hard top-k on head-sized tiles (every V tile row is one head), neurons in the FFN."""
+    settings = dict(attention_method="topk", attention_block=TILE, ffn_method="topk", ffn_block=(1, -1),
+                    sparsity=0.5, attention_sparsity=0.25, ffn_budget="flops", seq_len=SEQ, warmup=0.0, cooldown=0.0)
+    return PruningConfig(**(settings | changes))
+
+
+def empty_v_of_head(pruner: Pruner, layer: int, head: int) -> None:
+    """Scores: head ``head``'s V tile row lowest (topk at 75% keeps the other 3 rows), every other tile high."""
+    with torch.no_grad():
+        for group in pruner.groups:
+            group.scores.fill_(1.0)
+        pruner.layers[f"layer.{layer}.attention.self.value"].group.scores[head].fill_(-1.0)
+
+
+def test_an_emptied_head_pays_for_ffn_neurons_and_the_flops_land_on_the_plan() -> None:
+    model = tiny_model("bert")
+    pruner = Pruner(model, tiled())
+    empty_v_of_head(pruner, layer=0, head=1)
+    logged = pruner.step(10, 10)
+    unit = 2 * HIDDEN * (4 * HEAD_DIM) + 4 * SEQ * HEAD_DIM  # Q, K, V rows + O columns, and the two matmuls
+    ffn = LAYERS * FFN * 2 * HIDDEN * 2  # up rows + down columns
+    assert logged["prune/ffn_bonus"] == pytest.approx(unit / ffn, abs=1e-4)
+    assert logged["prune/target_density_ffn"] == pytest.approx(0.5 + unit / ffn, abs=1e-4)
+    final = pruner.finalize()
+    result = shrink(final)
+    assert result.heads_per_layer == [[HEADS - 1], [HEADS]]
+    width = round((0.5 + unit / ffn) * FFN)
+    assert result.ffn_per_layer == [width] * LAYERS  # wider than the 32 the fixed budget keeps
+    planned = flops_per_token(tiny_model("bert"), SEQ)["total"] - LAYERS * (FFN // 2) * 2 * HIDDEN * 2  # FFN halved
+    assert flops_per_token(final, SEQ)["total"] == planned
+
+
+def test_the_fixed_budget_keeps_the_scheduled_ffn_and_the_emptied_head_is_extra_speed() -> None:
+    model = tiny_model("bert")
+    pruner = Pruner(model, tiled(ffn_budget="fixed"))
+    empty_v_of_head(pruner, layer=0, head=1)
+    assert "prune/ffn_bonus" not in pruner.step(10, 10)
+    result = shrink(pruner.finalize())
+    assert result.heads_per_layer == [[HEADS - 1], [HEADS]] and result.ffn_per_layer == [FFN // 2] * LAYERS
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "qwen2", "distilbert", "bart"])  # fused QKV, GQA, other paths
+def test_heads_counted_empty_are_exactly_the_units_shrink_removes(model_type: str) -> None:
+    model = tiny_model(model_type, DEFAULT_TASK.get(model_type, "seq-cls"))
+    pruner = Pruner(model, tiled(attention_sparsity=0.6, attention_method="sigmoid_threshold"))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for group in pruner.groups:
+            group.scores.copy_(torch.randn(group.scores.shape, generator=generator) * 3)
+    pruner.step(10, 10)
+    sites = pruner._freed.sites
+    emptied = sum(site.emptied() for site in sites)
+    result = shrink(pruner.finalize())
+    kept_units = sum(heads // site.ratio for site, heads in
+                     zip(sites, [n for layer in result.heads_per_layer for n in layer], strict=True))
+    assert emptied == sum(site.units for site in sites) - kept_units
+    assert emptied > 0  # the seed does empty some
+
+
+def test_flops_budget_needs_tiled_attention_and_neuron_ffn() -> None:
+    with pytest.raises(ConfigError, match="ffn_budget='flops' hands the FLOPs of heads emptied by attention tiles"):
+        PruningConfig.preset("struct", ffn_budget="flops")
+    with pytest.raises(ConfigError, match="ffn_budget='sometimes' is unknown"):
+        PruningConfig.preset("hybrid", ffn_budget="sometimes")
+    with pytest.raises(ConfigError, match="seq_len=0 must be an integer >= 1"):
+        PruningConfig.preset("hybrid", seq_len=0)
+
+
+def test_the_plan_counts_head_flops_at_the_length_the_target_is_solved_at() -> None:
+    config = planned_config("hybrid", sparsity=0.5, overrides={"ffn_budget": "flops"}, max_length=64)
+    assert config.seq_len == 64
+    assert planned_config("hybrid", sparsity=0.5, max_length=64).seq_len == 128  # unused, left at its default
