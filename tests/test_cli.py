@@ -35,9 +35,9 @@ def prune_args(tiny_dir, data_files, out, *extra):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["struct", "hybrid-filled", "struct --fill"])
+@pytest.mark.parametrize("preset", ["struct", "hybrid-filled", "struct --fill", "hybrid-filled --set ffn_budget=flops"])
 def test_prune_end_to_end_writes_model_and_report(tiny_dir, data_files, tmp_path, preset, capsys):
-    out = tmp_path / preset.replace(" ", "")
+    out = tmp_path / preset.replace(" ", "").replace("=", "")
     preset, *flags = preset.split()
     extra = ["--sparsity", "0.5", "--ffn-multiple", "12", *flags] + (
         ["--set", "attention_block=[8,8]"] if preset == "hybrid-filled" else [])
@@ -54,6 +54,9 @@ def test_prune_end_to_end_writes_model_and_report(tiny_dir, data_files, tmp_path
     assert report["params"]["linear"]["after"] < report["params"]["linear"]["before"]
     assert report["speedup"]["theoretical"] > 1.0 and report["speedup"]["measured"] > 0
     assert report["target"]["seq_len"] == 32  # achieved at --max-length, where the target was solved
+    config = report["pruning"]["config"]
+    assert config["ffn_budget"] == ("flops" if "ffn_budget=flops" in flags else "fixed")
+    assert config["seq_len"] == (32 if "ffn_budget=flops" in flags else 128)  # heads' FLOPs at --max-length
     assert report["pruning"]["density"]["overall"] == pytest.approx(0.5, abs=0.05)
     assert sum(report["ffn_width"]) <= 0.55 * 2 * 64
     assert report["heads_total"] == [4, 4] and report["ffn_total"] == [64, 64]  # read from the dense modules
