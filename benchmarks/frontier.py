@@ -364,6 +364,22 @@ def variant_section(rows: list[dict[str, Any]], variant: str) -> str:
     return f"### {label} (`{shlex.join(flags)}`)\n\n{purpose}\n\n{lines}\n"
 
 
+def hybrid_line(rows: list[dict[str, Any]]) -> str:
+    """``hybrid-filled`` with the FLOPs budget against the fixed one: test, dev, speed, and dev's choice."""
+    by_name = {r["name"]: r for r in rows}
+    base, flops = (by_name.get(f"bp-hybrid-filled{v}-{HYBRID[0]}") for v in ("", "-flops"))
+    if base is None or flops is None:
+        return "not run yet"
+
+    def show(r: dict[str, Any]) -> str:
+        speed = f"{r['b32']:.2f}x" if r["b32"] else "not timed"
+        return f"{r['acc']:.2f} ± {r['std']:.2f} (dev {r['dev']:.2f}, {speed})"
+
+    chosen = "ffn_budget=flops" if flops["dev"] > base["dev"] else "the fixed budget"
+    return (f"fixed budget {show(base)} vs flops budget {show(flops)}; dev chooses {chosen}; "
+            + compare(rows, flops["name"], base["name"]).split(": ", 1)[1])
+
+
 def compare(rows: list[dict[str, Any]], a: str, b: str) -> str:
     """``a`` vs ``b`` in points, saying whether the gap is larger than the spread of the seeds."""
     ra, rb = next((r for r in rows if r["name"] == a), None), next((r for r in rows if r["name"] == b), None)
@@ -479,6 +495,14 @@ The default `struct` ranks heads and neurons by movement scores that start from 
 importance (`score_init_from=taylor`: sum |W · ∂L/∂W| on 16 labelled training batches, normalised per matrix).
 
 {chr(10).join(variant_section(rows, v) for v in VARIANTS)}
+
+## `hybrid-filled` at {HYBRID[0]}x (issue 12, item 2; same budget: 1 epoch of pruning, 1 of fill)
+
+32x32 tiles in attention, soft movement on FFN neurons. A head only goes when all its V rows or all its O columns
+are masked, so the plan sizes the FFN to reach the target alone. `--set ffn_budget=flops` gives the FLOPs of
+every head the tiles empty back to the FFN as neurons (the model lands on the planned FLOPs).
+
+- {hybrid_line(rows)}
 
 ## Shapes kept (heads and FFN width per layer, first to last; from the timed models)
 
