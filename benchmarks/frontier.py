@@ -72,6 +72,12 @@ VARIANTS = {  # bp-struct-<suffix>-T: struct with one change: (label, CLI flags,
 TARGETS = ((2.0, 3), (3.0, 2), (1.5, 4))  # speedup target, and the layers layer-drop keeps to match it
 GOALS = {2.0: (1.0, 0.5), 3.0: (2.5, 3.0)}  # target: (max points below the reference, min points above layer-drop)
 HYBRID = (2.2, 0.15)  # issue 12 item 2: hybrid-filled at ≥2.2x measured, at most 0.15 points below the reference
+HYBRID_VARIANTS = {  # suffix: (label, flags); "" is the preset as it is
+    "": ("", []),
+    "flops": ("emptied heads pay for FFN width", ["--set", "ffn_budget=flops"]),
+    "flops-att80": ("emptied heads pay for FFN width, attention tiles 80% pruned",
+                    ["--set", "ffn_budget=flops", "--set", "attention_sparsity=0.8"]),
+}
 
 
 @dataclass
@@ -109,15 +115,16 @@ def plan(quick: bool) -> list[Point]:
             *(Point(f"bp-struct-{v}-{target}", "blockprune", target, f"blockprune struct, {label}", extra=flags)
               for v, (label, flags, _) in VARIANTS.items()),
         ]
-    points += [Point(f"bp-hybrid-filled-{HYBRID[0]}", "blockprune", HYBRID[0], "blockprune hybrid-filled",
-                     preset="hybrid-filled"),
-               Point(f"bp-hybrid-filled-flops-{HYBRID[0]}", "blockprune", HYBRID[0],
-                     "blockprune hybrid-filled, emptied heads pay for FFN width", preset="hybrid-filled",
-                     extra=["--set", "ffn_budget=flops"])]
+    points += [Point(hybrid_name(v), "blockprune", HYBRID[0], f"blockprune hybrid-filled{', ' + label if v else ''}",
+                     preset="hybrid-filled", extra=flags) for v, (label, flags) in HYBRID_VARIANTS.items()]
     if quick:
         keep = ("dense-control", "bp-struct-2.0", "layer-drop-3")
         return [p for p in points if p.name in keep]
     return points
+
+
+def hybrid_name(variant: str) -> str:
+    return f"bp-hybrid-filled{'-' + variant if variant else ''}-{HYBRID[0]}"
 
 
 def run_dir(runs: Path, point: Point, seed: int) -> Path:
@@ -317,7 +324,7 @@ def goals(rows: list[dict[str, Any]]) -> list[str]:
                 other = by_name[baseline]
                 gap = best["acc"] - other["acc"]
                 out.append(f"{target:g}x: {best['name']} vs {baseline}: {gap:+.2f} ({verdict(best, other, gap)})")
-    for hybrid in (by_name.get(f"bp-hybrid-filled{v}-{HYBRID[0]}") for v in ("", "-flops")):
+    for hybrid in (by_name.get(hybrid_name(v)) for v in HYBRID_VARIANTS):
         if hybrid is None or not hybrid["b32"]:
             continue
         target, within = HYBRID
@@ -364,20 +371,24 @@ def variant_section(rows: list[dict[str, Any]], variant: str) -> str:
     return f"### {label} (`{shlex.join(flags)}`)\n\n{purpose}\n\n{lines}\n"
 
 
-def hybrid_line(rows: list[dict[str, Any]]) -> str:
-    """``hybrid-filled`` with the FLOPs budget against the fixed one: test, dev, speed, and dev's choice."""
+def hybrid_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Each ``hybrid-filled`` variant against the preset as it is: test, dev, speed, and dev's choice."""
     by_name = {r["name"]: r for r in rows}
-    base, flops = (by_name.get(f"bp-hybrid-filled{v}-{HYBRID[0]}") for v in ("", "-flops"))
-    if base is None or flops is None:
-        return "not run yet"
+    base = by_name.get(hybrid_name(""))
 
     def show(r: dict[str, Any]) -> str:
         speed = f"{r['b32']:.2f}x" if r["b32"] else "not timed"
         return f"{r['acc']:.2f} ± {r['std']:.2f} (dev {r['dev']:.2f}, {speed})"
 
-    chosen = "ffn_budget=flops" if flops["dev"] > base["dev"] else "the fixed budget"
-    return (f"fixed budget {show(base)} vs flops budget {show(flops)}; dev chooses {chosen}; "
-            + compare(rows, flops["name"], base["name"]).split(": ", 1)[1])
+    out = []
+    for variant, (label, flags) in list(HYBRID_VARIANTS.items())[1:]:
+        other = by_name.get(hybrid_name(variant))
+        if base is None or other is None:
+            continue
+        chosen = f"`{shlex.join(flags)}`" if other["dev"] > base["dev"] else "the preset as it is"
+        out.append(f"{label} (`{shlex.join(flags)}`): {show(other)} vs the preset {show(base)}; dev chooses "
+                   f"{chosen}; " + compare(rows, other["name"], base["name"]).split(": ", 1)[1])
+    return out or ["not run yet"]
 
 
 def compare(rows: list[dict[str, Any]], a: str, b: str) -> str:
@@ -500,9 +511,10 @@ importance (`score_init_from=taylor`: sum |W · ∂L/∂W| on 16 labelled traini
 
 32x32 tiles in attention, soft movement on FFN neurons. A head only goes when all its V rows or all its O columns
 are masked, so the plan sizes the FFN to reach the target alone. `--set ffn_budget=flops` gives the FLOPs of
-every head the tiles empty back to the FFN as neurons (the model lands on the planned FLOPs).
+every head the tiles empty back to the FFN as neurons (the model lands on the planned FLOPs); a higher
+`attention_sparsity` empties more heads to pay for it.
 
-- {hybrid_line(rows)}
+{chr(10).join('- ' + line for line in hybrid_lines(rows))}
 
 ## Shapes kept (heads and FFN width per layer, first to last; from the timed models)
 

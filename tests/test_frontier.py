@@ -108,11 +108,14 @@ def test_hybrid_filled_is_a_point_on_the_same_budget_and_its_goal_says_what_is_m
     assert frontier.goals(rows)[-1].endswith("vs the reference: reached (goal ≥ 2.2x and ≥ −0.15)")
     flops = next(p for p in frontier.plan(quick=False) if p.name == "bp-hybrid-filled-flops-2.2")
     assert flops.preset == "hybrid-filled" and flops.extra == ["--set", "ffn_budget=flops"]
-    assert frontier.hybrid_line(rows) == "not run yet"
+    assert frontier.hybrid_lines(rows) == ["not run yet"]
     rows.append(_row("bp-hybrid-filled-flops-2.2", "blockprune", 81.5, 84.5, None, std=0.1))
-    assert frontier.hybrid_line(rows) == (
-        "fixed budget 81.00 ± 0.20 (dev 84.00, 2.30x) vs flops budget 81.50 ± 0.10 (dev 84.50, not timed); dev "
-        "chooses ffn_budget=flops; +0.50 points, larger than the seed spread (0.30)")
+    assert frontier.hybrid_lines(rows) == [
+        "emptied heads pay for FFN width (`--set ffn_budget=flops`): 81.50 ± 0.10 (dev 84.50, not timed) vs the "
+        "preset 81.00 ± 0.20 (dev 84.00, 2.30x); dev chooses `--set ffn_budget=flops`; +0.50 points, larger than "
+        "the seed spread (0.30)"]
+    att80 = next(p for p in frontier.plan(quick=False) if p.name == "bp-hybrid-filled-flops-att80-2.2")
+    assert att80.extra == ["--set", "ffn_budget=flops", "--set", "attention_sparsity=0.8"]
 
 
 def test_variant_rows_compare_each_struct_variant_with_the_default_and_let_dev_choose():

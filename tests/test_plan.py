@@ -72,6 +72,16 @@ def test_tile_presets_are_planned_as_a_budget(model_dirs):
     assert any("budget" in note for note in result["notes"])
 
 
+def test_a_tile_presets_attention_sparsity_override_stands_and_the_ffn_still_reaches_the_target(model_dirs):
+    common = dict(target_speedup=1.5, max_length=8, model_path=str(model_dirs["bert"]))
+    planned = planned_config("hybrid", **common, overrides={"attention_block": [8, 8]})
+    harder = planned_config("hybrid", **common, overrides={"attention_block": [8, 8], "attention_sparsity": 0.8})
+    assert planned.attention_sparsity == pytest.approx(1 - 1 / 1.5, abs=1e-4) and harder.attention_sparsity == 0.8
+    assert harder.sparsity == planned.sparsity  # the FFN alone is sized to the target either way
+    heads = planned_config("struct", **common, overrides={"attention_sparsity": 0.8})
+    assert heads.attention_sparsity == pytest.approx(1 - 1 / 1.5, abs=1e-4)  # whole heads: the target decides
+
+
 def test_plan_json_with_measure_has_latencies(model_dirs, capsys):
     assert main(["plan", "--model", str(model_dirs["bert"]), "--target-speedup", "2", "--max-length", "16",
                  "--measure", "--batch-sizes", "1,2", "--repeats", "2", "--json"]) == 0

@@ -122,7 +122,9 @@ def planned_config(preset: str, target_speedup: float | None = None, sparsity: f
     """The preset with the sparsities its target implies and any ``overrides`` (validated).
 
     A ``target_speedup`` is turned into sparsities from the FLOPs split of ``model_path`` at ``max_length``
-    tokens (see :func:`sparsities_for_speedup`); with neither target, ``sparsity`` stays the preset's.
+    tokens (see :func:`sparsities_for_speedup`); with neither target, ``sparsity`` stays the preset's. With tiles
+    in attention an ``attention_sparsity`` override is kept (the FFN alone is sized to the target, so it does not
+    change the plan; with ``ffn_budget="flops"`` a higher one empties more heads to pay for FFN width).
     """
     if preset not in PRESETS:
         raise PlanError(f"--preset {preset!r} is unknown; choose one of {sorted(PRESETS)}")
@@ -147,7 +149,10 @@ def planned_config(preset: str, target_speedup: float | None = None, sparsity: f
     if config.ignored_layers:
         layers = len(list(iter_blocks(dense_model(source, trust_remote_code))))
         target_speedup = target_without_ignored(target_speedup, len(config.ignored_layers), layers)
-    return config.replace(**sparsities_for_speedup(target_speedup, *split, config.attention_block == HEAD))
+    sparsities = sparsities_for_speedup(target_speedup, *split, config.attention_block == HEAD)
+    if config.attention_block != HEAD and "attention_sparsity" in overrides:
+        sparsities.pop("attention_sparsity")  # tiles: the target does not depend on it, so the user's value stands
+    return config.replace(**sparsities)
 
 
 # ------------------------------------------------------------------------------------------ shapes
