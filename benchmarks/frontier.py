@@ -10,7 +10,9 @@ Protocol (docs/RESULTS.md states it with the numbers):
 * **Equal budgets.** Every compressed model gets ``--budget-epochs`` epochs of training after the teacher
   (blockprune: pruning epochs, split half/half with the fill stage when the recipe has one; baselines: the
   same number of distillation epochs after their removal). Baselines: layer dropping (frontier_methods.py),
-  one-shot and gradual magnitude, dense int8, and the torch-pruning library (frontier_tp.py).
+  one-shot and gradual magnitude, dense int8, and the torch-pruning library (frontier_tp.py). The sparse
+  presets (``unstructured`` 50%/90%, ``block`` 50%; as they are and with Taylor-initialised scores) run on the
+  same budget against gradual magnitude at 90%: they keep the model's shapes, so they are scored, not sped up.
 * **Seeds.** Every point runs with each of ``--seeds``; tables give mean ± std over seeds.
 * **Timing** (``--time``, on a quiet machine, after training): one process, torch and OMP threads pinned,
   ≥30 interleaved pairs per workload, median and IQR of the per-pair speedup (frontier_timing.py).
@@ -71,6 +73,12 @@ VARIANTS = {  # bp-struct-<suffix>-T: struct with one change: (label, CLI flags,
 }
 TARGETS = ((2.0, 3), (3.0, 2), (1.5, 4))  # speedup target, and the layers layer-drop keeps to match it
 GOALS = {2.0: (1.0, 0.5), 3.0: (2.5, 3.0)}  # target: (max points below the reference, min points above layer-drop)
+SPARSE = {  # issue 12 item 4: (preset, sparsity): at most this many points below the reference
+    ("unstructured", 0.5): 1.0, ("unstructured", 0.9): 5.0, ("block", 0.5): 1.5}
+SPARSE_VARIANTS = {  # suffix: (label, flags); "" is the preset as it is
+    "": ("", []),
+    "taylor": ("scores start from the Taylor ranking", ["--set", "score_init_from=taylor"]),
+}
 HYBRID = (2.2, 0.15)  # issue 12 item 2: hybrid-filled at ≥2.2x measured, at most 0.15 points below the reference
 HYBRID_VARIANTS = {  # suffix: (label, flags); "" is the preset as it is
     "": ("", []),
@@ -92,6 +100,7 @@ class Point:
     preset: str = "struct"
     extra: list[str] = field(default_factory=list)
     source: str = ""  # blockprune-int8: the point whose final model (same seed) is quantized
+    kind: str = "speedup"  # what target is: speedup (theoretical), layers (layer-drop) or sparsity
     seeded: bool = True  # False: deterministic from the reference (int8-dense), run for the first seed only
 
     @property
@@ -108,13 +117,20 @@ def plan(quick: bool) -> list[Point]:
             Point(f"bp-struct-{target}", "blockprune", target, "blockprune struct"),
             Point(f"bp-struct-{target}-int8", "blockprune-int8", target, "blockprune struct + int8",
                   source=f"bp-struct-{target}"),
-            Point(f"layer-drop-{layers}", "layer-drop", layers, "layer drop + distillation", preset=""),
+            Point(f"layer-drop-{layers}", "layer-drop", layers, "layer drop + distillation", preset="",
+                  kind="layers"),
             Point(f"magnitude-oneshot-{target}", "magnitude-oneshot", target, "one-shot magnitude + distillation"),
             Point(f"magnitude-gradual-{target}", "magnitude-gradual", target, "gradual magnitude", extra=MAGNITUDE),
             Point(f"torch-pruning-{target}", "torch-pruning", target, "torch-pruning (Taylor, global) + distillation"),
             *(Point(f"bp-struct-{v}-{target}", "blockprune", target, f"blockprune struct, {label}", extra=flags)
               for v, (label, flags, _) in VARIANTS.items()),
         ]
+    for (preset, sparsity) in SPARSE:
+        points += [Point(sparse_name(preset, v, sparsity), "blockprune", sparsity,
+                         f"blockprune {preset}{', ' + label if v else ''}", preset=preset, extra=flags,
+                         kind="sparsity") for v, (label, flags) in SPARSE_VARIANTS.items()]
+    points.append(Point("magnitude-gradual-unstructured-0.9", "magnitude-gradual", 0.9,
+                        "gradual magnitude, unstructured", preset="unstructured", extra=MAGNITUDE, kind="sparsity"))
     points += [Point(hybrid_name(v), "blockprune", HYBRID[0], f"blockprune hybrid-filled{', ' + label if v else ''}",
                      preset="hybrid-filled", extra=flags) for v, (label, flags) in HYBRID_VARIANTS.items()]
     if quick:
@@ -127,6 +143,10 @@ def hybrid_name(variant: str) -> str:
     return f"bp-hybrid-filled{'-' + variant if variant else ''}-{HYBRID[0]}"
 
 
+def sparse_name(preset: str, variant: str, sparsity: float) -> str:
+    return f"bp-{preset}{'-' + variant if variant else ''}-{sparsity}"
+
+
 def run_dir(runs: Path, point: Point, seed: int) -> Path:
     return runs / f"{point.name}-s{seed}"
 
@@ -137,7 +157,8 @@ def blockprune_command(point: Point, out: Path, teacher: Path, epochs: float, se
 
     filled = point.preset in FILL_PRESETS or "--fill" in point.extra
     prune_epochs = epochs / 2 if filled else epochs
-    flags = ["--preset", point.preset, "--target-speedup", str(point.target), *point.extra,
+    target = "--sparsity" if point.kind == "sparsity" else "--target-speedup"
+    flags = ["--preset", point.preset, target, str(point.target), *point.extra,
              "--epochs", str(prune_epochs), "--seed", str(seed), "--teacher", str(teacher)]
     if filled:
         flags += ["--fill-epochs", str(epochs / 2)]
@@ -231,7 +252,7 @@ def record(point: Point, seed: int, result: dict[str, Any], ref: dict[str, Any],
     return {
         "name": point.name, "label": point.label, "method": point.method, "baseline": point.baseline,
         "preset": point.preset, "target": point.target,
-        "target_kind": "layers" if point.method == "layer-drop" else "speedup",
+        "target_kind": point.kind,
         "seed": seed, "split": "test", "epochs": epochs, "budget_epochs": epochs,
         "achieved": theoretical, "metric_name": "accuracy", "metric": result["test"], "dev_metric": result["dev"],
         "teacher_metric": ref["test"], "reference_metric": ref["test"], "control_metric": control,
@@ -391,6 +412,35 @@ def hybrid_lines(rows: list[dict[str, Any]]) -> list[str]:
     return out or ["not run yet"]
 
 
+def sparse_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Issue 12 item 4: each sparse preset's variants against it (dev chooses), the chosen one's goal on test, and
+    movement against gradual magnitude at 90% unstructured."""
+    by_name = {r["name"]: r for r in rows}
+    out = []
+    for (preset, sparsity), within in SPARSE.items():
+        runs = {v: by_name[n] for v in SPARSE_VARIANTS if (n := sparse_name(preset, v, sparsity)) in by_name}
+        if not runs:
+            continue
+        base = runs.get("")
+        for variant, other in runs.items():
+            if variant and base is not None:
+                out.append(f"{preset} {sparsity:.0%}: {SPARSE_VARIANTS[variant][0]} "
+                           f"(`{shlex.join(SPARSE_VARIANTS[variant][1])}`) vs the preset as it is: "
+                           + compare(rows, other["name"], base["name"]).split(": ", 1)[1])
+        best = max(runs.values(), key=lambda r: r["dev"])
+        gap = best["delta_ref"]
+        out.append(f"{preset} {sparsity:.0%}: best by dev = {best['name']} ({best['acc']:.2f} ± {best['std']:.2f}, "
+                   f"{best['seeds']} seeds) — {gap:+.2f} vs the reference: "
+                   f"{'reached' if gap >= -within else f'NOT reached (by {-within - gap:.2f})'} (goal ≥ −{within})")
+        magnitude = by_name.get(f"magnitude-gradual-{preset}-{sparsity}")
+        if magnitude is not None:
+            diff = best["acc"] - magnitude["acc"]
+            out.append(f"{preset} {sparsity:.0%}: movement ({best['name']}) vs gradual magnitude: {diff:+.2f} points "
+                       f"({verdict(best, magnitude, diff)}): {'reached' if diff > 0 else 'NOT reached'} "
+                       "(goal: movement above magnitude)")
+    return out or ["not run yet"]
+
+
 def compare(rows: list[dict[str, Any]], a: str, b: str) -> str:
     """``a`` vs ``b`` in points, saying whether the gap is larger than the spread of the seeds."""
     ra, rb = next((r for r in rows if r["name"] == a), None), next((r for r in rows if r["name"] == b), None)
@@ -515,6 +565,15 @@ every head the tiles empty back to the FFN as neurons (the model lands on the pl
 `attention_sparsity` empties more heads to pay for it.
 
 {chr(10).join('- ' + line for line in hybrid_lines(rows))}
+
+## `unstructured` and `block` at their defaults (issue 12, item 4; same budget, no fill)
+
+Both keep the model's shapes (nothing is shrunk unless a whole head or neuron empties), so they buy size, not
+speed: `blockprune` saves them compactly. Goals on test: `unstructured` 50% within 1.0 point of the reference,
+90% within 5.0, `block` (32x32 tiles) 50% within 1.5, and movement above gradual magnitude at 90%. Each preset
+runs as it is and with its scores started from the Taylor ranking (`struct`'s default); dev chooses.
+
+{chr(10).join('- ' + line for line in sparse_lines(rows))}
 
 ## Shapes kept (heads and FFN width per layer, first to last; from the timed models)
 

@@ -156,3 +156,28 @@ def test_variant_section_says_what_the_variant_changes_then_its_rows():
     text = frontier.variant_section(rows, "const")
     assert text.startswith("### scores start at 0 (the default before Taylor) (`--set score_init_from=constant`)")
     assert "movement alone" in text and "- 2x: default 80.00 ± 0.30" in text and "dev chooses default" in text
+
+
+def test_unstructured_and_block_points_prune_to_a_sparsity_and_their_goals_read_the_dev_choice():
+    points = {p.name: p for p in frontier.plan(quick=False)}
+    plain, taylor = points["bp-unstructured-0.9"], points["bp-unstructured-taylor-0.9"]
+    command = frontier.blockprune_command(taylor, Path("out"), Path("teacher"), 2.0, 42, [])
+    assert command[command.index("--sparsity") + 1] == "0.9" and "--target-speedup" not in command
+    assert command[command.index("--epochs") + 1] == "2.0" and "--fill-epochs" not in command  # same budget, no fill
+    assert taylor.extra == ["--set", "score_init_from=taylor"] and plain.extra == [] and plain.kind == "sparsity"
+    assert points["magnitude-gradual-unstructured-0.9"].extra == frontier.MAGNITUDE
+    assert {"bp-unstructured-0.5", "bp-block-0.5", "bp-block-taylor-0.5"} <= set(points)
+    assert frontier.sparse_lines([]) == ["not run yet"]
+    rows = [_row("bp-unstructured-0.9", "blockprune", 74.0, 80.0, 1.0, std=0.5),
+            _row("bp-unstructured-taylor-0.9", "blockprune", 77.5, 82.0, 1.0, std=0.4),
+            _row("magnitude-gradual-unstructured-0.9", "magnitude-gradual", 76.0, 81.0, 1.0, std=0.3)]
+    lines = frontier.sparse_lines(rows)
+    assert lines[0].startswith("unstructured 90%: scores start from the Taylor ranking (`--set score_init_from=taylor`)"
+                               " vs the preset as it is: +3.50 points, larger than the seed spread (0.90)")
+    assert lines[1] == ("unstructured 90%: best by dev = bp-unstructured-taylor-0.9 (77.50 ± 0.40, 3 seeds) — -3.50 "
+                        "vs the reference: reached (goal ≥ −5.0)")
+    assert lines[2] == ("unstructured 90%: movement (bp-unstructured-taylor-0.9) vs gradual magnitude: +1.50 points "
+                        "(larger than the seed spread (0.70)): reached (goal: movement above magnitude)")
+    rows[1]["dev"] = 79.0  # dev now prefers the preset as it is, whose test is 7 points below the reference
+    assert "best by dev = bp-unstructured-0.9 (74.00 ± 0.50, 3 seeds) — -7.00 vs the reference: NOT reached (by 2.00)" \
+        in frontier.sparse_lines(rows)[1]
