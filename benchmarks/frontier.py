@@ -256,6 +256,7 @@ def record(point: Point, seed: int, result: dict[str, Any], ref: dict[str, Any],
         "seed": seed, "split": "test", "epochs": epochs, "budget_epochs": epochs,
         "achieved": theoretical, "metric_name": "accuracy", "metric": result["test"], "dev_metric": result["dev"],
         "teacher_metric": ref["test"], "reference_metric": ref["test"], "control_metric": control,
+        "reference_sha256": ref.get("pinned"),
         "drop_points": round((ref["test"] - result["test"]) * 100, 2),
         "speedup_measured_b32": b32.get("speedup"), "speedup_iqr_b32": b32.get("speedup_iqr"),
         "speedup_measured_b1": b1.get("speedup"), "speedup_iqr_b1": b1.get("speedup_iqr"),
@@ -272,18 +273,21 @@ def carried_records(path: Path, ref: dict[str, Any], done: set[tuple[str, int]],
                     names: set[str]) -> list[dict[str, Any]]:
     """Records of an earlier results file whose run folders are not on this machine (runs are not committed).
 
-    Kept only when they were scored against the same reference: its test accuracy must match exactly. (Retrained
-    on another machine the reference can differ in the last bits, and then nothing is carried: a Δ against another
-    teacher means nothing.) Each kept record is marked ``"carried": true`` and keeps its own timing and versions.
+    Kept only when they were made against the same reference: with a pinned reference, the same weights (its
+    sha256, whatever machine ran them); with one trained here, the same test accuracy to the last bit. (Retrained
+    on another machine the reference differs, and then nothing is carried: a Δ against another teacher means
+    nothing.) Each kept record is marked ``"carried": true`` and keeps its own timing, machine and versions.
     """
     if not path.is_file():
         return []
     kept = []
     for r in json.loads(path.read_text()):
-        if (r.get("name"), r.get("seed")) in done or r.get("name") not in names:
+        if (r.get("name"), r.get("seed")) in done or r.get("name") not in names or r.get("split") != "test":
             continue
-        if r.get("split") == "test" and r.get("reference_metric") == ref["test"]:
-            kept.append(r | {"carried": True})
+        same = (r.get("reference_sha256") == ref["pinned"] if ref.get("pinned")
+                else not r.get("reference_sha256") and r.get("reference_metric") == ref["test"])
+        if same:
+            kept.append(r | {"carried": True, "reference_metric": ref["test"], "teacher_metric": ref["test"]})
     return kept
 
 
@@ -512,6 +516,10 @@ def write_outputs(records: list[dict[str, Any]], ref: dict[str, Any], quick: boo
                    for other in (f"layer-drop-{layers}", f"magnitude-oneshot-{t}", f"magnitude-gradual-{t}",
                                  f"torch-pruning-{t}", *([f"bp-struct-{t}-int8"] if a == f"bp-struct-{t}" else []))
                    if "not run yet" not in (c := compare(rows, a, other))]
+    import frontier_methods as fm
+
+    pin_text = (f", pinned in benchmarks/reference/ (fp16, sha256 {ref['pinned'][:12]}…; the history is the machine's "
+                "that trained it, in fp32), scored here" if ref.get("pinned") else "")
     history = ", ".join(f"epoch {h['epoch']}: dev {h['dev']:.4f} / test {h['test']:.4f}" for h in ref["history"])
     control = next((r for r in rows if r["name"] == "dense-control"), None)
     commands = "\n".join(f"    {c}" for c in dict.fromkeys(r["command"].replace(str(ROOT) + "/", "")
@@ -524,8 +532,9 @@ Every choice is made on dev; **every number below is test accuracy**, which noth
 Produced by `python benchmarks/frontier.py{' --quick' if quick else ''}` then `python benchmarks/frontier.py --time`
 (versions: {', '.join(f'{k} {v}' for k, v in versions().items())}).
 
-- **Reference**: dense MiniLM fine-tuned one epoch at a time until dev stopped improving ({history}); best
-  epoch {ref['epoch']}: test {ref['test']:.2%}. It is the teacher of every run.
+- **Reference**: dense MiniLM fine-tuned one epoch at a time until dev stopped improving, at most
+  {fm.MAX_REFERENCE_EPOCHS} epochs ({history}); best epoch {ref['epoch']}{pin_text}: test {ref['test']:.2%}. It is the
+  teacher of every run.
 - **Control**: the reference distilled into itself with the same budget:
   {f"{control['acc']:.2f} ± {control['std']:.2f}" if control else 'not run yet'}.
 - **Budget**: {epochs:g} epochs of training after the teacher for every compressed model; seeds {seeds}.
@@ -598,10 +607,25 @@ def main() -> None:
     parser.add_argument("--time", action="store_true", help="time the finished runs (quiet machine), then report")
     parser.add_argument("--retime", action="store_true", help="forget earlier timings and time again")
     parser.add_argument("--test-repeats", type=int, default=10, help="interleaved pairs of the test-set pass")
+    parser.add_argument("--train-reference", action="store_true",
+                        help="train a reference on this machine instead of using the pinned one (benchmarks/reference)")
+    parser.add_argument("--pin-reference", action="store_true",
+                        help="store the reference trained in --runs-dir as the pinned one (fp16), then stop")
     args = parser.parse_args()
     seeds = [42] if args.quick and args.seeds == "42,43,44" else [int(s) for s in args.seeds.split(",")]
     runs = Path(args.runs_dir) / ("v2-quick" if args.quick else "v2")
-    if (args.report_only or args.time or args.retime) and not (runs / "reference" / "done.json").is_file():
+    import frontier_methods as fm
+
+    if args.pin_reference:
+        trained = fm.read_done(runs / "reference")
+        if trained is None or args.quick:
+            parser.error(f"--pin-reference: {runs / 'reference'} holds no finished reference of the full task; "
+                         "train one first (--train-reference)")
+        print(f"[frontier] pinned {trained['model']} as {fm.PIN} (sha256 {fm.pin_reference(trained)})", flush=True)
+        return
+    pinned = not args.quick and not args.train_reference and (fm.PIN / "pinned.json").is_file()
+    ref_root = runs / ("reference-pinned" if pinned else "reference")
+    if (args.report_only or args.time or args.retime) and not (ref_root / "done.json").is_file():
         parser.error(f"{runs} holds no finished reference, so there is nothing to time or report; give the "
                      "--runs-dir of a frontier run, or run without --report-only/--time to train one")
     runs.mkdir(parents=True, exist_ok=True)
@@ -617,7 +641,6 @@ def main() -> None:
             parser.error(f"--only {','.join(unknown)}: no such point; the plan has {', '.join(p.name for p in every)}")
         points = [p for name in wanted for p in every if p.name == name]
 
-    import frontier_methods as fm
     import transformers
 
     from blockprune.tasks import embedded_model_path
@@ -626,7 +649,8 @@ def main() -> None:
     dev, test = fm.tasks(QUICK_TRAIN if args.quick else None)
     tokenizer = transformers.AutoTokenizer.from_pretrained(embedded_model_path())
     ctx = {"dev": dev, "test": test, "tokenizer": tokenizer, "epochs": args.budget_epochs}
-    ref = fm.reference(runs / "reference", tokenizer, dev, test)
+    ref = (fm.pinned_reference(ref_root, tokenizer, dev, test) if pinned
+           else fm.reference(ref_root, tokenizer, dev, test))
 
     def seeds_of(point: Point) -> list[int]:
         return seeds if point.seeded else seeds[:1]

@@ -2,6 +2,9 @@
 
 * **reference**: the dense model fine-tuned epoch by epoch until dev accuracy stops improving; the best
   epoch is kept. It is the teacher of every other run and the dense point every Δ is taken against.
+  Retrained on another CPU it differs (the float rounding differs), so one reference is **pinned** in
+  ``benchmarks/reference/`` (fp16 weights, 45 MB, with its training history and sha256): every machine starts
+  from the same teacher, and records made against it carry from machine to machine.
 * **control**: the reference distilled into a copy of itself with the same budget as the compressed runs,
   so that "Δ vs control" separates the cost of compression from the gain of more training.
 * **layer-drop**: evenly spaced layers of the reference kept, then distilled (the DistilBERT recipe).
@@ -14,6 +17,7 @@ Every producer is resumable: a folder with ``done.json`` is finished; training r
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +35,8 @@ from blockprune.tasks import Task, embedded_model_path, load_task
 
 FFN_MULTIPLE = 16
 MAX_REFERENCE_EPOCHS = 5
+PIN = Path(__file__).resolve().parent / "reference"
+"""The pinned reference: ``model.safetensors`` (fp16), ``config.json`` and ``pinned.json`` (sha256, history)."""
 
 
 def read_done(folder: Path) -> dict[str, Any] | None:
@@ -65,6 +71,56 @@ def load_classifier(folder: Path) -> nn.Module:
     from blockprune.cli import load_model
 
     return load_model(str(folder), AutoModelForSequenceClassification).eval()
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pin_reference(done: dict[str, Any], pin: Path = PIN) -> str:
+    """Store a finished reference as the pinned teacher (weights in fp16); returns the file's sha256."""
+    from safetensors.torch import save_file
+
+    from blockprune.pipeline import machine, versions
+
+    model = load_classifier(Path(done["model"]))
+    pin.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()},
+              str(pin / "model.safetensors"), metadata={"format": "pt"})
+    model.config.to_json_file(str(pin / "config.json"))
+    digest = sha256(pin / "model.safetensors")
+    meta = {"sha256": digest, "epoch": done["epoch"], "history": done["history"], "machine": machine(),
+            "versions": versions(), "note": "trained in fp32 on that machine (its history); stored in fp16"}
+    write_text(pin / "pinned.json", json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    return digest
+
+
+def pinned_reference(root: Path, tokenizer: Any, dev: Task, test: Task, pin: Path = PIN) -> dict[str, Any]:
+    """The pinned teacher as an fp32 model folder under ``root``, scored on this machine.
+
+    Returns ``{"model", "epoch", "dev", "test", "history", "pinned"}``: ``history`` is the training machine's,
+    ``dev``/``test`` are measured here, ``pinned`` is the weights' sha256 (records carry when it matches).
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    meta = json.loads((pin / "pinned.json").read_text())
+    digest = sha256(pin / "model.safetensors")
+    if digest != meta["sha256"]:
+        raise SystemExit(f"{pin / 'model.safetensors'} has sha256 {digest[:12]}…, pinned.json says "
+                         f"{meta['sha256'][:12]}…: restore it (git checkout -- {pin}) or pin a new reference")
+    done = read_done(root)
+    if done is not None and done.get("pinned") == digest:
+        return done
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(pin))
+    model.load_state_dict({k: v.float() for k, v in load_file(str(pin / "model.safetensors")).items()})
+    save_hf_model(model, root / "model", tokenizer)
+    return write_done(root, {"model": str(root / "model"), "epoch": meta["epoch"], "history": meta["history"],
+                             "pinned": digest, **evaluate(model, tokenizer, dev, test)})
 
 
 def reference(root: Path, tokenizer: Any, dev: Task, test: Task, log: Any = print) -> dict[str, Any]:
