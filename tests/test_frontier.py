@@ -73,6 +73,51 @@ def test_earlier_records_are_carried_only_for_the_same_reference_and_missing_run
     assert frontier.carried_records(tmp_path / "absent.json", {"test": 0.8099}, set(), {"layer-drop-3"}) == []
 
 
+def test_with_a_pinned_reference_records_carry_by_its_sha256_whatever_machine_scored_them(tmp_path):
+    import json
+
+    earlier = [{"name": "layer-drop-3", "seed": 42, "split": "test", "reference_metric": 0.81, "metric": 0.8,
+                "reference_sha256": "aaa"},  # another machine scored the same teacher one example higher
+               {"name": "layer-drop-3", "seed": 43, "split": "test", "reference_metric": 0.8099, "metric": 0.8,
+                "reference_sha256": "bbb"},  # another teacher
+               {"name": "layer-drop-3", "seed": 44, "split": "test", "reference_metric": 0.8099, "metric": 0.8}]
+    path = tmp_path / "frontier.json"
+    path.write_text(json.dumps(earlier))
+    kept = frontier.carried_records(path, {"test": 0.8099, "pinned": "aaa"}, set(), {"layer-drop-3"})
+    assert [(r["seed"], r["reference_metric"]) for r in kept] == [(42, 0.8099)]  # Δ against this machine's score
+    unpinned = frontier.carried_records(path, {"test": 0.8099}, set(), {"layer-drop-3"})
+    assert [r["seed"] for r in unpinned] == [44]  # a trained reference never takes a pinned teacher's records
+
+
+def test_the_pinned_reference_round_trips_in_fp16_and_refuses_weights_that_do_not_match(tmp_path, monkeypatch):
+    folder = save_tiny_bert(tmp_path / "trained")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    history = [{"epoch": 1, "dev": 0.8, "test": 0.79}]
+    digest = fm.pin_reference({"model": str(folder), "epoch": 1, "history": history}, tmp_path / "pin")
+    scored = []
+    monkeypatch.setattr(fm, "evaluate", lambda model, *_: scored.append(model) or {"dev": 0.8, "test": 0.79})
+    ref = fm.pinned_reference(tmp_path / "ref", tokenizer, None, None, pin=tmp_path / "pin")
+    assert ref["pinned"] == digest and ref["epoch"] == 1 and ref["history"] == history and ref["test"] == 0.79
+    original = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
+    teacher = fm.load_classifier(Path(ref["model"]))
+    for (name, want), got in zip(original.state_dict().items(), teacher.state_dict().values(), strict=True):
+        assert got.dtype == torch.float32 and torch.equal(got, want.half().float()), name
+    assert fm.pinned_reference(tmp_path / "ref", tokenizer, None, None, pin=tmp_path / "pin") == ref
+    assert len(scored) == 1  # the second call reads the folder it made
+    weights = tmp_path / "pin" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-2] + b"  ")
+    with pytest.raises(SystemExit, match="pinned.json says .*restore it"):
+        fm.pinned_reference(tmp_path / "ref", tokenizer, None, None, pin=tmp_path / "pin")
+
+
+def test_the_committed_pin_matches_its_sha256():
+    import json
+
+    meta = json.loads((fm.PIN / "pinned.json").read_text())
+    assert fm.sha256(fm.PIN / "model.safetensors") == meta["sha256"]
+    assert meta["epoch"] == max(meta["history"], key=lambda h: h["dev"])["epoch"]
+
+
 def _row(name, method, acc, dev, b32, std=0.2, theoretical=None):
     return {"name": name, "method": method, "acc": acc, "std": std, "seeds": 3, "dev": dev, "b32": b32, "iqr": 0.1,
             "delta_ref": acc - 81.0, "min_efficiency": b32 / theoretical if theoretical else None}
