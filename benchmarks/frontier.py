@@ -5,7 +5,8 @@ Protocol (docs/RESULTS.md states it with the numbers):
 * **Splits.** The embedded Rotten Tomatoes reviews split by movie into train / dev / test (9,530 / 1,928 /
   1,294). Every choice (targets, epochs, learning rates) is made on dev; every reported number is on test.
 * **Reference.** The dense MiniLM-L6 fine-tuned until dev accuracy stops improving (best epoch kept): the
-  teacher of every run and the dense point of every Δ. **Control**: the reference distilled into itself with
+  teacher of every run and the dense point of every Δ. It is pinned in ``benchmarks/reference`` (see
+  frontier_methods.py), so every machine uses the same one and records carry by its sha256. **Control**: the reference distilled into itself with
   the same budget as the compressed runs.
 * **Equal budgets.** Every compressed model gets ``--budget-epochs`` epochs of training after the teacher
   (blockprune: pruning epochs, split half/half with the fill stage when the recipe has one; baselines: the
