@@ -17,7 +17,6 @@ Every producer is resumable: a folder with ``done.json`` is finished; training r
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from blockprune import Pruner, load_pruned, save_pruned
 from blockprune.atomic import write_text
 from blockprune.finetune import TrainSettings, train
 from blockprune.pipeline import RunOptions, pruning_config, save_hf_model
+from blockprune.saving import file_sha256
 from blockprune.shrink import shrink
 from blockprune.tasks import Task, embedded_model_path, load_task
 
@@ -73,14 +73,6 @@ def load_classifier(folder: Path) -> nn.Module:
     return load_model(str(folder), AutoModelForSequenceClassification).eval()
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def pin_reference(done: dict[str, Any], pin: Path = PIN) -> str:
     """Store a finished reference as the pinned teacher (weights in fp16); returns the file's sha256."""
     from safetensors.torch import save_file
@@ -92,7 +84,7 @@ def pin_reference(done: dict[str, Any], pin: Path = PIN) -> str:
     save_file({k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()},
               str(pin / "model.safetensors"), metadata={"format": "pt"})
     model.config.to_json_file(str(pin / "config.json"))
-    digest = sha256(pin / "model.safetensors")
+    digest = file_sha256(pin / "model.safetensors")
     meta = {"sha256": digest, "epoch": done["epoch"], "history": done["history"], "machine": machine(),
             "versions": versions(), "note": "trained in fp32 on that machine (its history); stored in fp16"}
     write_text(pin / "pinned.json", json.dumps(meta, indent=1, sort_keys=True) + "\n")
@@ -109,7 +101,7 @@ def pinned_reference(root: Path, tokenizer: Any, dev: Task, test: Task, pin: Pat
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     meta = json.loads((pin / "pinned.json").read_text())
-    digest = sha256(pin / "model.safetensors")
+    digest = file_sha256(pin / "model.safetensors")
     if digest != meta["sha256"]:
         raise SystemExit(f"{pin / 'model.safetensors'} has sha256 {digest[:12]}…, pinned.json says "
                          f"{meta['sha256'][:12]}…: restore it (git checkout -- {pin}) or pin a new reference")

@@ -242,7 +242,7 @@ def rewrite(folder: Path, change) -> None:
     change(tensors, metadata)
     save_file(tensors, str(file), metadata=metadata)
     record = json.loads((folder / SHAPES_FILE).read_text())
-    record["weights_sha256"] = saving._sha256(file)
+    record["weights_sha256"] = saving.file_sha256(file)
     (folder / SHAPES_FILE).write_text(json.dumps(record))
 
 

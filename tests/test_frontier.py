@@ -114,7 +114,7 @@ def test_the_committed_pin_matches_its_sha256():
     import json
 
     meta = json.loads((fm.PIN / "pinned.json").read_text())
-    assert fm.sha256(fm.PIN / "model.safetensors") == meta["sha256"]
+    assert fm.file_sha256(fm.PIN / "model.safetensors") == meta["sha256"]
     assert meta["epoch"] == max(meta["history"], key=lambda h: h["dev"])["epoch"]
 
 

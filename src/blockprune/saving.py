@@ -129,7 +129,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], tokenizer: Any =
     with atomic_dir(path) as tmp:
         config.save_pretrained(tmp)
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata=metadata)
-        record[_CHECKSUM_KEY] = _sha256(tmp / WEIGHTS_FILE)
+        record[_CHECKSUM_KEY] = file_sha256(tmp / WEIGHTS_FILE)
         write_text(tmp / SHAPES_FILE, json.dumps(record, indent=1, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -141,7 +141,8 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], tokenizer: Any =
 # --------------------------------------------------------------------------------------------- load
 
 
-def _sha256(file: Path) -> str:
+def file_sha256(file: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (the saved weights' checksum; the frontier's pinned teacher)."""
     digest = hashlib.sha256()
     with open(file, "rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -152,7 +153,7 @@ def _sha256(file: Path) -> str:
 def _check_checksum(record: dict[str, Any], weights: Path, shapes: Path) -> None:
     """A byte changed anywhere in the weights (which safetensors would load silently) is caught here."""
     expected = record.get(_CHECKSUM_KEY)
-    if expected is not None and _sha256(weights) != expected:
+    if expected is not None and file_sha256(weights) != expected:
         raise PrunedModelError(
             f"{weights}: its SHA-256 differs from the one {shapes.name} recorded when it was saved; the file was "
             "changed or damaged since. Save the model again (or pass verify=False to load it anyway)."
