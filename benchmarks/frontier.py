@@ -224,28 +224,55 @@ def train_point(point: Point, seed: int, runs: Path, ref: dict[str, Any], ctx: d
 
 
 def time_runs(runs: Path, finished: list[tuple[Point, int]], ref: dict[str, Any], ctx: dict[str, Any],
-              retime: bool, test_repeats: int = 10) -> None:
-    """Time every distinct shape of the finished runs against the reference (frontier_timing.py)."""
+              retime: bool, test_repeats: int = 10, carried_keys: tuple[str, ...] = ()) -> None:
+    """Time every distinct shape of the finished runs against the reference (frontier_timing.py).
+
+    ``carried_keys``: shapes of records carried from another machine (no run folder here); each is timed on a
+    copy of the reference cut to that shape, so every speedup of the report comes from this machine.
+    """
     import frontier_methods as fm
     import frontier_timing as ft
     import torch
+
+    from blockprune.atomic import write_text
 
     torch.set_num_threads(THREADS)
     cache_file = runs / "timing.json"
     cache = {} if retime or not cache_file.is_file() else json.loads(cache_file.read_text())
     reference = fm.load_classifier(Path(ref["model"]))
     batches = ft.test_set_batches(ctx["tokenizer"], ctx["test"])
+
+    def time_once(key: str, what: str, build: Any) -> None:
+        if key not in cache:
+            print(f"[frontier] timing {what} ({key}) with {torch.get_num_threads()} threads", flush=True)
+            cache[key] = ft.time_against(reference, build(), batches, test_repeats=test_repeats)
+            write_text(cache_file, json.dumps(cache, indent=1) + "\n")
+
     for point, seed in finished:
         result = fm.read_done(run_dir(runs, point, seed) / "frontier-result")
         model = fm.load_for_timing(result)
         key = ft.shape_key(model) + (f";{result['quantize']}" if result.get("quantize") else "")
-        if key not in cache:
-            print(f"[frontier] timing {point.name}-s{seed} ({key}) with {torch.get_num_threads()} threads", flush=True)
-            cache[key] = ft.time_against(reference, model, batches, test_repeats=test_repeats)
-            from blockprune.atomic import write_text
-
-            write_text(cache_file, json.dumps(cache, indent=1) + "\n")
+        time_once(key, f"{point.name}-s{seed}", lambda model=model: model)
         (run_dir(runs, point, seed) / "shape_key.txt").write_text(key + "\n")
+    for key in carried_keys:
+        time_once(key, "a carried record's shape", lambda key=key: fm.model_of_shape(reference, key))
+
+
+def timing_fields(timing: dict[str, Any] | None) -> dict[str, Any]:
+    """The speedup keys of a record, from one shape's entry of timing.json (None where it was not timed)."""
+    b32 = (timing or {}).get("b32", {})
+    b1 = (timing or {}).get("b1", {})
+    theoretical = (timing or {}).get("theoretical")
+    return {
+        "achieved": theoretical,
+        "speedup_measured_b32": b32.get("speedup"), "speedup_iqr_b32": b32.get("speedup_iqr"),
+        "speedup_measured_b1": b1.get("speedup"), "speedup_iqr_b1": b1.get("speedup_iqr"),
+        "speedup_measured_testset": (timing or {}).get("testset", {}).get("speedup"),
+        "speedup_iqr_testset": (timing or {}).get("testset", {}).get("speedup_iqr"),
+        "speedup_theoretical": theoretical,
+        "efficiency_b32": b32["speedup"] / theoretical if b32 and theoretical else None,
+        "threads": (timing or {}).get("threads"),
+    }
 
 
 def record(point: Point, seed: int, result: dict[str, Any], ref: dict[str, Any], control: float | None,
@@ -253,25 +280,16 @@ def record(point: Point, seed: int, result: dict[str, Any], ref: dict[str, Any],
     """One record of frontier.json (the v1 keys kept, the v2 keys added)."""
     from blockprune.pipeline import machine, versions
 
-    b32 = (timing or {}).get("b32", {})
-    b1 = (timing or {}).get("b1", {})
-    theoretical = (timing or {}).get("theoretical")
     return {
         "name": point.name, "label": point.label, "method": point.method, "baseline": point.baseline,
         "preset": point.preset, "target": point.target,
         "target_kind": point.kind,
         "seed": seed, "split": "test", "epochs": epochs, "budget_epochs": epochs,
-        "achieved": theoretical, "metric_name": "accuracy", "metric": result["test"], "dev_metric": result["dev"],
+        "metric_name": "accuracy", "metric": result["test"], "dev_metric": result["dev"],
         "teacher_metric": ref["test"], "reference_metric": ref["test"], "control_metric": control,
         "reference_sha256": ref.get("pinned"),
         "drop_points": round((ref["test"] - result["test"]) * 100, 2),
-        "speedup_measured_b32": b32.get("speedup"), "speedup_iqr_b32": b32.get("speedup_iqr"),
-        "speedup_measured_b1": b1.get("speedup"), "speedup_iqr_b1": b1.get("speedup_iqr"),
-        "speedup_measured_testset": (timing or {}).get("testset", {}).get("speedup"),
-        "speedup_iqr_testset": (timing or {}).get("testset", {}).get("speedup_iqr"),
-        "speedup_theoretical": theoretical,
-        "efficiency_b32": b32["speedup"] / theoretical if b32 and theoretical else None,
-        "threads": (timing or {}).get("threads"), "steps": result.get("steps"),
+        **timing_fields(timing), "steps": result.get("steps"),
         "command": result.get("command", ""), "versions": versions(), "machine": machine(),
     }
 
@@ -283,7 +301,8 @@ def carried_records(path: Path, ref: dict[str, Any], done: set[tuple[str, int]],
     Kept only when they were made against the same reference: with a pinned reference, the same weights (its
     sha256, whatever machine ran them); with one trained here, the same test accuracy to the last bit. (Retrained
     on another machine the reference differs, and then nothing is carried: a Δ against another teacher means
-    nothing.) Each kept record is marked ``"carried": true`` and keeps its own timing, machine and versions.
+    nothing.) Each kept record is marked ``"carried": true`` and keeps its own machine and versions; ``--time`` times
+    its shape here (see :func:`retimed`), else it keeps its own machine's speedups.
     """
     if not path.is_file():
         return []
@@ -296,6 +315,12 @@ def carried_records(path: Path, ref: dict[str, Any], done: set[tuple[str, int]],
         if same:
             kept.append(r | {"carried": True, "reference_metric": ref["test"], "teacher_metric": ref["test"]})
     return kept
+
+
+def retimed(r: dict[str, Any], timings: dict[str, Any]) -> dict[str, Any]:
+    """A carried record with this machine's speedups for its shape, when timing.json has them (``timed_here``)."""
+    timing = timings.get(r.get("shape") or "")
+    return r | timing_fields(timing) | {"timed_here": True} if timing else r
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -529,6 +554,9 @@ def write_outputs(records: list[dict[str, Any]], ref: dict[str, Any], quick: boo
                 "that trained it, in fp32), scored here" if ref.get("pinned") else "")
     history = ", ".join(f"epoch {h['epoch']}: dev {h['dev']:.4f} / test {h['test']:.4f}" for h in ref["history"])
     control = next((r for r in rows if r["name"] == "dense-control"), None)
+    elsewhere = sorted({f"{r['name']}-s{r['seed']}" for r in records if r.get("carried") and not r.get("timed_here")})
+    carried_text = (f" Carried from another machine and not timed here (their speedups are that machine's): "
+                    f"{', '.join(elsewhere)}." if elsewhere else "")
     commands = "\n".join(f"    {c}" for c in dict.fromkeys(r["command"].replace(str(ROOT) + "/", "")
                                                           for r in records))
     text = f"""# Results{' (quick)' if quick else ''}: accuracy on a held-out test split vs measured speedup
@@ -547,7 +575,8 @@ Produced by `python benchmarks/frontier.py{' --quick' if quick else ''}` then `p
 - **Budget**: {epochs:g} epochs of training after the teacher for every compressed model; seeds {seeds}.
 - **Speed**: CPU latency vs the reference, {THREADS} pinned threads (torch and OMP), one process, ≥30 interleaved
   pairs (4–10 for the test-set pass: `repeats` in runs/v2/timing.json), median of the per-pair speedup, ± half the IQR; "test set" times the test
-  set itself at its real lengths (batches of 32, padded per batch). Runs with identical shapes share one timing.
+  set itself at its real lengths (batches of 32, padded per batch). Runs with identical shapes share one timing;
+  records carried from another machine are timed here on the reference cut to their shapes.{carried_text}
 
 ![frontier](frontier{suffix}.png)
 
@@ -673,9 +702,13 @@ def main() -> None:
                     result = train_point(point, seed, runs, ref, ctx, common)
                     if result is not None:
                         fm.write_done(folder, result)
+    done = {(p.name, s) for p, s in finished()}
+    carried = carried_records(RESULTS / f"frontier{'_quick' if args.quick else ''}.json", ref, done,
+                              {p.name for p in every})
     if args.time or args.retime:
         wanted = {p.name for p in points}  # --only limits the timing too
-        time_runs(runs, [(p, s) for p, s in finished() if p.name in wanted], ref, ctx, args.retime, args.test_repeats)
+        time_runs(runs, [(p, s) for p, s in finished() if p.name in wanted], ref, ctx, args.retime, args.test_repeats,
+                  tuple(dict.fromkeys(r["shape"] for r in carried if r.get("shape") and r["name"] in wanted)))
     timings = json.loads((runs / "timing.json").read_text()) if (runs / "timing.json").is_file() else {}
     control = [fm.read_done(run_dir(runs, p, s) / "frontier-result")["test"] for p, s in finished()
                if p.method == "dense-control"]
@@ -687,18 +720,18 @@ def main() -> None:
         timing = timings.get(shape) if shape else None
         result = fm.read_done(run_dir(runs, point, seed) / "frontier-result")
         records.append(record(point, seed, result, ref, control_metric, timing, args.budget_epochs) | {"shape": shape})
-    done = {(p.name, s) for p, s in finished()}
-    carried = carried_records(RESULTS / f"frontier{'_quick' if args.quick else ''}.json", ref, done,
-                              {p.name for p in every})
     if carried:
+        carried = [retimed(r, timings) for r in carried]
         control = control + [r["metric"] for r in carried if r["method"] == "dense-control"]
         control_metric = statistics.fmean(control)
         for r in records + carried:
             r["control_metric"] = control_metric
         records = sorted(records + carried, key=lambda r: ([p.name for p in every].index(r["name"]), r["seed"]))
         done |= {(r["name"], r["seed"]) for r in carried}
+        here = sum(r.get("timed_here", False) for r in carried)
         print(f"[frontier] {len(carried)} records kept from earlier runs of the same reference "
-              f"(no run folder here): {sorted({r['name'] for r in carried})}", flush=True)
+              f"(no run folder here; {here} of them timed on this machine): {sorted({r['name'] for r in carried})}",
+              flush=True)
     missing = [f"{p.name} (seeds {[s for s in seeds_of(p) if (p.name, s) not in done]})" for p in every
                if any((p.name, s) not in done for s in seeds_of(p))]
     write_outputs(records, ref, args.quick, missing, args.budget_epochs, seeds)

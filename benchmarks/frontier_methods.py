@@ -235,6 +235,29 @@ def load_for_timing(result: dict[str, Any]) -> nn.Module:
     return quantize_model(model) if result.get("quantize") else model
 
 
+def model_of_shape(reference: nn.Module, key: str) -> nn.Module:
+    """A copy of ``reference`` with the shapes of a frontier shape key (the first layers, heads and neurons).
+
+    The weights are not the trained ones, but the dense kernels are those the key's model runs, so the copy
+    times like it: that is how records carried from another machine are timed on this one.
+    """
+    import copy
+
+    from frontier_timing import parse_shape_key, shape_key
+
+    from blockprune.quantize import quantize_model
+    from blockprune.shrink import apply_shapes, shape_record
+
+    heads, ffn, quantize = parse_shape_key(key)
+    model = drop_layers(copy.deepcopy(reference), list(range(len(heads))))
+    record = shape_record(model)
+    record["layers"] = [{"heads": [h], "ffn": f} for h, f in zip(heads, ffn, strict=True)]
+    apply_shapes(model, record)
+    if shape_key(model) != ";".join(key.split(";")[:2]):
+        raise ValueError(f"could not rebuild the shapes of {key!r} (got {shape_key(model)!r})")
+    return quantize_model(model, quantize) if quantize else model
+
+
 def evaluate_folder(folder: Path, dev: Task, test: Task) -> dict[str, float]:
     """Dev and test accuracy of a finished ``blockprune prune`` run's final model (``D/model``)."""
     done = read_done(folder / "frontier-eval")

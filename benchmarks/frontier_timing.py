@@ -10,6 +10,7 @@ of the pair, and the report gives the median and interquartile range over ≥30 
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from typing import Any
@@ -24,6 +25,19 @@ from blockprune.measure import ffn_per_layer, flops_per_token, heads_per_layer, 
 def shape_key(model: nn.Module) -> str:
     """Identical for models that run the same dense kernels."""
     return f"heads={heads_per_layer(model)};ffn={ffn_per_layer(model)}"
+
+
+def parse_shape_key(key: str) -> tuple[list[int], list[int], str | None]:
+    """The inverse of :func:`shape_key` (with the record's ``;<quantize>`` suffix): heads, FFN widths, quantize."""
+    parts = key.split(";")
+    fields = dict(part.split("=", 1) for part in parts[:2])
+    if set(fields) != {"heads", "ffn"} or len(parts) > 3:
+        raise ValueError(f"not a frontier shape key: {key!r}; expected 'heads=[..];ffn=[..]' and an optional "
+                         "';<quantize>'")
+    heads, ffn = (json.loads(fields[name]) for name in ("heads", "ffn"))
+    if len(heads) != len(ffn):
+        raise ValueError(f"shape key {key!r} has {len(heads)} layers of heads but {len(ffn)} of FFN widths")
+    return heads, ffn, parts[2] if len(parts) == 3 else None
 
 
 def _forward(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:

@@ -226,3 +226,39 @@ def test_unstructured_and_block_points_prune_to_a_sparsity_and_their_goals_read_
     rows[1]["dev"] = 79.0  # dev now prefers the preset as it is, whose test is 7 points below the reference
     assert "best by dev = bp-unstructured-0.9 (74.00 ± 0.50, 3 seeds) — -7.00 vs the reference: NOT reached (by 2.00)" \
         in frontier.sparse_lines(rows)[1]
+
+
+def test_a_shape_key_rebuilds_a_model_that_runs_the_same_shapes_as_the_one_it_came_from(tmp_path):
+    import frontier_timing as ft
+
+    from blockprune.measure import flops_per_token
+    from blockprune.shrink import apply_shapes, shape_record
+
+    reference = transformers.AutoModelForSequenceClassification.from_pretrained(save_tiny_bert(tmp_path / "m")).eval()
+    pruned = fm.load_classifier(tmp_path / "m")
+    record = shape_record(pruned)
+    record["layers"] = [{"heads": [HEADS - 1], "ffn": FFN // 2}, {"heads": [0], "ffn": 3}]  # uneven, one empty
+    key = ft.shape_key(apply_shapes(pruned, record))
+    assert ft.parse_shape_key(key) == ([HEADS - 1, 0], [FFN // 2, 3], None)
+    rebuilt = fm.model_of_shape(reference, key)
+    assert ft.shape_key(rebuilt) == key
+    assert flops_per_token(rebuilt, 16)["total"] == flops_per_token(pruned, 16)["total"]
+    dropped = fm.drop_layers(fm.load_classifier(tmp_path / "m"), [1])  # layer dropping: fewer layers
+    assert ft.shape_key(fm.model_of_shape(reference, ft.shape_key(dropped))) == ft.shape_key(dropped)
+    assert ft.shape_key(reference) != key  # the reference itself is left as it was
+    quantized = fm.model_of_shape(reference, key + ";int8")
+    assert not isinstance(quantized.bert.encoder.layer[0].intermediate.dense, torch.nn.Linear)
+    for bad in ("heads=[1, 2];ffn=[3]", "ffn=[3]", "heads=[1];ffn=[3];int8;x"):
+        with pytest.raises(ValueError, match="shape key"):
+            ft.parse_shape_key(bad)
+
+
+def test_carried_records_take_this_machines_speedups_for_their_shape_when_it_was_timed_here():
+    timing = {"b32": {"speedup": 1.9, "speedup_iqr": 0.1}, "b1": {"speedup": 1.5, "speedup_iqr": 0.2},
+              "testset": {"speedup": 2.0, "speedup_iqr": 0.3}, "theoretical": 2.0, "threads": 2}
+    old = {"name": "layer-drop-3", "seed": 43, "shape": "k", "speedup_measured_b32": 2.4, "carried": True}
+    here = frontier.retimed(old, {"k": timing})
+    assert here["timed_here"] and here["speedup_measured_b32"] == 1.9 and here["efficiency_b32"] == 0.95
+    assert here["speedup_measured_testset"] == 2.0 and here["seed"] == 43
+    assert frontier.retimed(old, {"other": timing}) == old  # not timed here: its own machine's numbers stay
+    assert frontier.retimed(old | {"shape": None}, {"k": timing}) == old | {"shape": None}
