@@ -251,7 +251,7 @@ def time_runs(runs: Path, finished: list[tuple[Point, int]], ref: dict[str, Any]
     for point, seed in finished:
         result = fm.read_done(run_dir(runs, point, seed) / "frontier-result")
         model = fm.load_for_timing(result)
-        key = ft.shape_key(model) + (f";{result['quantize']}" if result.get("quantize") else "")
+        key = ft.shape_key(model, result.get("quantize"))
         time_once(key, f"{point.name}-s{seed}", lambda model=model: model)
         (run_dir(runs, point, seed) / "shape_key.txt").write_text(key + "\n")
     for key in carried_keys:
@@ -260,18 +260,17 @@ def time_runs(runs: Path, finished: list[tuple[Point, int]], ref: dict[str, Any]
 
 def timing_fields(timing: dict[str, Any] | None) -> dict[str, Any]:
     """The speedup keys of a record, from one shape's entry of timing.json (None where it was not timed)."""
-    b32 = (timing or {}).get("b32", {})
-    b1 = (timing or {}).get("b1", {})
-    theoretical = (timing or {}).get("theoretical")
+    timing = timing or {}
+    b32, b1, testset = (timing.get(workload, {}) for workload in ("b32", "b1", "testset"))
+    theoretical = timing.get("theoretical")
     return {
         "achieved": theoretical,
         "speedup_measured_b32": b32.get("speedup"), "speedup_iqr_b32": b32.get("speedup_iqr"),
         "speedup_measured_b1": b1.get("speedup"), "speedup_iqr_b1": b1.get("speedup_iqr"),
-        "speedup_measured_testset": (timing or {}).get("testset", {}).get("speedup"),
-        "speedup_iqr_testset": (timing or {}).get("testset", {}).get("speedup_iqr"),
+        "speedup_measured_testset": testset.get("speedup"), "speedup_iqr_testset": testset.get("speedup_iqr"),
         "speedup_theoretical": theoretical,
         "efficiency_b32": b32["speedup"] / theoretical if b32 and theoretical else None,
-        "threads": (timing or {}).get("threads"),
+        "threads": timing.get("threads"),
     }
 
 

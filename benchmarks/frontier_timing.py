@@ -22,13 +22,13 @@ from torch import nn
 from blockprune.measure import ffn_per_layer, flops_per_token, heads_per_layer, random_inputs
 
 
-def shape_key(model: nn.Module) -> str:
-    """Identical for models that run the same dense kernels."""
-    return f"heads={heads_per_layer(model)};ffn={ffn_per_layer(model)}"
+def shape_key(model: nn.Module, quantize: str | None = None) -> str:
+    """Identical for models that run the same dense kernels (``;<quantize>`` appended for a quantized model)."""
+    return f"heads={heads_per_layer(model)};ffn={ffn_per_layer(model)}" + (f";{quantize}" if quantize else "")
 
 
 def parse_shape_key(key: str) -> tuple[list[int], list[int], str | None]:
-    """The inverse of :func:`shape_key` (with the record's ``;<quantize>`` suffix): heads, FFN widths, quantize."""
+    """The inverse of :func:`shape_key`: heads and FFN widths per layer, and the quantize scheme (or None)."""
     parts = key.split(";")
     fields = dict(part.split("=", 1) for part in parts[:2])
     if set(fields) != {"heads", "ffn"} or len(parts) > 3:
