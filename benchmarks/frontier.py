@@ -71,6 +71,11 @@ VARIANTS = {  # bp-struct-<suffix>-T: struct with one change: (label, CLI flags,
               "The default cubic schedule keeps the model dense for the first 10% of steps and reaches the final "
               "shapes only for the last 10%; this starts removing at 5% and trains the final shapes for the last "
               "half (the one-shot baselines train theirs for the whole budget)."),
+    "filled": ("1 epoch of pruning, shrink, 1 epoch of fill", ["--fill"],
+               "The same 2-epoch budget split as hybrid-filled's: the learning rate decays linearly over the pruning "
+               "stage, so the default's final shapes (reached at 90% of the steps) train at under a tenth of it; the "
+               "fill stage trains the shrunk model for a whole epoch with the learning rate restarted, as torch-"
+               "pruning's and layer drop's fixed shapes are."),
 }
 TARGETS = ((2.0, 3), (3.0, 2), (1.5, 4))  # speedup target, and the layers layer-drop keeps to match it
 GOALS = {2.0: (1.0, 0.5), 3.0: (2.5, 3.0)}  # target: (max points below the reference, min points above layer-drop)

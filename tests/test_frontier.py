@@ -195,6 +195,13 @@ def test_every_struct_variant_is_a_point_at_every_target():
     assert const.extra == ["--set", "score_init_from=constant"]  # the default before Taylor stays measurable
 
 
+def test_filled_struct_variant_splits_the_same_budget_into_pruning_and_fill():
+    filled = next(p for p in frontier.plan(quick=False) if p.name == "bp-struct-filled-3.0")
+    command = frontier.blockprune_command(filled, Path("out"), Path("teacher"), 2.0, 42, [])
+    assert command[command.index("--preset") + 1] == "struct" and "--fill" in command
+    assert command[command.index("--epochs") + 1] == "1.0" and command[command.index("--fill-epochs") + 1] == "1.0"
+
+
 def test_variant_section_says_what_the_variant_changes_then_its_rows():
     rows = [_row("bp-struct-2.0", "blockprune", 80.0, 84.0, 2.0, std=0.3),
             _row("bp-struct-const-2.0", "blockprune", 79.0, 82.0, 2.0, std=0.4)]
