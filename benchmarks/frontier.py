@@ -73,7 +73,7 @@ VARIANTS = {  # bp-struct-<suffix>-T: struct with one change: (label, CLI flags,
               "half (the one-shot baselines train theirs for the whole budget)."),
     "filled": ("1 epoch of pruning, shrink, 1 epoch of fill", ["--fill"],
                "The same 2-epoch budget split as hybrid-filled's: the learning rate decays linearly over the pruning "
-               "stage, so the default's final shapes (reached at 90% of the steps) train at under a tenth of it; the "
+               "stage, so the default's final shapes (reached at 90% of the steps) train at a tenth of it or less; the "
                "fill stage trains the shrunk model for a whole epoch with the learning rate restarted, as torch-"
                "pruning's and layer drop's fixed shapes are."),
 }
