@@ -253,8 +253,9 @@ def model_of_shape(reference: nn.Module, key: str) -> nn.Module:
     record = shape_record(model)
     record["layers"] = [{"heads": [h], "ffn": f} for h, f in zip(heads, ffn, strict=True)]
     apply_shapes(model, record)
-    if shape_key(model, quantize) != key:
-        raise ValueError(f"could not rebuild the shapes of {key!r} (got {shape_key(model, quantize)!r})")
+    rebuilt = shape_key(model, quantize)
+    if rebuilt != key:
+        raise ValueError(f"could not rebuild the shapes of {key!r} (got {rebuilt!r})")
     return quantize_model(model, quantize) if quantize else model
 
 
