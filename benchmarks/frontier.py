@@ -15,6 +15,8 @@ Protocol (docs/RESULTS.md states it with the numbers):
   presets (``unstructured`` 50%/90%, ``block`` 50%; as they are and with Taylor-initialised scores) run on the
   same budget against gradual magnitude at 90%: they keep the model's shapes, so they are scored, not sped up.
 * **Seeds.** Every point runs with each of ``--seeds``; tables give mean ± std over seeds.
+* **Claims.** A is said to beat B only where the gap is larger than the two seed spreads together and a paired
+  bootstrap over the test movies and the seeds (frontier_stats.py) puts its 95% interval on one side of 0.
 * **Timing** (``--time``, on a quiet machine, after training): one process, torch and OMP threads pinned,
   ≥30 interleaved pairs per workload, median and IQR of the per-pair speedup (frontier_timing.py).
 
@@ -50,6 +52,8 @@ from typing import Any  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import frontier_stats as fs  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
 QUICK_TRAIN = 1500
@@ -295,6 +299,7 @@ def record(point: Point, seed: int, result: dict[str, Any], ref: dict[str, Any],
         "drop_points": round((ref["test"] - result["test"]) * 100, 2),
         **timing_fields(timing), "steps": result.get("steps"),
         "command": result.get("command", ""), "versions": versions(), "machine": machine(),
+        "test_correct": result.get("test_correct"),
     }
 
 
@@ -349,13 +354,19 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "theoretical": rs[0]["speedup_theoretical"],
                      "dev": statistics.fmean(r["dev_metric"] * 100 for r in rs),
                      "per_seed": ", ".join(f"{r['metric'] * 100:.2f}" for r in rs),
+                     "correct": ([r["test_correct"] for r in rs] if all(r.get("test_correct") for r in rs)
+                                 else None),
                      "min_efficiency": min((r["efficiency_b32"] for r in rs if r["efficiency_b32"]), default=None)})
     return rows
 
 
-def goals(rows: list[dict[str, Any]]) -> list[str]:
-    """The issue's goals, each said reached or not, by how much, from the summarized rows."""
+def goals(rows: list[dict[str, Any]], reference_correct: str | None = None) -> list[str]:
+    """The issue's goals, each said reached or not, by how much, from the summarized rows.
+
+    ``reference_correct``: the reference's per-example test answers, for the bootstrap of each Δ vs the reference.
+    """
     by_name = {r["name"]: r for r in rows}
+    reference = {"correct": [reference_correct]} if reference_correct else {}
     out = []
     for target, layers in TARGETS:
         candidates = [by_name[n] for n in (f"bp-struct-{target}", *(f"bp-struct-{v}-{target}" for v in VARIANTS))
@@ -371,9 +382,11 @@ def goals(rows: list[dict[str, Any]]) -> list[str]:
                     f"{best['b32']:.2f}x measured) — {gap_ref:+.2f} vs the reference: "
                     f"{'reached' if gap_ref >= -within else f'NOT reached (by {-within - gap_ref:.2f})'} "
                     f"(goal ≥ −{within})") if best["b32"] else f"{target:g}x: {best['name']} not timed yet"
+            boot = bootstrap(best, reference)
+            text += f" ({fs.describe(boot)})" if boot else ""
             if drop is not None and best["b32"]:
                 gap = best["acc"] - drop["acc"]
-                noise = "" if abs(gap) > best["std"] + drop["std"] else ", within noise"
+                noise = "" if is_claim(best, drop, gap) else ", within noise"
                 speed = (f"at {'the same or higher' if best['b32'] >= drop['b32'] - drop['iqr'] / 2 else 'LOWER'} "
                          f"speed ({best['b32']:.2f}x vs {drop['b32']:.2f}x)") if drop["b32"] else "(not timed)"
                 text += (f"; vs layer-drop-{layers} {gap:+.2f} {speed}: "
@@ -491,12 +504,40 @@ def compare(rows: list[dict[str, Any]], a: str, b: str) -> str:
 
 
 def verdict(a: dict[str, Any], b: dict[str, Any], gap: float) -> str:
-    """Whether ``gap`` exceeds the two rows' seed spread; no claim where either row has a single seed."""
+    """Whether ``gap`` is a claim: larger than the two rows' seed spread and, where both rows kept their per-example
+    answers, with a paired bootstrap interval over test movies and seeds that excludes 0 (frontier_stats.py).
+    No claim where either row has a single seed."""
     if min(a["seeds"], b["seeds"]) < 2:
         return "single seed on one side: no spread, no claim"
     spread = a["std"] + b["std"]
-    return (f"larger than the seed spread ({spread:.2f})" if abs(gap) > spread
-            else f"within noise (gap ≤ sum of the two stds, {spread:.2f})")
+    boot = bootstrap(a, b)
+    seeds = (f"larger than the seed spread ({spread:.2f})" if abs(gap) > spread
+             else f"within noise (gap ≤ sum of the two stds, {spread:.2f})")
+    if boot is None:  # records carried without their per-example answers: the seed spread alone decides
+        return seeds
+    if abs(gap) > spread and not fs.excludes_zero(boot):
+        return f"within noise: {seeds}, but the {fs.describe(boot)}"
+    return f"{seeds}; {fs.describe(boot)}"
+
+
+def is_claim(a: dict[str, Any], b: dict[str, Any], gap: float) -> bool:
+    """Whether :func:`verdict` makes a claim of ``gap``."""
+    return not verdict(a, b, gap).startswith(("within noise", "single seed"))
+
+
+_BOOTSTRAPS: dict[tuple[str, str], dict[str, Any] | None] = {}
+
+
+def bootstrap(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
+    """The paired bootstrap of two summarized rows (None unless both kept every seed's per-example answers)."""
+    if not a.get("correct") or not b.get("correct"):
+        return None
+    key = ("|".join(a["correct"]), "|".join(b["correct"]))
+    if key not in _BOOTSTRAPS:
+        movies = fs.test_movies()
+        same = all(len(c) == len(movies) for c in (*a["correct"], *b["correct"]))
+        _BOOTSTRAPS[key] = fs.paired_bootstrap(a["correct"], b["correct"], movies) if same else None
+    return _BOOTSTRAPS[key]
 
 
 def plot(rows: list[dict[str, Any]], ref: dict[str, Any], path: Path) -> None:
@@ -591,9 +632,15 @@ Produced by `python benchmarks/frontier.py{' --quick' if quick else ''}` then `p
 The best blockprune preset at a target is the one with the higher **dev** accuracy (the choice is made on dev);
 its test accuracy is what is compared.
 
-{chr(10).join('- ' + g for g in goals(rows))}
+{chr(10).join('- ' + g for g in goals(rows, ref.get('test_correct')))}
 
-## Comparisons (a claim is made only where the gap exceeds the seeds' spread)
+## Comparisons (a claim is made only where the gap exceeds the seeds' spread and the bootstrap's interval excludes 0)
+
+The seed spread misses the test set's own noise: its 1,294 reviews come from {len(set(fs.test_movies()))} movies, and
+reviews of one movie fail together. So every comparison also gets a paired bootstrap (benchmarks/frontier_stats.py,
+{fs.DRAWS:,} draws): each draw resamples the test movies (the same draw for both sides) and each side's seeds, and
+the 2.5th–97.5th percentiles of the drawn differences bound it. Records carried from another machine without their
+per-example answers get no bootstrap.
 
 {chr(10).join('- ' + c for c in comparisons)}
 
@@ -691,6 +738,7 @@ def main() -> None:
     ctx = {"dev": dev, "test": test, "tokenizer": tokenizer, "epochs": args.budget_epochs}
     ref = (fm.pinned_reference(ref_root, tokenizer, dev, test) if pinned
            else fm.reference(ref_root, tokenizer, dev, test))
+    ref = fm.with_test_correct(ref_root, ref, tokenizer, test)
 
     def seeds_of(point: Point) -> list[int]:
         return seeds if point.seeded else seeds[:1]
@@ -722,7 +770,8 @@ def main() -> None:
         key_file = run_dir(runs, point, seed) / "shape_key.txt"
         shape = key_file.read_text().strip() if key_file.is_file() else None
         timing = timings.get(shape) if shape else None
-        result = fm.read_done(run_dir(runs, point, seed) / "frontier-result")
+        folder = run_dir(runs, point, seed) / "frontier-result"
+        result = fm.with_test_correct(folder, fm.read_done(folder), tokenizer, test)
         records.append(record(point, seed, result, ref, control_metric, timing, args.budget_epochs) | {"shape": shape})
     if carried:
         carried = [retimed(r, timings) for r in carried]

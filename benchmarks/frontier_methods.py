@@ -58,10 +58,41 @@ def tasks(max_train_samples: int | None = None) -> tuple[Task, Task]:
     return dev, dev.test_task()
 
 
-def evaluate(model: nn.Module, tokenizer: Any, dev: Task, test: Task) -> dict[str, float]:
+def evaluate(model: nn.Module, tokenizer: Any, dev: Task, test: Task) -> dict[str, Any]:
+    """Dev and test accuracy, and which test examples were right (``test_correct``, for frontier_stats.py)."""
     model.eval()
+    correct = test_correct(model, tokenizer, test)
     return {"dev": dev.evaluate(model, tokenizer, batch_size=64, progress=False)["accuracy"],
-            "test": test.evaluate(model, tokenizer, batch_size=64, progress=False)["accuracy"]}
+            "test": correct.count("1") / len(correct), "test_correct": correct}
+
+
+def test_correct(model: nn.Module, tokenizer: Any, test: Task) -> str:
+    """Per-example correctness on ``test`` (a 0/1 string), batched as ``Task.evaluate`` batches, so the same logits."""
+    from frontier_stats import correct_string
+
+    from blockprune.tasks.base import run_batches
+
+    dataset = test.eval_dataset(tokenizer)
+    outputs = run_batches(model, dataset, test.collate(tokenizer), 64, "cpu", False, test.eval_step)
+    predictions = torch.cat([o["logits"] for o in outputs]).argmax(-1).tolist()
+    return correct_string(predictions, [f["labels"] for f in dataset])
+
+
+def with_test_correct(folder: Path, result: dict[str, Any], tokenizer: Any, test: Task) -> dict[str, Any]:
+    """A finished run's result with ``test_correct``: runs from before it was kept are scored again once.
+
+    The new score must give the recorded test accuracy to the last example (same model, same batches); if it
+    does not, the run is left as it is and said so, rather than pairing the bootstrap with another model's answers.
+    """
+    if "test_correct" in result:
+        return result
+    with torch.inference_mode():
+        correct = test_correct(load_for_timing(result), tokenizer, test)
+    if correct.count("1") / len(correct) != result["test"]:
+        print(f"[frontier] {folder.parent.name}: scored again, test {correct.count('1') / len(correct):.4f} is not the "
+              f"recorded {result['test']:.4f}; its per-example answers are not kept", flush=True)
+        return result
+    return write_done(folder, result | {"test_correct": correct})
 
 
 def load_classifier(folder: Path) -> nn.Module:
@@ -259,7 +290,7 @@ def model_of_shape(reference: nn.Module, key: str) -> nn.Module:
     return quantize_model(model, quantize) if quantize else model
 
 
-def evaluate_folder(folder: Path, dev: Task, test: Task) -> dict[str, float]:
+def evaluate_folder(folder: Path, dev: Task, test: Task) -> dict[str, Any]:
     """Dev and test accuracy of a finished ``blockprune prune`` run's final model (``D/model``)."""
     done = read_done(folder / "frontier-eval")
     if done is not None:
