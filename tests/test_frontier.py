@@ -133,8 +133,12 @@ def test_goals_pick_the_best_preset_on_dev_and_say_what_is_missed():
     assert "-0.50 vs the reference: reached" in text[0]
     assert "vs layer-drop-3 +0.70 at the same or higher speed (2.05x vs 2.00x): reached" in text[0]
     assert text[1] == "2x: bp-struct-2.0 vs magnitude-oneshot-2.0: +2.50 (larger than the seed spread (0.50))"
-    assert text[-1].startswith("measured/theoretical (b32×s128) of every shrunk model ≥ 0.9: lowest 0.91 "
-                               "(bp-struct-global-2.0): reached")
+    assert text[-1].startswith("measured/theoretical (b32×s128) of every model shrunk by blockprune ≥ 0.9: lowest "
+                               "0.91 (bp-struct-global-2.0): reached")
+    peer = frontier.goals(rows + [_row("torch-pruning-2.0", "torch-pruning", 80.0, 84.0, 1.7, theoretical=2.0)])
+    assert peer[-2] == text[-1]  # the peer's uneven shapes are reported apart: they are not blockprune's shrink
+    assert peer[-1].startswith("measured/theoretical (b32×s128) of every model shrunk by torch-pruning (the peer's "
+                               "own output, for comparison) ≥ 0.9: lowest 0.85 (torch-pruning-2.0): NOT reached")
     rows[0]["acc"], rows[0]["delta_ref"] = 79.5, -1.5
     missed = frontier.goals(rows)[0]
     assert "NOT reached (by 0.50) (goal ≥ −1.0)" in missed and "-0.30" in missed and "NOT reached (by 0.80)" in missed
