@@ -575,6 +575,7 @@ def write_outputs(records: list[dict[str, Any]], ref: dict[str, Any], quick: boo
 
     suffix = "_quick" if quick else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    DOCS.mkdir(parents=True, exist_ok=True)
     write_text(RESULTS / f"frontier{suffix}.json", json.dumps(records, indent=1) + "\n")
     rows = summarize(records)
     if rows:
@@ -583,13 +584,17 @@ def write_outputs(records: list[dict[str, Any]], ref: dict[str, Any], quick: boo
     def x(value: float | None) -> str:
         return f"{value:.2f}x" if value else "not timed"
 
-    table = ["| point | method | seeds | test acc (mean ± std) | per seed | Δ reference | Δ control | b32×s128 (± IQR/2) "
-             "| b1×s128 | test set | theoretical | dev acc |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    table = ["| point | method | seeds | test acc (mean ± std) | per seed | Δ reference [95% CI] | Δ control "
+             "| b32×s128 (± IQR/2) | b1×s128 | test set | theoretical | dev acc |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    reference = {"correct": [ref["test_correct"]]} if ref.get("test_correct") else {}
     for r in rows:
         dc = f"{r['delta_control']:+.2f}" if r["delta_control"] is not None else "—"
+        boot = bootstrap(r, reference)
+        dr = f"{r['delta_ref']:+.2f}" + (f" [{boot['low']:+.2f}, {boot['high']:+.2f}]" if boot else "")
         b32 = f"{x(r['b32'])} (±{r['iqr'] / 2:.2f})" if r["b32"] else x(None)
         table.append(f"| {r['name']} | {r['label']} | {r['seeds']} | {r['acc']:.2f} ± {r['std']:.2f} | {r['per_seed']} "
-                     f"| {r['delta_ref']:+.2f} | {dc} | {b32} | {x(r['b1'])} "
+                     f"| {dr} | {dc} | {b32} | {x(r['b1'])} "
                      f"| {x(r['testset'])} | {x(r['theoretical'])} | {r['dev']:.2f} |")
     comparisons = [c for t, layers in TARGETS for a in (f"bp-struct-{t}", *(f"bp-struct-{v}-{t}" for v in VARIANTS))
                    for other in (f"layer-drop-{layers}", f"magnitude-oneshot-{t}", f"magnitude-gradual-{t}",
@@ -624,6 +629,8 @@ Produced by `python benchmarks/frontier.py{' --quick' if quick else ''}` then `p
   pairs (4–10 for the test-set pass: `repeats` in runs/v2/timing.json), median of the per-pair speedup, ± half the IQR; "test set" times the test
   set itself at its real lengths (batches of 32, padded per batch). Runs with identical shapes share one timing;
   records carried from another machine are timed here on the reference cut to their shapes.{carried_text}
+- **Intervals**: "Δ reference [95% CI]" is the paired bootstrap over the test movies and the seeds (see
+  Comparisons); the reference's own answers are fixed, so the interval is the test set's noise plus the seeds'.
 
 ![frontier](frontier{suffix}.png)
 

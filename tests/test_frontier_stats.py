@@ -96,3 +96,28 @@ def test_per_example_answers_follow_the_test_split_order_and_are_filled_in_for_o
     wrong = older | {"test": 0.5}  # another model's score: the answers are not kept
     assert "test_correct" not in fm.with_test_correct(tmp_path / "x", wrong, test.load_processor(model_dir), test)
     assert "is not the recorded 0.5000" in capsys.readouterr().out
+
+
+def test_the_report_gives_each_delta_vs_the_reference_its_interval_and_the_claims_their_bootstrap(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(fs, "test_movies", lambda: MOVIES)
+    monkeypatch.setattr(frontier, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(frontier, "DOCS", tmp_path / "docs")
+    ref = {"test": 0.95, "epoch": 1, "history": [{"epoch": 1, "dev": 0.9, "test": 0.95}],
+           "test_correct": answers(set(range(0, 200, 20)))}  # 10 errors, one in each even movie
+    timing = {"b32": {"speedup": 3.1, "speedup_iqr": 0.2}, "theoretical": 3.0}
+    points = {p.name: p for p in frontier.plan(quick=False)}
+    records = []
+    for seed, wrong in zip((42, 43, 44), (range(0, 200, 10), range(5, 200, 10), range(3, 200, 10)), strict=True):
+        struct = {"test": 0.9, "dev": 0.9, "test_correct": answers(set(wrong))}  # 20 errors, two per movie
+        drop = {"test": 0.8, "dev": 0.8, "test_correct": answers(set(range(0, 200, 5)))}  # 40 errors, 4 per movie
+        for name, result in (("bp-struct-3.0", struct), ("layer-drop-2", drop)):
+            records.append(frontier.record(points[name], seed, result, ref, None, timing, 2.0))
+    frontier.write_outputs(records, ref, quick=False, missing=[], epochs=2.0, seeds=[42, 43, 44])
+    text = (tmp_path / "docs" / "RESULTS.md").read_text()
+    struct_row = next(line for line in text.splitlines() if line.startswith("| bp-struct-3.0 |"))
+    assert "| -5.00 [-" in struct_row  # Δ reference with its bootstrap interval
+    assert "bp-struct-3.0 90.00 vs layer-drop-2 80.00: +10.00 points, larger than the seed spread (0.00); paired " \
+           "bootstrap over test movies and seeds: 95% CI [+" in text
+    saved = json.loads((tmp_path / "results" / "frontier.json").read_text())
+    assert [r["test_correct"] for r in saved] == [r["test_correct"] for r in records]  # carried to other machines
