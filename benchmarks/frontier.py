@@ -360,13 +360,14 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def goals(rows: list[dict[str, Any]], reference_correct: str | None = None) -> list[str]:
+def goals(rows: list[dict[str, Any]], reference: dict[str, Any] | None = None) -> list[str]:
     """The issue's goals, each said reached or not, by how much, from the summarized rows.
 
-    ``reference_correct``: the reference's per-example test answers, for the bootstrap of each Δ vs the reference.
+    ``reference``: the reference as a row for :func:`bootstrap` (``{"correct": [its per-example test answers]}``),
+    for the interval of each Δ vs the reference.
     """
     by_name = {r["name"]: r for r in rows}
-    reference = {"correct": [reference_correct]} if reference_correct else {}
+    reference = reference or {}
     out = []
     for target, layers in TARGETS:
         candidates = [by_name[n] for n in (f"bp-struct-{target}", *(f"bp-struct-{v}-{target}" for v in VARIANTS))
@@ -523,8 +524,11 @@ def verdict(a: dict[str, Any], b: dict[str, Any], gap: float) -> str:
 
 
 def is_claim(a: dict[str, Any], b: dict[str, Any], gap: float) -> bool:
-    """Whether :func:`verdict` makes a claim of ``gap``."""
-    return not verdict(a, b, gap).startswith(("within noise", "single seed"))
+    """Whether :func:`verdict` makes a claim of ``gap``: ≥2 seeds a side, beyond the seed spread, and a bootstrap
+    interval that excludes 0 where both rows kept their answers."""
+    boot = bootstrap(a, b)
+    return (min(a["seeds"], b["seeds"]) >= 2 and abs(gap) > a["std"] + b["std"]
+            and (boot is None or fs.excludes_zero(boot)))
 
 
 _BOOTSTRAPS: dict[tuple[str, str], dict[str, Any] | None] = {}
@@ -641,7 +645,7 @@ Produced by `python benchmarks/frontier.py{' --quick' if quick else ''}` then `p
 The best blockprune preset at a target is the one with the higher **dev** accuracy (the choice is made on dev);
 its test accuracy is what is compared.
 
-{chr(10).join('- ' + g for g in goals(rows, ref.get('test_correct')))}
+{chr(10).join('- ' + g for g in goals(rows, reference))}
 
 ## Comparisons (a claim is made only where the gap exceeds the seeds' spread and the bootstrap's interval excludes 0)
 

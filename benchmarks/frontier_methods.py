@@ -71,11 +71,11 @@ def test_correct(model: nn.Module, tokenizer: Any, test: Task) -> str:
     from frontier_stats import correct_string
 
     from blockprune.tasks.base import run_batches
+    from blockprune.tasks.classification import label_predictions
 
     dataset = test.eval_dataset(tokenizer)
     outputs = run_batches(model, dataset, test.collate(tokenizer), 64, "cpu", False, test.eval_step)
-    predictions = torch.cat([o["logits"] for o in outputs]).argmax(-1).tolist()
-    return correct_string(predictions, [f["labels"] for f in dataset])
+    return correct_string(label_predictions(outputs), [e.label for e in test.eval_examples])
 
 
 def with_test_correct(folder: Path, result: dict[str, Any], tokenizer: Any, test: Task) -> dict[str, Any]:
@@ -88,8 +88,9 @@ def with_test_correct(folder: Path, result: dict[str, Any], tokenizer: Any, test
         return result
     with torch.inference_mode():
         correct = test_correct(load_for_timing(result), tokenizer, test)
-    if correct.count("1") / len(correct) != result["test"]:
-        print(f"[frontier] {folder.parent.name}: scored again, test {correct.count('1') / len(correct):.4f} is not the "
+    rescored = correct.count("1") / len(correct)
+    if rescored != result["test"]:
+        print(f"[frontier] {folder.parent.name}: scored again, test {rescored:.4f} is not the "
               f"recorded {result['test']:.4f}; its per-example answers are not kept", flush=True)
         return result
     return write_done(folder, result | {"test_correct": correct})

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,8 +85,9 @@ def describe(result: dict[str, Any]) -> str:
             f"{'excludes 0' if excludes_zero(result) else 'holds 0'}")
 
 
-def test_movies() -> list[str]:
-    """The movie of every example of the embedded test split, in the order the test task scores them."""
+@functools.cache
+def test_movies() -> tuple[str, ...]:
+    """The movie of every example of the embedded test split, in the order the test task scores them (read once)."""
     from blockprune.tasks.embedded import rotten_tomatoes_split
 
-    return [row["movie"] for row in rotten_tomatoes_split().test]
+    return tuple(row["movie"] for row in rotten_tomatoes_split().test)

@@ -72,6 +72,16 @@ def sorted_labels(keys: set[str]) -> list[str]:
         return sorted(keys)
 
 
+def label_predictions(outputs: Sequence[dict[str, torch.Tensor]]) -> list[int]:
+    """The predicted class of every example of batch outputs (``logits``), in order.
+
+    Example:
+        >>> label_predictions([{"logits": torch.tensor([[0.0, 1.0], [2.0, 0.0]])}])
+        [1, 0]
+    """
+    return torch.cat([o["logits"] for o in outputs]).argmax(-1).tolist()
+
+
 def label_scores(outputs: Sequence[dict[str, torch.Tensor]], labels: Sequence[int]) -> dict[str, float]:
     """Accuracy, macro-F1 and the example-weighted mean loss of batch outputs (``logits``, ``loss``) vs ``labels``.
 
@@ -80,7 +90,7 @@ def label_scores(outputs: Sequence[dict[str, torch.Tensor]], labels: Sequence[in
         >>> label_scores(out, [1, 1])
         {'accuracy': 0.5, 'macro_f1': 0.3333333333333333, 'loss': 0.5}
     """
-    predictions = torch.cat([o["logits"] for o in outputs]).argmax(-1).tolist()
+    predictions = label_predictions(outputs)
     sizes = [len(o["logits"]) for o in outputs]
     loss = sum(float(o["loss"]) * n for o, n in zip(outputs, sizes, strict=True)) / max(sum(sizes), 1)
     return {"accuracy": accuracy(predictions, labels), "macro_f1": macro_f1(predictions, labels), "loss": loss}
