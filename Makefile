@@ -40,7 +40,7 @@ frontier-time: venv  # on a quiet machine, after `make frontier`: pinned-thread 
 frontier-quick: venv
 	$(PY) benchmarks/frontier.py --quick
 
-small-data: venv  # struct 2x on 2,000 examples: default, --min-pruning-steps 300, scores from 0, both, a 5-epoch teacher (alone and with 300 steps); 3 seeds (~60 min on 2 cores)
+small-data: venv  # struct 2x on 2,000 examples: default, --min-pruning-steps 300, scores from 0, both, a 5-epoch teacher (alone and with 300 steps); 3 seeds (~2 h on 2 cores)
 	$(PY) benchmarks/small_data.py
 
 lint: venv
