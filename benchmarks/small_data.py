@@ -44,15 +44,17 @@ SETTINGS = {  # name: flags added to the default command (struct's scores start 
 }
 
 
-def teacher_epochs(flags: list[str]) -> float:
-    """The teacher's epochs a setting's flags ask for (the CLI's default is 1)."""
-    return float(flags[flags.index("--teacher-epochs") + 1]) if "--teacher-epochs" in flags else 1.0
-
-
 def command(setting: str, seed: int, out: Path) -> list[str]:
     return ["blockprune", "prune", "--preset", "struct", "--target-speedup", "2.0", "--max-train-samples",
             str(SAMPLES), *SETTINGS[setting], "--seed", str(seed), "--no-progress", "--bench-repeats", "2",
             "--output-dir", str(out)]
+
+
+def teacher_epochs(setting: str) -> float:
+    """The teacher's epochs a setting's command asks for, read by the CLI's own parser (so its default too)."""
+    from blockprune.cli import build_parser
+
+    return build_parser().parse_args(command(setting, 0, Path("unused"))[1:]).teacher_epochs
 
 
 def run(setting: str, seed: int, runs: Path) -> dict | None:
@@ -68,7 +70,7 @@ def run(setting: str, seed: int, runs: Path) -> dict | None:
     report = json.loads((out / "report.json").read_text())
     teacher, final = report["teacher"]["test_metrics"]["accuracy"], report["final"]["test_metrics"]["accuracy"]
     return {"setting": setting, "flags": SETTINGS[setting], "seed": seed, "split": "test", "train_samples": SAMPLES,
-            "teacher_epochs": teacher_epochs(SETTINGS[setting]),
+            "teacher_epochs": teacher_epochs(setting),
             "teacher_metric": teacher, "metric": final, "drop_points": round((teacher - final) * 100, 2),
             "pruning_steps": report["pruning"]["steps"], "pruning_epochs": report["pruning"]["epochs"],
             "speedup_theoretical": report["speedup"]["theoretical"], "heads_kept": report["heads_kept"],
@@ -97,7 +99,7 @@ def main() -> None:
         rs = [r for r in records if r["setting"] == setting]
         drops = [r["drop_points"] for r in rs]
         std = statistics.stdev(drops) if len(drops) > 1 else 0.0
-        lines.append(f"| {setting} (`{' '.join(rs[0]['flags']) or 'none'}`) | {len(rs)} | {teacher_epochs(rs[0]['flags']):g} | {rs[0]['pruning_steps']} ({rs[0]['pruning_epochs']:.2f}) "
+        lines.append(f"| {setting} (`{' '.join(rs[0]['flags']) or 'none'}`) | {len(rs)} | {rs[0]['teacher_epochs']:g} | {rs[0]['pruning_steps']} ({rs[0]['pruning_epochs']:.2f}) "
                      f"| {statistics.fmean(r['teacher_metric'] for r in rs):.2%} "
                      f"| {statistics.fmean(r['metric'] for r in rs):.2%} | {statistics.fmean(drops):.2f} ± {std:.2f} "
                      f"| {', '.join(f'{d:.2f}' for d in drops)} "
