@@ -89,6 +89,9 @@ SPARSE_MAGNITUDE = ("unstructured", 0.9)  # where movement must beat gradual mag
 SPARSE_VARIANTS = {  # suffix: (label, flags); "" is the preset as it is
     "": ("", []),
     "taylor": ("scores start from the Taylor ranking", ["--set", "score_init_from=taylor"]),
+    # per-weight scores from 0 rank on movement alone, and the student starts from the converged teacher, whose
+    # gradients are small and noisy; |W| is the ranking magnitude pruning trusts at these sparsities
+    "maginit": ("scores start from weight magnitude", ["--set", "score_init_from=magnitude"]),
 }
 HYBRID = (2.2, 0.15)  # issue 12 item 2: hybrid-filled at ≥2.2x measured, at most 0.15 points below the reference
 HYBRID_VARIANTS = {  # suffix: (label, flags); "" is the preset as it is

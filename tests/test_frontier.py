@@ -223,6 +223,7 @@ def test_unstructured_and_block_points_prune_to_a_sparsity_and_their_goals_read_
     assert taylor.extra == ["--set", "score_init_from=taylor"] and plain.extra == [] and plain.kind == "sparsity"
     assert points["magnitude-gradual-unstructured-0.9"].extra == frontier.MAGNITUDE
     assert {"bp-unstructured-0.5", "bp-block-0.5", "bp-block-taylor-0.5"} <= set(points)
+    assert points["bp-unstructured-maginit-0.5"].extra == ["--set", "score_init_from=magnitude"]
     assert frontier.sparse_lines([]) == ["not run yet"]
     rows = [_row("bp-unstructured-0.9", "blockprune", 74.0, 80.0, 1.0, std=0.5),
             _row("bp-unstructured-taylor-0.9", "blockprune", 77.5, 82.0, 1.0, std=0.4),
