@@ -12,7 +12,7 @@ Protocol (docs/RESULTS.md states it with the numbers):
   (blockprune: pruning epochs, split half/half with the fill stage when the recipe has one; baselines: the
   same number of distillation epochs after their removal). Baselines: layer dropping (frontier_methods.py),
   one-shot and gradual magnitude, dense int8, and the torch-pruning library (frontier_tp.py). The sparse
-  presets (``unstructured`` 50%/90%, ``block`` 50%; as they are and with Taylor-initialised scores) run on the
+  presets (``unstructured`` 50%/90%, ``block`` 50%; scores started at 0, from |W| and from the Taylor ranking) run on the
   same budget against gradual magnitude at 90%: they keep the model's shapes, so they are scored, not sped up.
 * **Seeds.** Every point runs with each of ``--seeds``; tables give mean ± std over seeds.
 * **Claims.** A is said to beat B only where the gap is larger than the two seed spreads together and a paired
@@ -86,12 +86,13 @@ GOALS = {2.0: (1.0, 0.5), 3.0: (2.5, 3.0)}  # target: (max points below the refe
 SPARSE = {  # issue 12 item 4: (preset, sparsity): at most this many points below the reference
     ("unstructured", 0.5): 1.0, ("unstructured", 0.9): 5.0, ("block", 0.5): 1.5}
 SPARSE_MAGNITUDE = ("unstructured", 0.9)  # where movement must beat gradual magnitude (issue 12 item 4)
-SPARSE_VARIANTS = {  # suffix: (label, flags); "" is the preset as it is
-    "": ("", []),
-    "taylor": ("scores start from the Taylor ranking", ["--set", "score_init_from=taylor"]),
+SPARSE_VARIANTS = {  # suffix: (label, flags). Every sparse point names where its scores start, so a point's name
+    # keeps its meaning when a preset's default changes; the report compares each with its preset's default
+    "const": ("scores start at 0", ["--set", "score_init_from=constant"]),
     # per-weight scores from 0 rank on movement alone, and the student starts from the converged teacher, whose
     # gradients are small and noisy; |W| is the ranking magnitude pruning trusts at these sparsities
     "maginit": ("scores start from weight magnitude", ["--set", "score_init_from=magnitude"]),
+    "taylor": ("scores start from the Taylor ranking", ["--set", "score_init_from=taylor"]),
 }
 HYBRID = (2.2, 0.15)  # issue 12 item 2: hybrid-filled at ≥2.2x measured, at most 0.15 points below the reference
 HYBRID_VARIANTS = {  # suffix: (label, flags); "" is the preset as it is
@@ -160,6 +161,14 @@ def hybrid_name(variant: str) -> str:
 
 def sparse_name(preset: str, variant: str, sparsity: float) -> str:
     return f"bp-{preset}{'-' + variant if variant else ''}-{sparsity}"
+
+
+def sparse_default(preset: str) -> str:
+    """The SPARSE_VARIANTS suffix of the preset's own score start (``score_init_from`` in PRESETS)."""
+    from blockprune.config import PRESETS
+
+    start = PRESETS[preset].get("score_init_from", "constant")
+    return next(v for v, (_, flags) in SPARSE_VARIANTS.items() if flags[-1] == f"score_init_from={start}")
 
 
 def magnitude_sparse_name(preset: str, sparsity: float) -> str:
@@ -480,11 +489,13 @@ def sparse_lines(rows: list[dict[str, Any]]) -> list[str]:
         runs = {v: by_name[n] for v in SPARSE_VARIANTS if (n := sparse_name(preset, v, sparsity)) in by_name}
         if not runs:
             continue
-        base = runs.get("")
+        default = sparse_default(preset)
+        base = runs.get(default)
         for variant, other in runs.items():
-            if variant and base is not None:
+            if variant != default and base is not None:
                 out.append(f"{preset} {sparsity:.0%}: {SPARSE_VARIANTS[variant][0]} "
-                           f"(`{shlex.join(SPARSE_VARIANTS[variant][1])}`) vs the preset as it is: "
+                           f"(`{shlex.join(SPARSE_VARIANTS[variant][1])}`) vs the preset's default "
+                           f"({SPARSE_VARIANTS[default][0]}): "
                            + compare(rows, other["name"], base["name"]).split(": ", 1)[1])
         best = max(runs.values(), key=lambda r: r["dev"])
         gap = best["delta_ref"]
@@ -683,7 +694,8 @@ every head the tiles empty back to the FFN as neurons (the model lands on the pl
 Both keep the model's shapes (nothing is shrunk unless a whole head or neuron empties), so they buy size, not
 speed: `blockprune` saves them compactly. Goals on test: `unstructured` 50% within 1.0 point of the reference,
 90% within 5.0, `block` (32x32 tiles) 50% within 1.5, and movement above gradual magnitude at 90%. Each preset
-runs as it is and with its scores started from the Taylor ranking (`struct`'s default); dev chooses.
+runs with its scores started at 0, from |W| (`unstructured`'s default) and from the Taylor ranking (`struct`'s);
+each is compared with its preset's default, and dev chooses the one each goal reads.
 
 {chr(10).join('- ' + line for line in sparse_lines(rows))}
 

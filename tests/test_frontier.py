@@ -216,28 +216,33 @@ def test_variant_section_says_what_the_variant_changes_then_its_rows():
 
 def test_unstructured_and_block_points_prune_to_a_sparsity_and_their_goals_read_the_dev_choice():
     points = {p.name: p for p in frontier.plan(quick=False)}
-    plain, taylor = points["bp-unstructured-0.9"], points["bp-unstructured-taylor-0.9"]
+    const, taylor = points["bp-unstructured-const-0.9"], points["bp-unstructured-taylor-0.9"]
     command = frontier.blockprune_command(taylor, Path("out"), Path("teacher"), 2.0, 42, [])
     assert command[command.index("--sparsity") + 1] == "0.9" and "--target-speedup" not in command
     assert command[command.index("--epochs") + 1] == "2.0" and "--fill-epochs" not in command  # same budget, no fill
-    assert taylor.extra == ["--set", "score_init_from=taylor"] and plain.extra == [] and plain.kind == "sparsity"
-    assert points["magnitude-gradual-unstructured-0.9"].extra == frontier.MAGNITUDE
-    assert {"bp-unstructured-0.5", "bp-block-0.5", "bp-block-taylor-0.5"} <= set(points)
+    assert taylor.extra == ["--set", "score_init_from=taylor"] and const.kind == "sparsity"
+    assert const.extra == ["--set", "score_init_from=constant"]  # every point names its start: no "as it is"
     assert points["bp-unstructured-maginit-0.5"].extra == ["--set", "score_init_from=magnitude"]
+    assert points["magnitude-gradual-unstructured-0.9"].extra == frontier.MAGNITUDE
+    assert {"bp-unstructured-const-0.5", "bp-block-const-0.5", "bp-block-maginit-0.5", "bp-block-taylor-0.5"} \
+        <= set(points) and "bp-unstructured-0.5" not in points
+    # each preset is compared with its own default start, read from PRESETS
+    assert frontier.sparse_default("unstructured") == "maginit" and frontier.sparse_default("struct") == "taylor"
     assert frontier.sparse_lines([]) == ["not run yet"]
-    rows = [_row("bp-unstructured-0.9", "blockprune", 74.0, 80.0, 1.0, std=0.5),
+    rows = [_row("bp-unstructured-maginit-0.9", "blockprune", 74.0, 80.0, 1.0, std=0.5),
             _row("bp-unstructured-taylor-0.9", "blockprune", 77.5, 82.0, 1.0, std=0.4),
             _row("magnitude-gradual-unstructured-0.9", "magnitude-gradual", 76.0, 81.0, 1.0, std=0.3)]
     lines = frontier.sparse_lines(rows)
     assert lines[0].startswith("unstructured 90%: scores start from the Taylor ranking (`--set score_init_from=taylor`)"
-                               " vs the preset as it is: +3.50 points, larger than the seed spread (0.90)")
+                               " vs the preset's default (scores start from weight magnitude): +3.50 points, larger "
+                               "than the seed spread (0.90)")
     assert lines[1] == ("unstructured 90%: best by dev = bp-unstructured-taylor-0.9 (77.50 ± 0.40, 3 seeds) — -3.50 "
                         "vs the reference: reached (goal ≥ −5.0)")
     assert lines[2] == ("unstructured 90%: movement (bp-unstructured-taylor-0.9) vs gradual magnitude: +1.50 points "
                         "(larger than the seed spread (0.70)): reached (goal: movement above magnitude)")
-    rows[1]["dev"] = 79.0  # dev now prefers the preset as it is, whose test is 7 points below the reference
-    assert "best by dev = bp-unstructured-0.9 (74.00 ± 0.50, 3 seeds) — -7.00 vs the reference: NOT reached (by 2.00)" \
-        in frontier.sparse_lines(rows)[1]
+    rows[1]["dev"] = 79.0  # dev now prefers the default, whose test is 7 points below the reference
+    assert "best by dev = bp-unstructured-maginit-0.9 (74.00 ± 0.50, 3 seeds) — -7.00 vs the reference: NOT reached " \
+        "(by 2.00)" in frontier.sparse_lines(rows)[1]
 
 
 def test_a_shape_key_rebuilds_a_model_that_runs_the_same_shapes_as_the_one_it_came_from(tmp_path):

