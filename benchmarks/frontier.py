@@ -142,7 +142,7 @@ def plan(quick: bool) -> list[Point]:
         ]
     for (preset, sparsity) in SPARSE:
         points += [Point(sparse_name(preset, v, sparsity), "blockprune", sparsity,
-                         f"blockprune {preset}{', ' + label if v else ''}", preset=preset, extra=flags,
+                         f"blockprune {preset}, {label}", preset=preset, extra=flags,
                          kind="sparsity") for v, (label, flags) in SPARSE_VARIANTS.items()]
     preset, sparsity = SPARSE_MAGNITUDE
     points.append(Point(magnitude_sparse_name(preset, sparsity), "magnitude-gradual", sparsity,
@@ -160,14 +160,14 @@ def hybrid_name(variant: str) -> str:
 
 
 def sparse_name(preset: str, variant: str, sparsity: float) -> str:
-    return f"bp-{preset}{'-' + variant if variant else ''}-{sparsity}"
+    return f"bp-{preset}-{variant}-{sparsity}"
 
 
 def sparse_default(preset: str) -> str:
-    """The SPARSE_VARIANTS suffix of the preset's own score start (``score_init_from`` in PRESETS)."""
-    from blockprune.config import PRESETS
+    """The SPARSE_VARIANTS suffix of the preset's own score start (its ``score_init_from``)."""
+    from blockprune.config import PruningConfig
 
-    start = PRESETS[preset].get("score_init_from", "constant")
+    start = PruningConfig.preset(preset).score_init_from
     return next(v for v, (_, flags) in SPARSE_VARIANTS.items() if flags[-1] == f"score_init_from={start}")
 
 
