@@ -279,3 +279,12 @@ def test_carried_records_take_this_machines_speedups_for_their_shape_when_it_was
     assert here["speedup_measured_testset"] == 2.0 and here["seed"] == 43
     assert frontier.retimed(old, {"other": timing}) == old  # not timed here: its own machine's numbers stay
     assert frontier.retimed(old | {"shape": None}, {"k": timing}) == old | {"shape": None}
+
+
+def test_the_report_finds_every_seed_on_disk_not_only_the_ones_asked_to_run(tmp_path):
+    point = next(p for p in frontier.plan(False) if p.name == "bp-struct-2.0")
+    for name in ("bp-struct-2.0-s42", "bp-struct-2.0-s7", "bp-struct-2.0-int8-s43", "bp-struct-2.0-sx"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "bp-struct-2.0-s44").write_text("a file, not a run folder")
+    # another point's folder (…-int8-s43) and names that are not seeds are not this point's
+    assert frontier.seeds_on_disk(tmp_path, point) == {7, 42}
