@@ -107,6 +107,8 @@ HYBRID_VARIANTS = {  # suffix: (label, flags); "" is the preset as it is
     "flops": ("emptied heads pay for FFN width", ["--set", "ffn_budget=flops"]),
     "flops-att80": ("emptied heads pay for FFN width, attention tiles 80% pruned",
                     ["--set", "ffn_budget=flops", "--set", "attention_sparsity=0.8"]),
+    "flops-hp1": ("emptied heads pay for FFN width, V and O tiles kept or dropped head by head",
+                  ["--set", "ffn_budget=flops", "--set", "head_pressure=1"]),
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import DEFAULT_TASK, FFN, HEAD_DIM, HEADS, HIDDEN, LAYERS, tiny_model
+from tiny import DEFAULT_TASK, FFN, HEAD_DIM, HEADS, HIDDEN, LAYERS, tiny_inputs, tiny_model
 
 from blockprune import Pruner, PruningConfig
 from blockprune.config import ConfigError
@@ -89,3 +89,64 @@ def test_the_plan_counts_head_flops_at_the_length_the_target_is_solved_at() -> N
     config = planned_config("hybrid", sparsity=0.5, overrides={"ffn_budget": "flops"}, max_length=64)
     assert config.seq_len == 64
     assert planned_config("hybrid", sparsity=0.5, max_length=64).seq_len == 128  # unused, left at its default
+
+
+HALF = (HEAD_DIM // 2, HEAD_DIM // 2)  # 2 tile rows (V) and 2 tile columns (O) per head
+
+
+def random_scores(pruner: Pruner, seed: int = 5) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for group in pruner.groups:
+            group.scores.copy_(torch.randn(group.scores.shape, generator=generator))
+
+
+def per_head(mask: torch.Tensor, axis: int) -> torch.Tensor:
+    """The mask's blocks grouped by head: [heads, blocks of that head]."""
+    grid = mask if axis == 0 else mask.T
+    return grid.reshape(HEADS, -1)
+
+
+def test_full_head_pressure_keeps_or_drops_the_v_rows_and_o_columns_of_a_head_together() -> None:
+    pruner = Pruner(tiny_model("bert"), tiled(attention_block=HALF, attention_sparsity=0.5, head_pressure=1.0))
+    random_scores(pruner)
+    pruner.step(10, 10)
+    for layer in range(LAYERS):
+        for path, axis in (("attention.self.value", 0), ("attention.output.dense", 1)):
+            heads = per_head(pruner.layers[f"layer.{layer}.{path}"].group.hard_mask(), axis)
+            assert ((heads == 0).all(dim=1) | (heads == 1).all(dim=1)).all(), (layer, path)
+    # so the budget goes in whole heads, which shrink removes and which pay for FFN width
+    logged = pruner.step(10, 10)
+    assert logged["prune/ffn_bonus"] > 0
+    model = pruner.finalize()
+    reference = model(**tiny_inputs()).logits
+    result = shrink(model)
+    assert sum(n for layer in result.heads_per_layer for n in layer) < LAYERS * HEADS
+    assert torch.allclose(model(**tiny_inputs()).logits, reference, atol=1e-5)
+
+
+def test_without_head_pressure_the_same_scores_split_heads_and_half_pressure_mixes_the_two() -> None:
+    pruner = Pruner(tiny_model("bert"), tiled(attention_block=HALF, attention_sparsity=0.5))
+    random_scores(pruner)
+    pruner.step(10, 10)
+    value = pruner.layers["layer.0.attention.self.value"].group
+    heads = per_head(value.hard_mask(), 0)
+    assert not ((heads == 0).all(dim=1) | (heads == 1).all(dim=1)).all()  # tiles rank on their own
+    pressed = Pruner(tiny_model("bert"), tiled(attention_block=HALF, attention_sparsity=0.5, head_pressure=0.5))
+    random_scores(pressed)
+    group = pressed.layers["layer.0.attention.output.dense"].group
+    scores = group.scores.detach()
+    head_mean = scores.T.reshape(HEADS, -1).mean(dim=1).repeat_interleave(scores.shape[1] // HEADS)
+    assert torch.allclose(group.ranking_values(), 0.5 * scores + 0.5 * head_mean[None, :])
+    assert pressed.layers["layer.0.attention.self.query"].group.head_span is None  # Q and K rank on their own
+
+
+def test_head_pressure_is_checked_where_it_is_given() -> None:
+    with pytest.raises(ConfigError, match=r"head_pressure=1.5 must be a number in \[0, 1\]"):
+        tiled(head_pressure=1.5)
+    with pytest.raises(ConfigError, match="head_pressure pulls the attention tiles of one head together"):
+        PruningConfig.preset("struct", head_pressure=0.5)
+    from blockprune.pruner import PatchError
+
+    with pytest.raises(PatchError, match=f"heads of {HEAD_DIM} rows and tiles of 16"):
+        Pruner(tiny_model("bert"), tiled(attention_block=(16, 16), head_pressure=1.0))

@@ -114,6 +114,10 @@ class PruningConfig:
         "which keeps that many more neurons, so the model lands on the planned FLOPs (blockprune.budget)",
         "fixed")
     seq_len: int = _help("tokens per sequence at which ffn_budget='flops' counts a head's attention FLOPs", 128)
+    head_pressure: float = _help(
+        "tiled attention: a V or O tile ranks by (1 - p) * its own score + p * the mean score of its head's tiles "
+        "in that matrix (the V rows or O columns shrink needs empty to remove the head), so the tiles of a weak "
+        "head go together; 0 ranks every tile on its own, 1 keeps or drops V and O head by head", 0.0)
     ignored_layers: tuple[int, ...] = _help("indices of transformer layers left dense (not patched)", ())
     version: int = _help("format version of this config", CONFIG_VERSION)
 
@@ -150,6 +154,12 @@ class PruningConfig:
                 "ffn_budget='flops' hands the FLOPs of heads emptied by attention tiles to FFN neurons: it needs "
                 f"tiled attention and neuron FFN blocks (e.g. --preset hybrid), not attention_block="
                 f"{self.attention_block!r} with ffn_block={self.ffn_block!r}")
+        if isinstance(self.head_pressure, bool) or not isinstance(self.head_pressure, int | float) \
+                or not 0.0 <= self.head_pressure <= 1.0:
+            raise ConfigError(f"head_pressure={self.head_pressure!r} must be a number in [0, 1]")
+        if self.head_pressure and self.attention_block == HEAD:
+            raise ConfigError("head_pressure pulls the attention tiles of one head together: it needs tiled attention "
+                              "(e.g. --preset hybrid); attention_block='head' already keeps or drops whole heads")
         if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 1:
             raise ConfigError(f"seq_len={self.seq_len!r} must be an integer >= 1 (tokens per sequence)")
         layers = self.ignored_layers

@@ -66,6 +66,8 @@ class ScoreGroup(nn.Module):
         self.register_buffer("has_last_mask", torch.zeros((), dtype=torch.bool))
         self.members: list[MaskedLinear] = []
         self._cache: tuple[tuple, torch.Tensor] | None = None
+        # head pressure (tiled attention): (axis of the grid along which heads lie, blocks per head, weight p)
+        self.head_span: tuple[int, int, float] | None = None
 
     @property
     def weights_per_block(self) -> int:
@@ -81,8 +83,29 @@ class ScoreGroup(nn.Module):
         return total
 
     def ranking_values(self) -> torch.Tensor:
-        """What the method ranks: the learned scores, or the block magnitudes (detached)."""
-        return self.scores.detach() if self.method.learned else self.importance()
+        """What the method ranks: the learned scores, or the block magnitudes (detached).
+
+        With a ``head_span`` ``(axis, span, p)`` each block ranks by ``(1 - p)`` times its own value plus ``p``
+        times the mean over its head (``span`` consecutive block rows, ``axis=0``, or columns, ``axis=1``).
+        """
+        values = self.scores.detach() if self.method.learned else self.importance()
+        if self.head_span is None:
+            return values
+        axis, span, weight = self.head_span
+        grid = values if axis == 0 else values.T
+        rows, cols = grid.shape
+        heads = grid.reshape(rows // span, span * cols).mean(dim=1, keepdim=True)
+        heads = heads.expand(rows // span, span * cols).reshape(rows, cols)
+        return (1.0 - weight) * values + weight * (heads if axis == 0 else heads.T)
+
+    def set_head_span(self, axis: int, span: int, weight: float) -> None:
+        """Rank blocks partly by their head's mean (see :meth:`ranking_values`); heads are ``span`` blocks wide."""
+        size = self.scores.shape[axis]
+        if self.scores.dim() != 2 or span < 1 or size % span:
+            raise ValueError(f"a head span of {span} blocks does not divide a block grid of shape "
+                             f"{tuple(self.scores.shape)} along axis {axis}")
+        self.head_span = (axis, span, float(weight))
+        self._cache = None
 
     def _cache_key(self) -> tuple | None:
         """Changes whenever the hard mask could: density, threshold, and the values it is computed from."""

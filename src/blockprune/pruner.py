@@ -235,6 +235,8 @@ class Pruner:
         if cfg.attention_block != HEAD:
             for path in dict.fromkeys([attn.q, attn.k, attn.v, *extras, attn.o]):
                 self._wrap_grid(index, block, path, cfg.attention_method, cfg.attention_block, "attention")
+            if cfg.head_pressure and num_units(block, attn):
+                self._press_heads(index, attn, head_dim(block, attn))
             if self._freed is not None and num_units(block, attn):
                 units, d = num_units(block, attn), head_dim(block, attn)
                 self._freed.add_attention(self.layers[f"layer.{index}.{attn.v}"], 2 * units * d if attn.fused else 0,
@@ -253,6 +255,18 @@ class Pruner:
         for path in extras:
             self._wrap(index, block, path, group, "rows", (q_rows, -1))
         self._wrap(index, block, attn.o, group, "cols", (-1, q_rows))
+
+    def _press_heads(self, index: int, attn: AttentionSpec, d: int) -> None:
+        """``head_pressure``: V's tiles rank with their head's rows, O's with its columns (what shrink needs empty)."""
+        for path, axis in ((attn.v, 0), (attn.o, 1)):  # a fused [Q; K; V] grid presses its Q and K heads too
+            layer = self.layers[f"layer.{index}.{path}"]
+            tile = layer.block[axis]
+            if d % tile:
+                raise PatchError(
+                    f"head_pressure needs attention tiles that fit a head: layer.{index}.{path} has heads of {d} "
+                    f"{'rows' if axis == 0 else 'columns'} and tiles of {tile}; use attention_block with sides that "
+                    f"divide {d} (e.g. [{d}, {d}]) or head_pressure=0")
+            layer.group.set_head_span(axis, d // tile, self.config.head_pressure)
 
     def _patch_fallback(self) -> None:
         """Mask every linear of the base model on its own block grid (no coupling, no shrink)."""
