@@ -87,13 +87,14 @@ GOALS = {2.0: (1.0, 0.5), 3.0: (2.5, 3.0)}  # target: (max points below the refe
 SPARSE = {  # issue 12 item 4: (preset, sparsity): at most this many points below the reference
     ("unstructured", 0.5): 1.0, ("unstructured", 0.9): 5.0, ("block", 0.5): 1.5}
 SPARSE_MAGNITUDE = ("unstructured", 0.9)  # where movement must beat gradual magnitude (issue 12 item 4)
-SPARSE_VARIANTS = {  # suffix: (label, flags). Every sparse point names where its scores start, so a point's name
-    # keeps its meaning when a preset's default changes; the report compares each with its preset's default
-    "const": ("scores start at 0", ["--set", "score_init_from=constant"]),
+CUBIC = ["--set", "warmup=0.1", "--set", "cooldown=0.1"]  # the engine's default schedule, pinned by name
+SPARSE_VARIANTS = {  # suffix: (label, flags). Every sparse point names where its scores start and its schedule, so a
+    # point's name keeps its meaning when a preset's default changes; the report compares each with its preset's default
+    "const": ("scores start at 0", ["--set", "score_init_from=constant", *CUBIC]),
     # per-weight scores from 0 rank on movement alone, and the student starts from the converged teacher, whose
     # gradients are small and noisy; |W| is the ranking magnitude pruning trusts at these sparsities
-    "maginit": ("scores start from weight magnitude", ["--set", "score_init_from=magnitude"]),
-    "taylor": ("scores start from the Taylor ranking", ["--set", "score_init_from=taylor"]),
+    "maginit": ("scores start from weight magnitude", ["--set", "score_init_from=magnitude", *CUBIC]),
+    "taylor": ("scores start from the Taylor ranking", ["--set", "score_init_from=taylor", *CUBIC]),
     # the default cubic schedule reaches the final sparsity at 90% of the steps, where the linearly decaying learning
     # rate is a tenth of its peak: the final masks get ~60 steps to recover. Front-loaded: pruning from 5% to 50%
     "const-front": ("scores start at 0, pruning from 5% to 50% of the steps",
@@ -173,11 +174,13 @@ def sparse_name(preset: str, variant: str, sparsity: float) -> str:
 
 
 def sparse_default(preset: str) -> str:
-    """The SPARSE_VARIANTS suffix of the preset's own score start (its ``score_init_from``)."""
+    """The SPARSE_VARIANTS suffix that runs the preset as it is (its score start and schedule)."""
+    from blockprune.cli import _key_values
     from blockprune.config import PruningConfig
 
-    start = PruningConfig.preset(preset).score_init_from
-    return next(v for v, (_, flags) in SPARSE_VARIANTS.items() if flags[-1] == f"score_init_from={start}")
+    default = PruningConfig.preset(preset)
+    return next(v for v, (_, flags) in SPARSE_VARIANTS.items()
+                if PruningConfig.preset(preset, **_key_values(flags[1::2], "--set")) == default)
 
 
 def magnitude_sparse_name(preset: str, sparsity: float) -> str:

@@ -220,9 +220,9 @@ def test_unstructured_and_block_points_prune_to_a_sparsity_and_their_goals_read_
     command = frontier.blockprune_command(taylor, Path("out"), Path("teacher"), 2.0, 42, [])
     assert command[command.index("--sparsity") + 1] == "0.9" and "--target-speedup" not in command
     assert command[command.index("--epochs") + 1] == "2.0" and "--fill-epochs" not in command  # same budget, no fill
-    assert taylor.extra == ["--set", "score_init_from=taylor"] and const.kind == "sparsity"
-    assert const.extra == ["--set", "score_init_from=constant"]  # every point names its start: no "as it is"
-    assert points["bp-unstructured-maginit-0.5"].extra == ["--set", "score_init_from=magnitude"]
+    assert taylor.extra == ["--set", "score_init_from=taylor", *frontier.CUBIC] and const.kind == "sparsity"
+    assert const.extra == ["--set", "score_init_from=constant", *frontier.CUBIC]  # names its start and schedule
+    assert points["bp-unstructured-maginit-0.5"].extra == ["--set", "score_init_from=magnitude", *frontier.CUBIC]
     assert points["magnitude-gradual-unstructured-0.9"].extra == frontier.MAGNITUDE
     assert {"bp-unstructured-const-0.5", "bp-block-const-0.5", "bp-block-maginit-0.5", "bp-block-taylor-0.5"} \
         <= set(points) and "bp-unstructured-0.5" not in points
@@ -233,8 +233,8 @@ def test_unstructured_and_block_points_prune_to_a_sparsity_and_their_goals_read_
             _row("bp-unstructured-taylor-0.9", "blockprune", 77.5, 82.0, 1.0, std=0.4),
             _row("magnitude-gradual-unstructured-0.9", "magnitude-gradual", 76.0, 81.0, 1.0, std=0.3)]
     lines = frontier.sparse_lines(rows)
-    assert lines[0].startswith("unstructured 90%: scores start from the Taylor ranking (`--set score_init_from=taylor`)"
-                               " vs the preset's default (scores start from weight magnitude): +3.50 points, larger "
+    assert lines[0].startswith("unstructured 90%: scores start from the Taylor ranking (`--set score_init_from=taylor "
+                               "--set warmup=0.1 --set cooldown=0.1`) vs the preset's default (scores start from weight magnitude): +3.50 points, larger "
                                "than the seed spread (0.90)")
     assert lines[1] == ("unstructured 90%: best by dev = bp-unstructured-taylor-0.9 (77.50 ± 0.40, 3 seeds) — -3.50 "
                         "vs the reference: reached (goal ≥ −5.0)")
