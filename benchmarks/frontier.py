@@ -103,11 +103,14 @@ SPARSE_VARIANTS = {  # suffix: (label, flags). Every sparse point names where it
                       ["--set", "score_init_from=magnitude", *FRONT]),
 }
 HYBRID = (2.2, 0.15)  # issue 12 item 2: hybrid-filled at ≥2.2x measured, at most 0.15 points below the reference
-HYBRID_VARIANTS = {  # suffix: (label, flags); "" is the preset as it is
-    "": ("", []),
-    "flops": ("emptied heads pay for FFN width", ["--set", "ffn_budget=flops"]),
+TILES_ALONE = ["--set", "head_pressure=0"]  # every attention tile ranks on its own
+HYBRID_VARIANTS = {  # suffix: (label, flags). Every point names its FFN budget and head pressure, so a name keeps its
+    # meaning when the preset's defaults change; the report compares each with the variant that is the preset as it is
+    "fixed": ("tiles ranked on their own, the FFN sized to the target alone (the recipe before head pressure)",
+              ["--set", "ffn_budget=fixed", *TILES_ALONE]),
+    "flops": ("emptied heads pay for FFN width", ["--set", "ffn_budget=flops", *TILES_ALONE]),
     "flops-att80": ("emptied heads pay for FFN width, attention tiles 80% pruned",
-                    ["--set", "ffn_budget=flops", "--set", "attention_sparsity=0.8"]),
+                    ["--set", "ffn_budget=flops", "--set", "attention_sparsity=0.8", *TILES_ALONE]),
     "flops-hp1": ("emptied heads pay for FFN width, V and O tiles kept or dropped head by head",
                   ["--set", "ffn_budget=flops", "--set", "head_pressure=1"]),
 }
@@ -157,7 +160,7 @@ def plan(quick: bool) -> list[Point]:
     preset, sparsity = SPARSE_MAGNITUDE
     points.append(Point(magnitude_sparse_name(preset, sparsity), "magnitude-gradual", sparsity,
                         f"gradual magnitude, {preset}", preset=preset, extra=MAGNITUDE, kind="sparsity"))
-    points += [Point(hybrid_name(v), "blockprune", HYBRID[0], f"blockprune hybrid-filled{', ' + label if v else ''}",
+    points += [Point(hybrid_name(v), "blockprune", HYBRID[0], f"blockprune hybrid-filled, {label}",
                      preset="hybrid-filled", extra=flags) for v, (label, flags) in HYBRID_VARIANTS.items()]
     if quick:
         keep = ("dense-control", "bp-struct-2.0", "layer-drop-3")
@@ -166,7 +169,18 @@ def plan(quick: bool) -> list[Point]:
 
 
 def hybrid_name(variant: str) -> str:
-    return f"bp-hybrid-filled{'-' + variant if variant else ''}-{HYBRID[0]}"
+    return f"bp-hybrid-filled-{variant}-{HYBRID[0]}"
+
+
+def preset_variant(preset: str, variants: dict[str, tuple[str, list[str]]], **target: float) -> str:
+    """The suffix of ``variants`` whose ``--set`` flags leave ``preset`` as it runs at ``target`` (``sparsity=`` or
+    ``target_speedup=``; planned as the CLI plans it, so a speedup target's FLOPs budget counts)."""
+    from blockprune.cli import _key_values
+    from blockprune.plan import planned_config
+
+    default = planned_config(preset, **target)
+    return next(v for v, (_, flags) in variants.items()
+                if planned_config(preset, overrides=_key_values(flags[1::2], "--set"), **target) == default)
 
 
 def sparse_name(preset: str, variant: str, sparsity: float) -> str:
@@ -175,12 +189,7 @@ def sparse_name(preset: str, variant: str, sparsity: float) -> str:
 
 def sparse_default(preset: str) -> str:
     """The SPARSE_VARIANTS suffix that runs the preset as it is (its score start and schedule)."""
-    from blockprune.cli import _key_values
-    from blockprune.config import PruningConfig
-
-    default = PruningConfig.preset(preset)
-    return next(v for v, (_, flags) in SPARSE_VARIANTS.items()
-                if PruningConfig.preset(preset, **_key_values(flags[1::2], "--set")) == default)
+    return preset_variant(preset, SPARSE_VARIANTS, sparsity=0.5)
 
 
 def magnitude_sparse_name(preset: str, sparsity: float) -> str:
@@ -482,19 +491,21 @@ def variant_section(rows: list[dict[str, Any]], variant: str) -> str:
 def hybrid_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Each ``hybrid-filled`` variant against the preset as it is: test, dev, speed, and dev's choice."""
     by_name = {r["name"]: r for r in rows}
-    base = by_name.get(hybrid_name(""))
+    default = preset_variant("hybrid-filled", HYBRID_VARIANTS, target_speedup=HYBRID[0])
+    base = by_name.get(hybrid_name(default))
 
     def show(r: dict[str, Any]) -> str:
         speed = f"{r['b32']:.2f}x" if r["b32"] else "not timed"
         return f"{r['acc']:.2f} ± {r['std']:.2f} (dev {r['dev']:.2f}, {speed})"
 
     out = []
-    for variant, (label, flags) in list(HYBRID_VARIANTS.items())[1:]:
+    for variant, (label, flags) in HYBRID_VARIANTS.items():
         other = by_name.get(hybrid_name(variant))
-        if base is None or other is None:
+        if base is None or other is None or variant == default:
             continue
         chosen = f"`{shlex.join(flags)}`" if other["dev"] > base["dev"] else "the preset as it is"
-        out.append(f"{label} (`{shlex.join(flags)}`): {show(other)} vs the preset {show(base)}; dev chooses "
+        out.append(f"{label} (`{shlex.join(flags)}`): {show(other)} vs the preset as it is "
+                   f"({HYBRID_VARIANTS[default][0]}) {show(base)}; dev chooses "
                    f"{chosen}; " + compare(rows, other["name"], base["name"]).split(": ", 1)[1])
     return out or ["not run yet"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import DEFAULT_TASK, FFN, HEAD_DIM, HEADS, HIDDEN, LAYERS, tiny_inputs, tiny_model
+from tiny import DEFAULT_TASK, FFN, HEAD_DIM, HEADS, HIDDEN, LAYERS, save_tiny_bert, tiny_inputs, tiny_model
 
 from blockprune import Pruner, PruningConfig
 from blockprune.config import ConfigError
@@ -89,6 +89,18 @@ def test_the_plan_counts_head_flops_at_the_length_the_target_is_solved_at() -> N
     config = planned_config("hybrid", sparsity=0.5, overrides={"ffn_budget": "flops"}, max_length=64)
     assert config.seq_len == 64
     assert planned_config("hybrid", sparsity=0.5, max_length=64).seq_len == 128  # unused, left at its default
+
+
+
+def test_a_speedup_target_with_tiled_attention_budgets_flops_and_a_sparsity_target_weights(tmp_path) -> None:
+    model = str(save_tiny_bert(tmp_path / "bert"))
+    speed = planned_config("hybrid", target_speedup=1.2, model_path=model, max_length=64)
+    assert speed.ffn_budget == "flops" and speed.seq_len == 64 and speed.head_pressure == 1.0
+    assert planned_config("hybrid", sparsity=0.5).ffn_budget == "fixed"  # half the weights, as asked
+    kept = planned_config("hybrid", target_speedup=1.2, model_path=model,
+                          overrides={"ffn_budget": "fixed"})
+    assert kept.ffn_budget == "fixed"  # an explicit choice stands
+    assert planned_config("struct", target_speedup=2.0, model_path=model).ffn_budget == "fixed"
 
 
 HALF = (HEAD_DIM // 2, HEAD_DIM // 2)  # 2 tile rows (V) and 2 tile columns (O) per head

@@ -145,26 +145,30 @@ def test_goals_pick_the_best_preset_on_dev_and_say_what_is_missed():
 
 
 def test_hybrid_filled_is_a_point_on_the_same_budget_and_its_goal_says_what_is_missed():
-    point = next(p for p in frontier.plan(quick=False) if p.name == "bp-hybrid-filled-2.2")
+    point = next(p for p in frontier.plan(quick=False) if p.name == "bp-hybrid-filled-fixed-2.2")
     command = frontier.blockprune_command(point, Path("out"), Path("teacher"), 2.0, 42, [])
     assert command[command.index("--epochs") + 1] == "1.0" and command[command.index("--fill-epochs") + 1] == "1.0"
-    rows = [_row("bp-hybrid-filled-2.2", "blockprune", 80.9, 84.0, 2.1)]
-    assert frontier.goals(rows)[-1] == ("bp-hybrid-filled-2.2: 80.90 ± 0.20 at 2.10x measured, -0.10 vs the reference: "
-                                        "NOT reached (0.10x too slow) (goal ≥ 2.2x and ≥ −0.15)")
+    rows = [_row("bp-hybrid-filled-flops-hp1-2.2", "blockprune", 80.9, 84.0, 2.1)]
+    assert frontier.goals(rows)[-1] == ("bp-hybrid-filled-flops-hp1-2.2: 80.90 ± 0.20 at 2.10x measured, -0.10 vs the "
+                                        "reference: NOT reached (0.10x too slow) (goal ≥ 2.2x and ≥ −0.15)")
     rows[0].update(b32=2.3, acc=80.5, delta_ref=-0.5)
     assert frontier.goals(rows)[-1].endswith("NOT reached (0.35 points short) (goal ≥ 2.2x and ≥ −0.15)")
     rows[0].update(acc=81.0, delta_ref=0.0)
     assert frontier.goals(rows)[-1].endswith("vs the reference: reached (goal ≥ 2.2x and ≥ −0.15)")
-    flops = next(p for p in frontier.plan(quick=False) if p.name == "bp-hybrid-filled-flops-2.2")
-    assert flops.preset == "hybrid-filled" and flops.extra == ["--set", "ffn_budget=flops"]
+    # every point names its FFN budget and head pressure; the preset as it is is the head-pressed FLOPs budget
+    points = {p.name: p for p in frontier.plan(quick=False)}
+    assert points["bp-hybrid-filled-fixed-2.2"].extra == ["--set", "ffn_budget=fixed", "--set", "head_pressure=0"]
+    assert points["bp-hybrid-filled-flops-att80-2.2"].extra == [
+        "--set", "ffn_budget=flops", "--set", "attention_sparsity=0.8", "--set", "head_pressure=0"]
+    assert frontier.preset_variant("hybrid-filled", frontier.HYBRID_VARIANTS, target_speedup=2.2) == "flops-hp1"
     assert frontier.hybrid_lines(rows) == ["not run yet"]
-    rows.append(_row("bp-hybrid-filled-flops-2.2", "blockprune", 81.5, 84.5, None, std=0.1))
+    rows.append(_row("bp-hybrid-filled-fixed-2.2", "blockprune", 80.5, 84.5, None, std=0.1))
     assert frontier.hybrid_lines(rows) == [
-        "emptied heads pay for FFN width (`--set ffn_budget=flops`): 81.50 ± 0.10 (dev 84.50, not timed) vs the "
-        "preset 81.00 ± 0.20 (dev 84.00, 2.30x); dev chooses `--set ffn_budget=flops`; +0.50 points, larger than "
-        "the seed spread (0.30)"]
-    att80 = next(p for p in frontier.plan(quick=False) if p.name == "bp-hybrid-filled-flops-att80-2.2")
-    assert att80.extra == ["--set", "ffn_budget=flops", "--set", "attention_sparsity=0.8"]
+        "tiles ranked on their own, the FFN sized to the target alone (the recipe before head pressure) (`--set "
+        "ffn_budget=fixed --set head_pressure=0`): 80.50 ± 0.10 (dev 84.50, not timed) vs the preset as it is "
+        "(emptied heads pay for FFN width, V and O tiles kept or dropped head by head) 81.00 ± 0.20 (dev 84.00, "
+        "2.30x); dev chooses `--set ffn_budget=fixed --set head_pressure=0`; -0.50 points, larger than the seed "
+        "spread (0.30)"]
 
 
 def test_variant_rows_compare_each_struct_variant_with_the_default_and_let_dev_choose():

@@ -124,7 +124,10 @@ def planned_config(preset: str, target_speedup: float | None = None, sparsity: f
     A ``target_speedup`` is turned into sparsities from the FLOPs split of ``model_path`` at ``max_length``
     tokens (see :func:`sparsities_for_speedup`); with neither target, ``sparsity`` stays the preset's. With tiles
     in attention an ``attention_sparsity`` override is kept (the FFN alone is sized to the target, so it does not
-    change the plan; with ``ffn_budget="flops"`` a higher one empties more heads to pay for FFN width).
+    change the plan; with ``ffn_budget="flops"`` a higher one empties more heads to pay for FFN width). A speedup
+    target with tiled attention and neuron FFN sets ``ffn_budget="flops"`` unless overridden: the target counts
+    FLOPs, so every head the tiles empty gives its FLOPs back to FFN neurons; a ``sparsity`` target counts weights,
+    so the FFN keeps its scheduled sparsity.
     """
     if preset not in PRESETS:
         raise PlanError(f"--preset {preset!r} is unknown; choose one of {sorted(PRESETS)}")
@@ -140,6 +143,9 @@ def planned_config(preset: str, target_speedup: float | None = None, sparsity: f
     if unknown:
         raise PlanError(f"--set {', '.join(unknown)}: not a PruningConfig field; choose among {known}")
     config = PruningConfig.preset(preset, **overrides)
+    if target_speedup is not None and "ffn_budget" not in overrides and config.attention_block != HEAD \
+            and config.ffn_block == NEURON:
+        config = config.replace(ffn_budget="flops")  # a speedup target is in FLOPs: emptied heads buy FFN neurons
     if config.ffn_budget == "flops" and "seq_len" not in overrides:
         config = config.replace(seq_len=max_length)  # heads' FLOPs counted at the length the target is solved at
     if target_speedup is None:
