@@ -231,22 +231,23 @@ def test_unstructured_and_block_points_prune_to_a_sparsity_and_their_goals_read_
     assert {"bp-unstructured-const-0.5", "bp-block-const-0.5", "bp-block-maginit-0.5", "bp-block-taylor-0.5"} \
         <= set(points) and "bp-unstructured-0.5" not in points
     # each preset is compared with its own default start, read from PRESETS
-    assert frontier.sparse_default("unstructured") == "maginit" and frontier.sparse_default("struct") == "taylor"
+    assert frontier.sparse_default("unstructured") == "maginit-front" and frontier.sparse_default("block") == "const"
     assert frontier.sparse_lines([]) == ["not run yet"]
-    rows = [_row("bp-unstructured-maginit-0.9", "blockprune", 74.0, 80.0, 1.0, std=0.5),
+    rows = [_row("bp-unstructured-maginit-front-0.9", "blockprune", 74.0, 80.0, 1.0, std=0.5),
             _row("bp-unstructured-taylor-0.9", "blockprune", 77.5, 82.0, 1.0, std=0.4),
             _row("magnitude-gradual-unstructured-0.9", "magnitude-gradual", 76.0, 81.0, 1.0, std=0.3)]
     lines = frontier.sparse_lines(rows)
     assert lines[0].startswith("unstructured 90%: scores start from the Taylor ranking (`--set score_init_from=taylor "
-                               "--set warmup=0.1 --set cooldown=0.1`) vs the preset's default (scores start from weight magnitude): +3.50 points, larger "
+                               "--set warmup=0.1 --set cooldown=0.1`) vs the preset's default (scores start from "
+                               "weight magnitude, pruning from 5% to 50% of the steps): +3.50 points, larger "
                                "than the seed spread (0.90)")
     assert lines[1] == ("unstructured 90%: best by dev = bp-unstructured-taylor-0.9 (77.50 ± 0.40, 3 seeds) — -3.50 "
                         "vs the reference: reached (goal ≥ −5.0)")
     assert lines[2] == ("unstructured 90%: movement (bp-unstructured-taylor-0.9) vs gradual magnitude: +1.50 points "
                         "(larger than the seed spread (0.70)): reached (goal: movement above magnitude)")
     rows[1]["dev"] = 79.0  # dev now prefers the default, whose test is 7 points below the reference
-    assert "best by dev = bp-unstructured-maginit-0.9 (74.00 ± 0.50, 3 seeds) — -7.00 vs the reference: NOT reached " \
-        "(by 2.00)" in frontier.sparse_lines(rows)[1]
+    assert "best by dev = bp-unstructured-maginit-front-0.9 (74.00 ± 0.50, 3 seeds) — -7.00 vs the reference: NOT " \
+        "reached (by 2.00)" in frontier.sparse_lines(rows)[1]
 
 
 def test_a_shape_key_rebuilds_a_model_that_runs_the_same_shapes_as_the_one_it_came_from(tmp_path):

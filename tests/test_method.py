@@ -239,3 +239,14 @@ def test_optimizer_steps_count_accumulation_processes_and_the_minimum(monkeypatc
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert optimizer_steps(2_000, settings) == 32
     assert optimizer_steps(2_000, dataclasses.replace(settings, min_steps=300)) == 300
+
+
+def test_unstructured_prunes_from_5_to_50_percent_of_the_steps_and_block_keeps_the_cubic_default():
+    from blockprune.schedule import sparsity_at
+
+    cfg = PruningConfig.preset("unstructured", sparsity=0.9)
+    at = [sparsity_at(step, 100, cfg.sparsity, cfg.warmup, cfg.cooldown) for step in (4, 6, 49, 50, 99)]
+    assert at[0] == 0.0 and 0.0 < at[1] < 0.9 and at[2] < 0.9  # dense first, then the ramp
+    assert at[3] == pytest.approx(0.9) and at[4] == pytest.approx(0.9)  # the second half trains the final masks
+    block = PruningConfig.preset("block")
+    assert (block.warmup, block.cooldown) == (PruningConfig().warmup, PruningConfig().cooldown) == (0.1, 0.1)
