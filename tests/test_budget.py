@@ -91,7 +91,6 @@ def test_the_plan_counts_head_flops_at_the_length_the_target_is_solved_at() -> N
     assert planned_config("hybrid", sparsity=0.5, max_length=64).seq_len == 128  # unused, left at its default
 
 
-
 def test_a_speedup_target_with_tiled_attention_budgets_flops_and_a_sparsity_target_weights(tmp_path) -> None:
     model = str(save_tiny_bert(tmp_path / "bert"))
     speed = planned_config("hybrid", target_speedup=1.2, model_path=model, max_length=64)

@@ -147,7 +147,7 @@ class PruningConfig:
             raise ConfigError(f"min_blocks={self.min_blocks!r} must be an integer >= 0")
         if self.ffn_budget not in FFN_BUDGETS:
             raise ConfigError(f"ffn_budget={self.ffn_budget!r} is unknown; choose one of {list(FFN_BUDGETS)}")
-        if self.ffn_budget == "flops" and (self.attention_block == HEAD or self.ffn_block != NEURON):
+        if self.ffn_budget == "flops" and not self.tiles_with_neurons:
             raise ConfigError(
                 "ffn_budget='flops' hands the FLOPs of heads emptied by attention tiles to FFN neurons: it needs "
                 f"tiled attention and neuron FFN blocks (e.g. --preset hybrid), not attention_block="
@@ -171,6 +171,11 @@ class PruningConfig:
             raise ConfigError("regularization must be >= 0 and score_lr > 0")
         if not isinstance(self.version, int) or isinstance(self.version, bool):
             raise ConfigError(f"version must be an integer, got {self.version!r}")
+
+    @property
+    def tiles_with_neurons(self) -> bool:
+        """Tiled attention with neuron FFN blocks: where emptied heads can pay for FFN neurons (``ffn_budget``)."""
+        return self.attention_block != HEAD and self.ffn_block == NEURON
 
     @property
     def final_attention_sparsity(self) -> float:

@@ -100,8 +100,7 @@ class ScoreGroup(nn.Module):
 
     def set_head_span(self, axis: int, span: int, weight: float) -> None:
         """Rank blocks partly by their head's mean (see :meth:`ranking_values`); heads are ``span`` blocks wide."""
-        size = self.scores.shape[axis]
-        if self.scores.dim() != 2 or span < 1 or size % span:
+        if self.scores.dim() != 2 or span < 1 or self.scores.shape[axis] % span:
             raise ValueError(f"a head span of {span} blocks does not divide a block grid of shape "
                              f"{tuple(self.scores.shape)} along axis {axis}")
         self.head_span = (axis, span, float(weight))

@@ -85,7 +85,8 @@ def sparsities_for_speedup(target: float, attention_flops: int, ffn_flops: int, 
     With whole heads and neurons (``struct``), every pruned FLOP goes away after shrink, so both keep
     ``1 / target``. Tiles inside attention only pay off when a head empties completely, which cannot be
     planned; so for tile presets the FFN alone is sized to reach the target (attention heads all kept),
-    and attention is pruned at ``1 - 1/target``: every head it empties is extra speed, reported as achieved.
+    and attention is pruned at ``1 - 1/target``: every head it empties is extra speed, reported as achieved,
+    or with ``ffn_budget="flops"`` (what :func:`planned_config` sets for a speedup target) FFN width.
     """
     if target <= 1.0:
         raise PlanError(f"--target-speedup {target} must be greater than 1 (1 = the dense model)")
@@ -143,8 +144,7 @@ def planned_config(preset: str, target_speedup: float | None = None, sparsity: f
     if unknown:
         raise PlanError(f"--set {', '.join(unknown)}: not a PruningConfig field; choose among {known}")
     config = PruningConfig.preset(preset, **overrides)
-    if target_speedup is not None and "ffn_budget" not in overrides and config.attention_block != HEAD \
-            and config.ffn_block == NEURON:
+    if target_speedup is not None and "ffn_budget" not in overrides and config.tiles_with_neurons:
         config = config.replace(ffn_budget="flops")  # a speedup target is in FLOPs: emptied heads buy FFN neurons
     if config.ffn_budget == "flops" and "seq_len" not in overrides:
         config = config.replace(seq_len=max_length)  # heads' FLOPs counted at the length the target is solved at
