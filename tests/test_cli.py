@@ -36,11 +36,12 @@ def prune_args(tiny_dir, data_files, out, *extra):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["struct", "hybrid-filled", "struct --fill",
-                                    "hybrid-filled --set ffn_budget=flops --set head_pressure=0"])
+                                    "hybrid-filled --target-speedup 1.3 --set head_pressure=0"])
 def test_prune_end_to_end_writes_model_and_report(tiny_dir, data_files, tmp_path, preset, capsys):
     out = tmp_path / preset.replace(" ", "").replace("=", "")
     preset, *flags = preset.split()
-    extra = ["--sparsity", "0.5", "--ffn-multiple", "12", *flags] + (
+    flops = "--target-speedup" in flags  # a speedup target counts FLOPs: emptied heads buy FFN neurons
+    extra = ([] if flops else ["--sparsity", "0.5"]) + ["--ffn-multiple", str(multiple := 1 if flops else 12), *flags] + (
         ["--set", "attention_block=[8,8]"] if preset == "hybrid-filled" else [])
     assert main(prune_args(tiny_dir, data_files, out, "--preset", preset, *extra)) == 0
     printed = capsys.readouterr()
@@ -56,12 +57,14 @@ def test_prune_end_to_end_writes_model_and_report(tiny_dir, data_files, tmp_path
     assert report["speedup"]["theoretical"] > 1.0 and report["speedup"]["measured"] > 0
     assert report["target"]["seq_len"] == 32  # achieved at --max-length, where the target was solved
     config = report["pruning"]["config"]
-    flops = "ffn_budget=flops" in flags  # a --sparsity target counts weights: the FFN keeps its schedule
-    assert config["ffn_budget"] == ("flops" if flops else "fixed")
+    assert config["ffn_budget"] == ("flops" if flops else "fixed")  # a --sparsity target counts weights
     assert config["seq_len"] == (32 if flops else 128)  # heads' FLOPs counted at --max-length
     assert config["head_pressure"] == (1.0 if preset == "hybrid-filled" and "head_pressure=0" not in flags else 0.0)
-    assert report["pruning"]["density"]["overall"] == pytest.approx(0.5, abs=0.05)
-    assert sum(report["ffn_width"]) <= 0.55 * 2 * 64
+    if flops:  # the target is met in FLOPs at --max-length, on the shrunk model
+        assert report["target"]["kind"] == "speedup" and report["target"]["achieved"] >= 1.3 * 0.95
+    else:  # the target is met in weights
+        assert report["pruning"]["density"]["overall"] == pytest.approx(0.5, abs=0.05)
+        assert sum(report["ffn_width"]) <= 0.55 * 2 * 64
     assert report["heads_total"] == [4, 4] and report["ffn_total"] == [64, 64]  # read from the dense modules
     if preset == "struct":
         assert report["heads_kept"] == [2, 2]
@@ -73,8 +76,8 @@ def test_prune_end_to_end_writes_model_and_report(tiny_dir, data_files, tmp_path
     # the final model loads at its small shapes and reproduces the evaluated accuracy
     model = load_pruned(out / "model")
     widths = [layer.intermediate.dense.out_features for layer in model.bert.encoder.layer]
-    assert widths == [-(-w // 12) * 12 for w in report["ffn_width"]]  # kept neurons + zero padding (--ffn-multiple)
-    assert any(w % 12 for w in report["ffn_width"])  # so the padding really happened
+    assert widths == [-(-w // multiple) * multiple for w in report["ffn_width"]]  # kept + zero padding
+    assert flops or any(w % 12 for w in report["ffn_width"])  # so the padding really happened (the target counts it)
     for layer, kept in zip(model.bert.encoder.layer, report["ffn_width"], strict=True):  # still zero after fill
         assert not layer.output.dense.weight[:, kept:].any() and not layer.intermediate.dense.weight[kept:].any()
     assert main(["eval", str(out / "model"), "--train-file", str(data_files / "train.csv"), "--validation-file",
@@ -161,6 +164,7 @@ def test_shrink_keeps_the_image_processor_and_tokenizer(tmp_path, with_tokenizer
         (["--target-speedup", "100"], "cannot be reached"),
         (["--target-speedup", "0.5"], "greater than 1"),
         (["--preset", "struct", "--set", "sparsity=2"], "sparsity"),
+        (["--preset", "hybrid", "--sparsity", "0.5", "--set", "ffn_budget=flops"], "give a --target-speedup"),
         (["--label-column", "nope"], "nope"),
         (["--teacher", "/does/not/exist"], "teacher"),
     ],

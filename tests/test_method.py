@@ -130,6 +130,26 @@ def test_scores_initialised_from_taylor_are_weight_times_gradient_summed_per_hea
     assert all(p.grad is None for p in model.parameters())  # training starts from clean gradients
 
 
+def test_hybrid_scores_start_from_the_taylor_ranking_of_each_tile():
+    from tiny import HEAD_DIM
+
+    model, reference = tiny_model("bert"), tiny_model("bert")
+    batches = [tiny_batch("bert", seed=s) for s in range(2)]
+    for batch in batches:
+        reference.eval()(**batch).loss.backward()
+    config = PruningConfig.preset("hybrid", sparsity=0.5, attention_block=(HEAD_DIM, HEAD_DIM))
+    assert config.score_init_from == "taylor"  # tiles learn from the task gradient's ranking, not from 0
+    pruner = Pruner(model, config)
+    assert init_scores_taylor(pruner, model, iter(batches)) == 2
+    value = reference.bert.encoder.layer[0].attention.self.value.weight
+    side = HEAD_DIM
+    tiles = (value * value.grad).abs().reshape(value.shape[0] // side, side, value.shape[1] // side, side).sum((1, 3))
+    group = next(g for g in groups_of(pruner, "attention")
+                 if any(m is model.bert.encoder.layer[0].attention.self.value for m in g.members))
+    assert torch.allclose(group.scores.detach(), tiles / tiles.mean(), rtol=1e-4)
+    assert float(group.scores.detach().std()) > 0  # a ranking, not a constant
+
+
 def test_taylor_of_a_conv1d_equals_that_of_the_same_linear():
     from transformers.pytorch_utils import Conv1D
 

@@ -55,11 +55,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "block": dict(attention_method="topk", attention_block=(32, 32), ffn_method="topk", ffn_block=(32, 32)),
     # V and O tiles rank with their head (head_pressure), so a weak head's tiles go together and shrink removes it;
     # with a speedup target every emptied head pays for FFN neurons (blockprune.plan.planned_config). Tiles ranked
-    # on their own rarely empty a head (69 of 72 kept at 2.2x): see docs/RESULTS.md, hybrid-filled at 2.2x
+    # on their own rarely empty a head (69 of 72 kept at 2.2x). Scores start from the Taylor ranking: hybrid-filled
+    # at 2.2x, test 81.89 ± 0.22 (dev 85.20) vs 80.94 ± 0.78 (dev 84.01) from 0, 3 seeds; docs/RESULTS.md
     "hybrid": dict(attention_method="sigmoid_threshold", attention_block=(32, 32), ffn_method="sigmoid_threshold",
-                   ffn_block=NEURON, head_pressure=1.0),
+                   ffn_block=NEURON, head_pressure=1.0, score_init_from="taylor"),
     "hybrid-filled": dict(attention_method="sigmoid_threshold", attention_block=(32, 32),
-                          ffn_method="sigmoid_threshold", ffn_block=NEURON, head_pressure=1.0),
+                          ffn_method="sigmoid_threshold", ffn_block=NEURON, head_pressure=1.0,
+                          score_init_from="taylor"),
     # scores start from the Taylor ranking: at 3x on the embedded task dev 84.92 (3 seeds) vs 83.12 from 0 (2)
     "struct": dict(attention_method="topk", attention_block=HEAD, ffn_method="topk", ffn_block=NEURON,
                    score_init_from="taylor"),

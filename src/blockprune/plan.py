@@ -128,7 +128,8 @@ def planned_config(preset: str, target_speedup: float | None = None, sparsity: f
     change the plan; with ``ffn_budget="flops"`` a higher one empties more heads to pay for FFN width). A speedup
     target with tiled attention and neuron FFN sets ``ffn_budget="flops"`` unless overridden: the target counts
     FLOPs, so every head the tiles empty gives its FLOPs back to FFN neurons; a ``sparsity`` target counts weights,
-    so the FFN keeps its scheduled sparsity.
+    so the FFN keeps its scheduled sparsity (``ffn_budget="flops"`` without a speedup target is a :class:`PlanError`:
+    the bonus neurons would keep more weights than the target allows).
     """
     if preset not in PRESETS:
         raise PlanError(f"--preset {preset!r} is unknown; choose one of {sorted(PRESETS)}")
@@ -146,6 +147,11 @@ def planned_config(preset: str, target_speedup: float | None = None, sparsity: f
     config = PruningConfig.preset(preset, **overrides)
     if target_speedup is not None and "ffn_budget" not in overrides and config.tiles_with_neurons:
         config = config.replace(ffn_budget="flops")  # a speedup target is in FLOPs: emptied heads buy FFN neurons
+    if config.ffn_budget == "flops" and target_speedup is None:
+        raise PlanError(
+            "ffn_budget=flops gives the FLOPs of every head the attention tiles empty to FFN neurons, so the run "
+            "keeps more weights than a --sparsity target allows; give a --target-speedup (a FLOPs target), or drop "
+            "--set ffn_budget=flops (a sparsity target counts weights: ffn_budget=fixed)")
     if config.ffn_budget == "flops" and "seq_len" not in overrides:
         config = config.replace(seq_len=max_length)  # heads' FLOPs counted at the length the target is solved at
     if target_speedup is None:
