@@ -101,6 +101,10 @@ SPARSE_VARIANTS = {  # suffix: (label, flags). Every sparse point names where it
                     ["--set", "score_init_from=constant", *FRONT]),
     "maginit-front": ("scores start from weight magnitude, pruning from 5% to 50% of the steps",
                       ["--set", "score_init_from=magnitude", *FRONT]),
+    # uniform allocation keeps the same fraction of every matrix; global ranks the tiles of all attention matrices
+    # together and those of all FFN matrices together, so a matrix that needs fewer tiles gives them to one that needs more
+    "const-global": ("scores start at 0, global top-k", ["--set", "score_init_from=constant", *CUBIC,
+                                                          "--set", "allocation=global"]),
 }
 HYBRID = (2.2, 0.15)  # issue 12 item 2: hybrid-filled at ≥2.2x measured, at most 0.15 points below the reference
 TILES_ALONE = ["--set", "head_pressure=0"]  # every attention tile ranks on its own
@@ -112,7 +116,12 @@ HYBRID_VARIANTS = {  # suffix: (label, flags). Every point names its FFN budget 
     "flops-att80": ("emptied heads pay for FFN width, attention tiles 80% pruned",
                     ["--set", "ffn_budget=flops", "--set", "attention_sparsity=0.8", *TILES_ALONE]),
     "flops-hp1": ("emptied heads pay for FFN width, V and O tiles kept or dropped head by head",
-                  ["--set", "ffn_budget=flops", "--set", "head_pressure=1"]),
+                  ["--set", "ffn_budget=flops", "--set", "head_pressure=1", "--set", "score_init_from=constant"]),
+    # scores from 0 leave the first head choices to a few hundred steps of movement; struct's Taylor start (dev +1.8
+    # at 3x) gives them the task gradient's ranking from step 0 (the preset's default since session 18)
+    "flops-hp1-taylor": ("emptied heads pay for FFN width, V and O tiles kept or dropped head by head, scores start "
+                         "from the Taylor ranking",
+                         ["--set", "ffn_budget=flops", "--set", "head_pressure=1", "--set", "score_init_from=taylor"]),
 }
 
 

@@ -160,15 +160,17 @@ def test_hybrid_filled_is_a_point_on_the_same_budget_and_its_goal_says_what_is_m
     assert points["bp-hybrid-filled-fixed-2.2"].extra == ["--set", "ffn_budget=fixed", "--set", "head_pressure=0"]
     assert points["bp-hybrid-filled-flops-att80-2.2"].extra == [
         "--set", "ffn_budget=flops", "--set", "attention_sparsity=0.8", "--set", "head_pressure=0"]
-    assert frontier.preset_variant("hybrid-filled", frontier.HYBRID_VARIANTS, target_speedup=2.2) == "flops-hp1"
-    assert frontier.hybrid_lines(rows) == ["not run yet"]
+    assert frontier.preset_variant("hybrid-filled", frontier.HYBRID_VARIANTS, target_speedup=2.2) == "flops-hp1-taylor"
+    assert frontier.hybrid_lines(rows) == ["not run yet"]  # the preset as it is has not run
+    rows[0]["name"] = "bp-hybrid-filled-flops-hp1-taylor-2.2"
     rows.append(_row("bp-hybrid-filled-fixed-2.2", "blockprune", 80.5, 84.5, None, std=0.1))
     assert frontier.hybrid_lines(rows) == [
         "tiles ranked on their own, the FFN sized to the target alone (the recipe before head pressure) (`--set "
         "ffn_budget=fixed --set head_pressure=0`): 80.50 ± 0.10 (dev 84.50, not timed) vs the preset as it is "
-        "(emptied heads pay for FFN width, V and O tiles kept or dropped head by head) 81.00 ± 0.20 (dev 84.00, "
-        "2.30x); dev chooses `--set ffn_budget=fixed --set head_pressure=0`; -0.50 points, larger than the seed "
-        "spread (0.30)"]
+        "(emptied heads pay for FFN width, V and O tiles kept or dropped head by head, scores start from the Taylor "
+        "ranking) 81.00 ± 0.20 (dev 84.00, 2.30x); dev chooses `--set ffn_budget=fixed --set head_pressure=0`; "
+        "-0.50 points, larger than the seed spread (0.30)"]
+    assert points["bp-hybrid-filled-flops-hp1-2.2"].extra[-2:] == ["--set", "score_init_from=constant"]
 
 
 def test_variant_rows_compare_each_struct_variant_with_the_default_and_let_dev_choose():
