@@ -33,20 +33,41 @@ def empty_v_of_head(pruner: Pruner, layer: int, head: int) -> None:
 
 def test_an_emptied_head_pays_for_ffn_neurons_and_the_flops_land_on_the_plan() -> None:
     model = tiny_model("bert")
-    pruner = Pruner(model, tiled())
+    pruner = Pruner(model, tiled(sparsity=0.3))  # 30% of attention + FFN FLOPs
     empty_v_of_head(pruner, layer=0, head=1)
     logged = pruner.step(10, 10)
     unit = 2 * HIDDEN * (4 * HEAD_DIM) + 4 * SEQ * HEAD_DIM  # Q, K, V rows + O columns, and the two matmuls
+    attention = LAYERS * HEADS * unit
     ffn = LAYERS * FFN * 2 * HIDDEN * 2  # up rows + down columns
     assert logged["prune/ffn_bonus"] == pytest.approx(unit / ffn, abs=1e-4)
-    assert logged["prune/target_density_ffn"] == pytest.approx(0.5 + unit / ffn, abs=1e-4)
+    density = (0.7 * (attention + ffn) - (attention - unit)) / ffn  # what the heads still there leave
+    assert logged["prune/target_density_ffn"] == pytest.approx(density, abs=1e-4)
     final = pruner.finalize()
     result = shrink(final)
     assert result.heads_per_layer == [[HEADS - 1], [HEADS]]
-    width = round((0.5 + unit / ffn) * FFN)
-    assert result.ffn_per_layer == [width] * LAYERS  # wider than the 32 the fixed budget keeps
-    planned = flops_per_token(tiny_model("bert"), SEQ)["total"] - LAYERS * (FFN // 2) * 2 * HIDDEN * 2  # FFN halved
-    assert flops_per_token(final, SEQ)["total"] == planned
+    assert result.ffn_per_layer == [round(density * FFN)] * LAYERS
+    dense = flops_per_token(tiny_model("bert"), SEQ)["total"]
+    assert dense == attention + ffn  # the budget counts every FLOP the measure does
+    neuron = LAYERS * 2 * HIDDEN * 2
+    assert abs(flops_per_token(final, SEQ)["total"] - 0.7 * dense) <= neuron / 2  # on the plan, to one neuron
+
+
+def test_a_target_the_ffn_cannot_reach_alone_is_reached_by_emptying_heads() -> None:
+    model = tiny_model("bert")
+    pruner = Pruner(model, tiled(sparsity=0.6, attention_sparsity=0.5, head_pressure=1.0))
+    random_scores(pruner)
+    logged = pruner.step(10, 10)
+    unit = 2 * HIDDEN * (4 * HEAD_DIM) + 4 * SEQ * HEAD_DIM
+    attention, ffn = LAYERS * HEADS * unit, LAYERS * FFN * 2 * HIDDEN * 2
+    assert 1 - 0.6 * (attention + ffn) / ffn < 0  # with every head kept the FFN could not pay for 60%
+    freed = pruner._freed.freed_flops()
+    assert freed >= 0.5 * attention  # V and O tiles at 50%, head by head: at least half the heads empty
+    assert logged["prune/target_density_ffn"] == pytest.approx((0.4 * (attention + ffn) - attention + freed) / ffn,
+                                                               abs=1e-4)
+    final = pruner.finalize()
+    shrink(final)
+    dense = flops_per_token(tiny_model("bert"), SEQ)["total"]
+    assert abs(flops_per_token(final, SEQ)["total"] - 0.4 * dense) <= LAYERS * 2 * HIDDEN * 2 / 2
 
 
 def test_the_fixed_budget_keeps_the_scheduled_ffn_and_the_emptied_head_is_extra_speed() -> None:

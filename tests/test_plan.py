@@ -10,7 +10,7 @@ from tiny import tiny_model
 from blockprune import Pruner
 from blockprune.cli import main
 from blockprune.measure import ffn_per_layer, heads_per_layer, speedup
-from blockprune.plan import make_plan, plan, planned_config
+from blockprune.plan import PlanError, make_plan, plan, planned_config
 from blockprune.shrink import shrink
 
 
@@ -80,6 +80,22 @@ def test_a_tile_presets_attention_sparsity_override_stands_and_the_ffn_still_rea
     assert harder.sparsity == planned.sparsity  # the FFN alone is sized to the target either way
     heads = planned_config("struct", **common, overrides={"attention_sparsity": 0.8})
     assert heads.attention_sparsity == pytest.approx(1 - 1 / 1.5, abs=1e-4)  # whole heads: the target decides
+
+
+def test_a_flops_budget_reaches_a_target_the_ffn_alone_cannot(model_dirs):
+    common = dict(target_speedup=2.5, max_length=8, model_path=str(model_dirs["bert"]),
+                  overrides={"attention_block": [8, 8]})
+    shared = planned_config("hybrid", **common)  # attention is half the FLOPs: the FFN alone stops near 1.8x
+    assert shared.ffn_budget == "flops" and shared.sparsity == pytest.approx(0.6, abs=1e-4)
+    assert shared.attention_sparsity == pytest.approx(0.6, abs=1e-4)
+    with pytest.raises(PlanError, match="2.5 cannot be reached with tiles in attention and ffn_budget=fixed .*"
+                                        "ffn_budget=flops lets emptied heads pay"):
+        planned_config("hybrid", **{**common, "overrides": {"attention_block": [8, 8], "ffn_budget": "fixed"}})
+    result = plan(str(model_dirs["bert"]), "hybrid", target_speedup=2.5, max_length=8, ffn_multiple=1,
+                  overrides={"attention_block": [8, 8]})
+    assert result["heads"] == result["heads_total"] and result["ffn_kept"] == [1, 1]  # its least: 2% of 64, rounded
+    assert result["ffn_budget"] == "flops" and any(note.startswith("ffn_budget=flops: the sparsity is a share of attention and FFN FLOPs")
+               for note in result["notes"])
 
 
 def test_plan_json_with_measure_has_latencies(model_dirs, capsys):

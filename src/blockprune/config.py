@@ -90,7 +90,8 @@ class PruningConfig:
     attention_block: BlockSetting = _help("(rows, cols) block of Q/K/V/O (-1 = full extent) or 'head'", (32, 32))
     ffn_method: str = _help("masking method for the FFN linears", "topk")
     ffn_block: BlockSetting = _help("(rows, cols) block of the FFN linears; (1, -1) couples neurons", NEURON)
-    sparsity: float = _help("final fraction of the pruned linears' weights removed, in [0, 1)", 0.5)
+    sparsity: float = _help("final fraction of the pruned linears' weights removed, in [0, 1) (ffn_budget='flops': "
+                            "of the pruned layers' FLOPs, attention and FFN together)", 0.5)
     attention_sparsity: float | None = _help("final sparsity of attention if different from `sparsity`", None)
     warmup: float = _help("fraction of steps kept dense at the start (scores still learn)", 0.1)
     cooldown: float = _help("fraction of steps at the final sparsity at the end", 0.1)
@@ -109,9 +110,10 @@ class PruningConfig:
         "(heads with heads, neurons with neurons) across all layers, so layers end up uneven", "uniform")
     min_blocks: int = _help("global allocation: blocks (e.g. heads) every matrix keeps at least", 0)
     ffn_budget: str = _help(
-        "fixed: the FFN follows its scheduled sparsity | flops (tiled attention, neuron FFN): every head the "
-        "attention tiles empty (V rows or O columns all masked) gives its FLOPs per token back to the FFN, "
-        "which keeps that many more neurons, so the model lands on the planned FLOPs (blockprune.budget)",
+        "fixed: the FFN follows its scheduled sparsity | flops (tiled attention, neuron FFN): `sparsity` is a "
+        "share of the FLOPs per token of attention and FFN together, and the FFN keeps the neurons that the budget "
+        "leaves after the heads still there (a head is gone once its V rows or O columns are all masked), so every "
+        "emptied head pays for FFN width and the model lands on the planned FLOPs (blockprune.budget)",
         "fixed")
     seq_len: int = _help("tokens per sequence at which ffn_budget='flops' counts a head's attention FLOPs", 128)
     head_pressure: float = _help(

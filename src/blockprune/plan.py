@@ -41,6 +41,7 @@ import transformers
 from torch import nn
 
 from .arch import features, get_path, iter_blocks, num_heads, num_units
+from .budget import MIN_FFN_DENSITY
 from .config import HEAD, NEURON, PRESETS, PruningConfig
 from .masks import METHODS, kept_count
 from .measure import count_params, flops_per_token, speedup
@@ -79,24 +80,28 @@ def flops_split(model_path: str, seq_len: int, trust_remote_code: bool = False) 
     return flops["total"] - flops["ffn_linear"], flops["ffn_linear"]
 
 
-def sparsities_for_speedup(target: float, attention_flops: int, ffn_flops: int, head_pruning: bool) -> dict[str, float]:
+def sparsities_for_speedup(target: float, attention_flops: int, ffn_flops: int, head_pruning: bool,
+                           flops_budget: bool = False) -> dict[str, float]:
     """Sparsities that give a theoretical ``target`` speedup of the transformer layers.
 
     With whole heads and neurons (``struct``), every pruned FLOP goes away after shrink, so both keep
     ``1 / target``. Tiles inside attention only pay off when a head empties completely, which cannot be
-    planned; so for tile presets the FFN alone is sized to reach the target (attention heads all kept),
-    and attention is pruned at ``1 - 1/target``: every head it empties is extra speed, reported as achieved,
-    or with ``ffn_budget="flops"`` (what :func:`planned_config` sets for a speedup target) FFN width.
+    planned; with ``flops_budget`` (``ffn_budget="flops"``, what :func:`planned_config` sets for a speedup
+    target) ``sparsity`` is the FLOPs share of attention and FFN together, ``1 - 1/target``, and the FFN keeps
+    what the heads still there leave of it (:mod:`blockprune.budget`). Without it the FFN alone is sized to
+    reach the target (attention heads all kept), and attention is pruned at ``1 - 1/target``: every head it
+    empties is extra speed, reported as achieved.
     """
     if target <= 1.0:
         raise PlanError(f"--target-speedup {target} must be greater than 1 (1 = the dense model)")
     dense_keep = 1.0 / target
-    if head_pruning:
+    if head_pruning or flops_budget:
         ffn_keep = dense_keep
     else:
         ffn_keep = ((attention_flops + ffn_flops) / target - attention_flops) / ffn_flops
     if 1.0 - dense_keep > MAX_SPARSITY or 1.0 - ffn_keep > MAX_SPARSITY:
-        hint = "" if head_pruning else " with tiles in attention (try --preset struct, which removes whole heads)"
+        hint = ("" if head_pruning or flops_budget else " with tiles in attention and ffn_budget=fixed (drop it: "
+                "ffn_budget=flops lets emptied heads pay; or try --preset struct, which removes whole heads)")
         raise PlanError(
             f"--target-speedup {target} cannot be reached{hint}: it needs more than {MAX_SPARSITY:.0%} of the "
             "prunable weights removed. Ask for less."
@@ -161,7 +166,8 @@ def planned_config(preset: str, target_speedup: float | None = None, sparsity: f
     if config.ignored_layers:
         layers = len(list(iter_blocks(dense_model(source, trust_remote_code))))
         target_speedup = target_without_ignored(target_speedup, len(config.ignored_layers), layers)
-    sparsities = sparsities_for_speedup(target_speedup, *split, config.attention_block == HEAD)
+    sparsities = sparsities_for_speedup(target_speedup, *split, config.attention_block == HEAD,
+                                        config.ffn_budget == "flops")
     if config.attention_block != HEAD and "attention_sparsity" in overrides:
         sparsities.pop("attention_sparsity")  # tiles: the target does not depend on it, so the user's value stands
     return config.replace(**sparsities)
@@ -195,6 +201,10 @@ def planned_shapes(model: nn.Module, config: PruningConfig, ffn_multiple: int = 
     ffn_kind = _kind(config.ffn_block, config.ffn_method, NEURON, config.allocation)
     attention_keep = 1.0 - config.final_attention_sparsity if attention_kind != UPPER_BOUND else 1.0
     ffn_keep = 1.0 - config.sparsity
+    if config.ffn_budget == "flops":  # sparsity is a FLOPs share: the FFN's least is what every head kept leaves
+        flops = flops_per_token(model, config.seq_len)
+        share = flops["total"] / flops["ffn_linear"]
+        ffn_keep = max(MIN_FFN_DENSITY, 1.0 - config.sparsity * share)
     by_attention: list[list[int]] = []
     totals: list[int] = []
     kept: list[int] = []
@@ -241,7 +251,7 @@ def make_plan(model_path: str | None, config: PruningConfig, *, preset: str | No
     """What pruning ``model_path`` with ``config`` implies, without training (a JSON-ready dict).
 
     Keys: ``model``, ``preset``, ``target``, ``seq_len``, ``ffn_multiple``, ``sparsity``,
-    ``attention_sparsity``, the per-layer shapes of :func:`planned_shapes`, ``params`` and
+    ``attention_sparsity``, ``ffn_budget``, the per-layer shapes of :func:`planned_shapes`, ``params`` and
     ``flops_per_token`` (``before``/``after``; base model without a task head), ``theoretical_speedup``
     (FLOPs ratio of the transformer blocks) and ``notes`` (how far the shapes are known).
     """
@@ -253,16 +263,21 @@ def make_plan(model_path: str | None, config: PruningConfig, *, preset: str | No
     params_after, flops_after = _sizes(small, seq_len)
     return {
         "model": source, "preset": preset, "target": target, "seq_len": seq_len, "ffn_multiple": ffn_multiple,
-        "sparsity": config.sparsity, "attention_sparsity": config.final_attention_sparsity, **shapes,
+        "sparsity": config.sparsity, "attention_sparsity": config.final_attention_sparsity,
+        "ffn_budget": config.ffn_budget, **shapes,
         "params": {k: {"before": params_before[k], "after": params_after[k]} for k in params_before},
         "flops_per_token": {"before": flops_before, "after": flops_after},
         "theoretical_speedup": flops_before / flops_after if flops_after else float("inf"),
-        "notes": _notes(shapes["kind"]),
+        "notes": _notes(shapes["kind"], config.ffn_budget == "flops"),
     }
 
 
-def _notes(kind: dict[str, str]) -> list[str]:
+def _notes(kind: dict[str, str], flops_budget: bool = False) -> list[str]:
     notes = []
+    if flops_budget:
+        notes.append("ffn_budget=flops: the sparsity is a share of attention and FFN FLOPs together; every head "
+                     "training empties gives its FLOPs to FFN neurons, so the model lands on the planned FLOPs "
+                     "(shown: every head kept and the FFN at its least)")
     for part, what in (("attention", "heads"), ("ffn", "FFN neurons")):
         if kind[part] == BUDGET:
             notes.append(f"{part}: the total of {what} is the budget; training decides which layers keep them "
@@ -320,7 +335,9 @@ def to_text(plan: dict[str, Any]) -> str:
     target = plan.get("target") or {}
     lines = [f"plan: {plan.get('preset')} on {plan['model']}, target {target.get('kind')} {target.get('value')} "
              f"(sequence length {plan['seq_len']})",
-             f"sparsity: FFN {plan['sparsity']:.1%}, attention {plan['attention_sparsity']:.1%}",
+             (f"sparsity: FLOPs of attention and FFN {plan['sparsity']:.1%} (the FFN keeps what the heads leave), "
+              f"attention tiles {plan['attention_sparsity']:.1%}" if plan.get("ffn_budget") == "flops" else
+              f"sparsity: FFN {plan['sparsity']:.1%}, attention {plan['attention_sparsity']:.1%}"),
              f"shapes after shrink (attention {plan['kind']['attention']}, FFN {plan['kind']['ffn']}):",
              "  layer  heads  FFN neurons (padded to multiples of " + f"{plan['ffn_multiple']})"]
     for i, (h, ht, f, fk, ft) in enumerate(zip(plan["heads"], plan["heads_total"], plan["ffn"], plan["ffn_kept"],

@@ -350,9 +350,9 @@ class Pruner:
         regularized = self._regularized()
         hard = [g for g in self.state.groups if not g.method.regularized] if cfg.allocation == "global" else []
         for kind in ("attention", "ffn"):
-            if kind == "ffn" and self._freed is not None:  # attention's masks are set: pay for what they emptied
-                self._ffn_bonus = min(1.0 - self._target["ffn"], self._freed.ffn_bonus())
-                self._target["ffn"] += self._ffn_bonus
+            if kind == "ffn" and self._freed is not None:  # attention's masks are set: the FFN gets the rest
+                self._ffn_bonus = self._freed.ffn_bonus()
+                self._target["ffn"] = self._freed.ffn_density(ffn_sparsity)
                 for group in self.state.groups:
                     if group.kind == "ffn":
                         group.density = self._target["ffn"]
