@@ -129,7 +129,7 @@ def test_goals_pick_the_best_preset_on_dev_and_say_what_is_missed():
             _row("layer-drop-3", "layer-drop", 79.8, 84.0, 2.0),
             _row("magnitude-oneshot-2.0", "magnitude-oneshot", 78.0, 83.0, 2.0, std=0.3)]
     text = frontier.goals(rows)
-    assert text[0].startswith("2x: best preset by dev = bp-struct-2.0 (80.50")
+    assert text[0].startswith("2x: best blockprune point by dev = bp-struct-2.0 (80.50")
     assert "-0.50 vs the reference: reached" in text[0]
     assert "vs layer-drop-3 +0.70 at the same or higher speed (2.05x vs 2.00x): reached" in text[0]
     assert text[1] == "2x: bp-struct-2.0 vs magnitude-oneshot-2.0: +2.50 (larger than the seed spread (0.50))"
@@ -142,6 +142,26 @@ def test_goals_pick_the_best_preset_on_dev_and_say_what_is_missed():
     rows[0]["acc"], rows[0]["delta_ref"] = 79.5, -1.5
     missed = frontier.goals(rows)[0]
     assert "NOT reached (by 0.50) (goal ≥ −1.0)" in missed and "-0.30" in missed and "NOT reached (by 0.80)" in missed
+
+
+def test_a_hybrid_filled_point_competes_in_the_speed_goal_its_measured_speed_meets():
+    rows = [_row("bp-struct-2.0", "blockprune", 80.5, 85.0, 2.05),
+            _row("bp-hybrid-filled-flops-hp1-taylor-2.2", "blockprune", 80.9, 85.5, 2.27),
+            _row("bp-hybrid-filled-flops-hp1-taylor-3.0", "blockprune", 79.9, 85.9, 3.1),
+            _row("bp-hybrid-filled-flops-att80-2.2", "blockprune", 82.0, 86.0, 2.3) | {"seeds": 1},
+            _row("layer-drop-3", "layer-drop", 79.8, 84.0, 2.0)]
+    by_name = {r["name"]: r for r in rows}
+    # the 3.0 point measures past the next goal and a single seed is no mean: neither competes at 2x
+    assert [r["name"] for r in frontier.goal_candidates(by_name, 2.0)] == [
+        "bp-struct-2.0", "bp-hybrid-filled-flops-hp1-taylor-2.2"]
+    assert [r["name"] for r in frontier.goal_candidates(by_name, 3.0)] == ["bp-hybrid-filled-flops-hp1-taylor-3.0"]
+    text = frontier.goals(rows)
+    assert text[0].startswith("2x: best blockprune point by dev = bp-hybrid-filled-flops-hp1-taylor-2.2 (80.90")
+    assert "vs layer-drop-3 +1.10 at the same or higher speed (2.27x vs 2.00x): reached" in text[0]
+    by_name["bp-hybrid-filled-flops-hp1-taylor-2.2"]["b32"] = 1.98  # too slow for the goal it was meant for
+    assert [r["name"] for r in frontier.goal_candidates(by_name, 2.0)] == ["bp-struct-2.0"]
+    point = next(p for p in frontier.plan(quick=False) if p.name == "bp-hybrid-filled-flops-hp1-taylor-3.0")
+    assert point.target == 3.0 and point.extra == frontier.HYBRID_VARIANTS["flops-hp1-taylor"][1]
 
 
 def test_hybrid_filled_is_a_point_on_the_same_budget_and_its_goal_says_what_is_missed():
