@@ -106,6 +106,20 @@ SPARSE_VARIANTS = {  # suffix: (label, flags). Every sparse point names where it
     "const-global": ("scores start at 0, global top-k", ["--set", "score_init_from=constant", *CUBIC,
                                                           "--set", "allocation=global"]),
 }
+SPARSE_EXTRA = {  # preset: its own variants, on top of SPARSE_VARIANTS
+    "block": {
+        # a 32x32 tile is 1/12 of MiniLM's 384-wide matrices (1/24 of BERT-base's, where the method was published);
+        # 16x16 is the same share of this model's width
+        "const-tile16": ("scores start at 0, 16x16 tiles", ["--set", "score_init_from=constant", *CUBIC,
+                                                            "--set", "attention_block=[16,16]",
+                                                            "--set", "ffn_block=[16,16]"]),
+        # soft movement: a learned threshold on the scores with an L1 pull, the method's variant that keeps
+        # accuracy at high sparsity (the density is still allocated to the target)
+        "const-soft": ("scores start at 0, soft movement (sigmoid threshold + L1)",
+                       ["--set", "score_init_from=constant", *CUBIC, "--set", "attention_method=sigmoid_threshold",
+                        "--set", "ffn_method=sigmoid_threshold"]),
+    },
+}
 HYBRID = (2.2, 0.15)  # issue 12 item 2: hybrid-filled at ≥2.2x measured, at most 0.15 points below the reference
 HYBRID_TARGETS = (3.0,)  # hybrid-filled as it is at these targets too, a candidate of the goal its measured speed meets
 TILES_ALONE = ["--set", "head_pressure=0"]  # every attention tile ranks on its own
@@ -166,7 +180,7 @@ def plan(quick: bool) -> list[Point]:
     for (preset, sparsity) in SPARSE:
         points += [Point(sparse_name(preset, v, sparsity), "blockprune", sparsity,
                          f"blockprune {preset}, {label}", preset=preset, extra=flags,
-                         kind="sparsity") for v, (label, flags) in SPARSE_VARIANTS.items()]
+                         kind="sparsity") for v, (label, flags) in sparse_variants(preset).items()]
     preset, sparsity = SPARSE_MAGNITUDE
     points.append(Point(magnitude_sparse_name(preset, sparsity), "magnitude-gradual", sparsity,
                         f"gradual magnitude, {preset}", preset=preset, extra=MAGNITUDE, kind="sparsity"))
@@ -199,6 +213,11 @@ def preset_variant(preset: str, variants: dict[str, tuple[str, list[str]]], **ta
 
 def sparse_name(preset: str, variant: str, sparsity: float) -> str:
     return f"bp-{preset}-{variant}-{sparsity}"
+
+
+def sparse_variants(preset: str) -> dict[str, tuple[str, list[str]]]:
+    """The variants a sparse preset runs: SPARSE_VARIANTS, then its own (SPARSE_EXTRA)."""
+    return SPARSE_VARIANTS | SPARSE_EXTRA.get(preset, {})
 
 
 def sparse_default(preset: str) -> str:
@@ -541,16 +560,17 @@ def sparse_lines(rows: list[dict[str, Any]]) -> list[str]:
     by_name = {r["name"]: r for r in rows}
     out = []
     for (preset, sparsity), within in SPARSE.items():
-        runs = {v: by_name[n] for v in SPARSE_VARIANTS if (n := sparse_name(preset, v, sparsity)) in by_name}
+        variants = sparse_variants(preset)
+        runs = {v: by_name[n] for v in variants if (n := sparse_name(preset, v, sparsity)) in by_name}
         if not runs:
             continue
         default = sparse_default(preset)
         base = runs.get(default)
         for variant, other in runs.items():
             if variant != default and base is not None:
-                out.append(f"{preset} {sparsity:.0%}: {SPARSE_VARIANTS[variant][0]} "
-                           f"(`{shlex.join(SPARSE_VARIANTS[variant][1])}`) vs the preset's default "
-                           f"({SPARSE_VARIANTS[default][0]}): "
+                out.append(f"{preset} {sparsity:.0%}: {variants[variant][0]} "
+                           f"(`{shlex.join(variants[variant][1])}`) vs the preset's default "
+                           f"({variants[default][0]}): "
                            + compare(rows, other["name"], base["name"]).split(": ", 1)[1])
         best = max(runs.values(), key=lambda r: r["dev"])
         gap = best["delta_ref"]

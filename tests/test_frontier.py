@@ -315,3 +315,20 @@ def test_the_report_finds_every_seed_on_disk_not_only_the_ones_asked_to_run(tmp_
     (tmp_path / "bp-struct-2.0-s44").write_text("a file, not a run folder")
     # another point's folder (…-int8-s43) and names that are not seeds are not this point's
     assert frontier.seeds_on_disk(tmp_path, point) == {7, 42}
+
+
+def test_a_sparse_presets_own_variants_run_for_it_alone_and_are_compared_with_its_default():
+    from blockprune.cli import _key_values
+    from blockprune.plan import planned_config
+
+    names = {p.name: p for p in frontier.plan(quick=False)}
+    tile16 = names["bp-block-const-tile16-0.5"]
+    config = planned_config("block", sparsity=0.5, overrides=_key_values(tile16.extra[1::2], "--set"))
+    assert config.attention_block == (16, 16) and config.ffn_block == (16, 16)
+    assert not any("tile16" in n or "soft" in n for n in names if n.startswith("bp-unstructured"))
+    rows = [_row("bp-block-const-0.5", "blockprune", 79.5, 82.8, None),
+            _row("bp-block-const-tile16-0.5", "blockprune", 80.5, 83.8, None)]
+    lines = frontier.sparse_lines(rows)
+    assert lines[0].startswith("block 50%: scores start at 0, 16x16 tiles (`--set score_init_from=constant")
+    assert "vs the preset's default (scores start at 0): +1.00 points" in lines[0]
+    assert lines[1].startswith("block 50%: best by dev = bp-block-const-tile16-0.5 (80.50")
