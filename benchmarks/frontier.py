@@ -106,15 +106,19 @@ SPARSE_VARIANTS = {  # suffix: (label, flags). Every sparse point names where it
     "const-global": ("scores start at 0, global top-k", ["--set", "score_init_from=constant", *CUBIC,
                                                           "--set", "allocation=global"]),
 }
+HARD = ["--set", "attention_method=topk", "--set", "ffn_method=topk"]
+SPARSE_PINNED = {  # preset: (label, flags) added to every SPARSE_VARIANTS point of it, so names keep their meaning
+    "block": (", hard top-k", HARD),  # block's method before soft movement became its default (session 21)
+}
 SPARSE_EXTRA = {  # preset: its own variants, on top of SPARSE_VARIANTS
     "block": {
         # a 32x32 tile is 1/12 of MiniLM's 384-wide matrices (1/24 of BERT-base's, where the method was published);
         # 16x16 is the same share of this model's width
-        "const-tile16": ("scores start at 0, 16x16 tiles", ["--set", "score_init_from=constant", *CUBIC,
-                                                            "--set", "attention_block=[16,16]",
-                                                            "--set", "ffn_block=[16,16]"]),
-        # soft movement: a learned threshold on the scores with an L1 pull, the method's variant that keeps
-        # accuracy at high sparsity (the density is still allocated to the target)
+        "const-tile16": ("scores start at 0, 16x16 tiles, hard top-k",
+                         ["--set", "score_init_from=constant", *CUBIC, "--set", "attention_block=[16,16]",
+                          "--set", "ffn_block=[16,16]", *HARD]),
+        # soft movement: a learned threshold on the scores with an L1 pull; one budget per kind shared by all
+        # matrices, so tiles go where the scores say (the default since session 21: dev chose it, 3 seeds)
         "const-soft": ("scores start at 0, soft movement (sigmoid threshold + L1)",
                        ["--set", "score_init_from=constant", *CUBIC, "--set", "attention_method=sigmoid_threshold",
                         "--set", "ffn_method=sigmoid_threshold"]),
@@ -216,13 +220,15 @@ def sparse_name(preset: str, variant: str, sparsity: float) -> str:
 
 
 def sparse_variants(preset: str) -> dict[str, tuple[str, list[str]]]:
-    """The variants a sparse preset runs: SPARSE_VARIANTS, then its own (SPARSE_EXTRA)."""
-    return SPARSE_VARIANTS | SPARSE_EXTRA.get(preset, {})
+    """The variants a sparse preset runs: SPARSE_VARIANTS (with the preset's pinned method), then its own."""
+    label, flags = SPARSE_PINNED.get(preset, ("", []))
+    shared = {v: (f"{text}{label}", [*given, *flags]) for v, (text, given) in SPARSE_VARIANTS.items()}
+    return shared | SPARSE_EXTRA.get(preset, {})
 
 
 def sparse_default(preset: str) -> str:
     """The SPARSE_VARIANTS suffix that runs the preset as it is (its score start and schedule)."""
-    return preset_variant(preset, SPARSE_VARIANTS, sparsity=0.5)
+    return preset_variant(preset, sparse_variants(preset), sparsity=0.5)
 
 
 def magnitude_sparse_name(preset: str, sparsity: float) -> str:
@@ -377,25 +383,28 @@ def record(point: Point, seed: int, result: dict[str, Any], ref: dict[str, Any],
 
 
 def carried_records(path: Path, ref: dict[str, Any], done: set[tuple[str, int]],
-                    names: set[str]) -> list[dict[str, Any]]:
+                    labels: dict[str, str]) -> list[dict[str, Any]]:
     """Records of an earlier results file whose run folders are not on this machine (runs are not committed).
 
     Kept only when they were made against the same reference: with a pinned reference, the same weights (its
     sha256, whatever machine ran them); with one trained here, the same test accuracy to the last bit. (Retrained
     on another machine the reference differs, and then nothing is carried: a Δ against another teacher means
     nothing.) Each kept record is marked ``"carried": true`` and keeps its own machine and versions; ``--time`` times
-    its shape here (see :func:`retimed`), else it keeps its own machine's speedups.
+    its shape here (see :func:`retimed`), else it keeps its own machine's speedups. ``labels``: the plan's points,
+    name to label; a kept record takes its point's label now (a name keeps its meaning; its words may sharpen, as
+    block's "hard top-k" once soft movement became its default).
     """
     if not path.is_file():
         return []
     kept = []
     for r in json.loads(path.read_text()):
-        if (r.get("name"), r.get("seed")) in done or r.get("name") not in names or r.get("split") != "test":
+        if (r.get("name"), r.get("seed")) in done or r.get("name") not in labels or r.get("split") != "test":
             continue
         same = (r.get("reference_sha256") == ref["pinned"] if ref.get("pinned")
                 else not r.get("reference_sha256") and r.get("reference_metric") == ref["test"])
         if same:
-            kept.append(r | {"carried": True, "reference_metric": ref["test"], "teacher_metric": ref["test"]})
+            kept.append(r | {"carried": True, "reference_metric": ref["test"], "teacher_metric": ref["test"],
+                             "label": labels[r["name"]]})
     return kept
 
 
@@ -865,7 +874,7 @@ def main() -> None:
                         fm.write_done(folder, result)
     done = {(p.name, s) for p, s in finished()}
     carried = carried_records(RESULTS / f"frontier{'_quick' if args.quick else ''}.json", ref, done,
-                              {p.name for p in every})
+                              {p.name: p.label for p in every})
     if args.time or args.retime:
         wanted = {p.name for p in points}  # --only limits the timing too
         time_runs(runs, [(p, s) for p, s in finished() if p.name in wanted], ref, ctx, args.retime, args.test_repeats,

@@ -68,9 +68,11 @@ def test_earlier_records_are_carried_only_for_the_same_reference_and_missing_run
                {"name": "gone-point", "seed": 42, "split": "test", "reference_metric": 0.8099, "metric": 0.7}]
     path = tmp_path / "frontier.json"
     path.write_text(json.dumps(earlier))
-    kept = frontier.carried_records(path, {"test": 0.8099}, {("layer-drop-3", 42)}, {"layer-drop-3"})
-    assert [(r["name"], r["seed"], r["carried"]) for r in kept] == [("layer-drop-3", 43, True)]
-    assert frontier.carried_records(tmp_path / "absent.json", {"test": 0.8099}, set(), {"layer-drop-3"}) == []
+    drop = {"layer-drop-3": "layer drop, 3 of 6"}
+    kept = frontier.carried_records(path, {"test": 0.8099}, {("layer-drop-3", 42)}, drop)
+    assert [(r["name"], r["seed"], r["carried"], r["label"]) for r in kept] == [
+        ("layer-drop-3", 43, True, "layer drop, 3 of 6")]  # the plan's words for the point now
+    assert frontier.carried_records(tmp_path / "absent.json", {"test": 0.8099}, set(), drop) == []
 
 
 def test_with_a_pinned_reference_records_carry_by_its_sha256_whatever_machine_scored_them(tmp_path):
@@ -83,9 +85,9 @@ def test_with_a_pinned_reference_records_carry_by_its_sha256_whatever_machine_sc
                {"name": "layer-drop-3", "seed": 44, "split": "test", "reference_metric": 0.8099, "metric": 0.8}]
     path = tmp_path / "frontier.json"
     path.write_text(json.dumps(earlier))
-    kept = frontier.carried_records(path, {"test": 0.8099, "pinned": "aaa"}, set(), {"layer-drop-3"})
+    kept = frontier.carried_records(path, {"test": 0.8099, "pinned": "aaa"}, set(), {"layer-drop-3": "drop"})
     assert [(r["seed"], r["reference_metric"]) for r in kept] == [(42, 0.8099)]  # Δ against this machine's score
-    unpinned = frontier.carried_records(path, {"test": 0.8099}, set(), {"layer-drop-3"})
+    unpinned = frontier.carried_records(path, {"test": 0.8099}, set(), {"layer-drop-3": "drop"})
     assert [r["seed"] for r in unpinned] == [44]  # a trained reference never takes a pinned teacher's records
 
 
@@ -253,7 +255,11 @@ def test_unstructured_and_block_points_prune_to_a_sparsity_and_their_goals_read_
     assert {"bp-unstructured-const-0.5", "bp-block-const-0.5", "bp-block-maginit-0.5", "bp-block-taylor-0.5"} \
         <= set(points) and "bp-unstructured-0.5" not in points
     # each preset is compared with its own default start, read from PRESETS
-    assert frontier.sparse_default("unstructured") == "maginit-front" and frontier.sparse_default("block") == "const"
+    assert frontier.sparse_default("unstructured") == "maginit-front"
+    assert frontier.sparse_default("block") == "const-soft"
+    # block's shared variants pin the hard top-k they ran with before soft movement became its default
+    assert points["bp-block-const-0.5"].extra == ["--set", "score_init_from=constant", *frontier.CUBIC, *frontier.HARD]
+    assert points["bp-unstructured-const-0.5"].extra == ["--set", "score_init_from=constant", *frontier.CUBIC]
     assert frontier.sparse_lines([]) == ["not run yet"]
     rows = [_row("bp-unstructured-maginit-front-0.9", "blockprune", 74.0, 80.0, 1.0, std=0.5),
             _row("bp-unstructured-taylor-0.9", "blockprune", 77.5, 82.0, 1.0, std=0.4),
@@ -326,9 +332,10 @@ def test_a_sparse_presets_own_variants_run_for_it_alone_and_are_compared_with_it
     config = planned_config("block", sparsity=0.5, overrides=_key_values(tile16.extra[1::2], "--set"))
     assert config.attention_block == (16, 16) and config.ffn_block == (16, 16)
     assert not any("tile16" in n or "soft" in n for n in names if n.startswith("bp-unstructured"))
-    rows = [_row("bp-block-const-0.5", "blockprune", 79.5, 82.8, None),
+    rows = [_row("bp-block-const-soft-0.5", "blockprune", 79.5, 82.8, None),
             _row("bp-block-const-tile16-0.5", "blockprune", 80.5, 83.8, None)]
     lines = frontier.sparse_lines(rows)
-    assert lines[0].startswith("block 50%: scores start at 0, 16x16 tiles (`--set score_init_from=constant")
-    assert "vs the preset's default (scores start at 0): +1.00 points" in lines[0]
+    assert lines[0].startswith("block 50%: scores start at 0, 16x16 tiles, hard top-k (`--set score_init_from=const")
+    assert ("vs the preset's default (scores start at 0, soft movement (sigmoid threshold + L1)): +1.00 points"
+            in lines[0])
     assert lines[1].startswith("block 50%: best by dev = bp-block-const-tile16-0.5 (80.50")

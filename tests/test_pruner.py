@@ -16,6 +16,8 @@ def configs(sparsity=0.5):
     return {
         "unstructured": PruningConfig.preset("unstructured", sparsity=sparsity),
         "block": PruningConfig.preset("block", sparsity=sparsity, attention_block=TILE, ffn_block=TILE),
+        "block-topk": PruningConfig.preset("block", sparsity=sparsity, attention_block=TILE, ffn_block=TILE,
+                                           attention_method="topk", ffn_method="topk"),
         "hybrid": PruningConfig.preset("hybrid", sparsity=sparsity, attention_block=TILE),
         "struct": PruningConfig.preset("struct", sparsity=sparsity),
         "magnitude": PruningConfig(attention_method="magnitude", ffn_method="magnitude", attention_block=TILE,
@@ -42,7 +44,16 @@ def test_all_kept_equals_the_original_model(model_type):
     assert len(pruner.layers) == 2 * 6  # Q, K, V, O, up, down per layer
 
 
-@pytest.mark.parametrize("name", ["unstructured", "block", "struct", "magnitude"])
+def test_block_shares_its_budget_among_the_matrices_of_a_kind_and_meets_it():
+    pruner = Pruner(tiny_model("bert"), configs(0.75)["block"])  # soft movement: one budget per kind
+    randomize_scores(pruner)
+    pruner.step(100, 100)
+    stats = pruner.stats()
+    assert stats["overall"] == pytest.approx(0.25, abs=1e-6)  # the target, exactly
+    assert len({round(d, 4) for d in stats["modules"].values()}) > 1  # spread unevenly, as the scores say
+
+
+@pytest.mark.parametrize("name", ["unstructured", "block-topk", "struct", "magnitude"])
 def test_topk_hits_exact_density_per_matrix(name):
     model = tiny_model("bert")
     pruner = Pruner(model, configs(0.75)[name])
