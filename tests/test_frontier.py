@@ -141,6 +141,9 @@ def test_goals_pick_the_best_preset_on_dev_and_say_what_is_missed():
     assert peer[-2] == text[-1]  # the peer's uneven shapes are reported apart: they are not blockprune's shrink
     assert peer[-1].startswith("measured/theoretical (b32×s128) of every model shrunk by torch-pruning (the peer's "
                                "own output, for comparison) ≥ 0.9: lowest 0.85 (torch-pruning-2.0): NOT reached")
+    rows[2]["b32"] = 2.3  # layer drop now faster than the candidate: the gap no longer counts
+    assert "vs layer-drop-3 +0.70 at LOWER speed (2.05x vs 2.30x): NOT reached (slower)" in frontier.goals(rows)[0]
+    rows[2]["b32"] = 2.0
     rows[0]["acc"], rows[0]["delta_ref"] = 79.5, -1.5
     missed = frontier.goals(rows)[0]
     assert "NOT reached (by 0.50) (goal ≥ −1.0)" in missed and "-0.30" in missed and "NOT reached (by 0.80)" in missed
@@ -177,6 +180,10 @@ def test_hybrid_filled_is_a_point_on_the_same_budget_and_its_goal_says_what_is_m
     assert frontier.goals(rows)[-1].endswith("NOT reached (0.35 points short) (goal ≥ 2.2x and ≥ −0.15)")
     rows[0].update(acc=81.0, delta_ref=0.0)
     assert frontier.goals(rows)[-1].endswith("vs the reference: reached (goal ≥ 2.2x and ≥ −0.15)")
+    faster = _row("bp-hybrid-filled-flops-hp1-taylor-2.4", "blockprune", 80.9, 84.0, 2.199)
+    assert frontier.goals([faster])[-1] == (  # the default at a higher target is judged too; 2.199 is too slow
+        "bp-hybrid-filled-flops-hp1-taylor-2.4: 80.90 ± 0.20 at 2.20x measured, -0.10 vs the reference: NOT reached "
+        "(0.01x too slow) (goal ≥ 2.2x and ≥ −0.15)")
     # every point names its FFN budget and head pressure; the preset as it is is the head-pressed FLOPs budget
     points = {p.name: p for p in frontier.plan(quick=False)}
     assert points["bp-hybrid-filled-fixed-2.2"].extra == ["--set", "ffn_budget=fixed", "--set", "head_pressure=0"]
