@@ -125,7 +125,9 @@ SPARSE_EXTRA = {  # preset: its own variants, on top of SPARSE_VARIANTS
     },
 }
 HYBRID = (2.2, 0.15)  # issue 12 item 2: hybrid-filled at ≥2.2x measured, at most 0.15 points below the reference
-HYBRID_TARGETS = (2.4, 3.0)  # hybrid-filled as it is at these targets too, a candidate of the goal its measured speed meets
+# hybrid-filled as it is at these targets too, a candidate of the goal its measured speed meets: planned at 3x, the
+# shapes measure 2.77x on a 2-core Xeon (the FLOPs count has no LayerNorm, softmax, ...); planned at 3.3x, 3.0-3.2x
+HYBRID_TARGETS = (2.4, 3.0, 3.3)
 TILES_ALONE = ["--set", "head_pressure=0"]  # every attention tile ranks on its own
 HYBRID_VARIANTS = {  # suffix: (label, flags). Every point names its FFN budget and head pressure, so a name keeps its
     # meaning when the preset's defaults change; the report compares each with the variant that is the preset as it is
@@ -317,6 +319,7 @@ def time_runs(runs: Path, finished: list[tuple[Point, int]], ref: dict[str, Any]
 
     ``carried_keys``: shapes of records carried from another machine (no run folder here); each is timed on a
     copy of the reference cut to that shape, so every speedup of the report comes from this machine.
+    ``retime``: time these shapes again; the timings of shapes not asked for stay.
     """
     import frontier_methods as fm
     import frontier_timing as ft
@@ -326,14 +329,16 @@ def time_runs(runs: Path, finished: list[tuple[Point, int]], ref: dict[str, Any]
 
     torch.set_num_threads(THREADS)
     cache_file = runs / "timing.json"
-    cache = {} if retime or not cache_file.is_file() else json.loads(cache_file.read_text())
+    cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
     reference = fm.load_classifier(Path(ref["model"]))
     batches = ft.test_set_batches(ctx["tokenizer"], ctx["test"])
+    timed: set[str] = set()  # this call's shapes: with retime, each is timed once again
 
     def time_once(key: str, what: str, build: Any) -> None:
-        if key not in cache:
+        if key not in cache or (retime and key not in timed):
             print(f"[frontier] timing {what} ({key}) with {torch.get_num_threads()} threads", flush=True)
             cache[key] = ft.time_against(reference, build(), batches, test_repeats=test_repeats)
+            timed.add(key)
             write_text(cache_file, json.dumps(cache, indent=1) + "\n")
 
     for point, seed in finished:
@@ -467,15 +472,21 @@ def goals(rows: list[dict[str, Any]], reference: dict[str, Any] | None = None) -
         candidates = goal_candidates(by_name, target)
         if not candidates:
             continue
-        best = max(candidates, key=lambda r: r["dev"])
+        # the goals are set in measured speed: dev chooses among the points that measure the target, and only where
+        # none does (struct planned at 3x measures 2.76x on a Xeon), among all of them, said below
+        fast_enough = [r for r in candidates if r["b32"] and r["b32"] >= target]
+        best = max(fast_enough or candidates, key=lambda r: r["dev"])
         if target in GOALS:
             within, above = GOALS[target]
             gap_ref = best["delta_ref"]
             drop = by_name.get(f"layer-drop-{layers}")
+            ref_misses = ([f"by {-within - gap_ref:.2f}"] if gap_ref < -within else []) + (
+                [] if fast_enough else ["slower than the target"])
+            ref_verdict = f"NOT reached ({', '.join(ref_misses)})" if ref_misses else "reached"
             text = (f"{target:g}x: best blockprune point by dev = {best['name']} ({best['acc']:.2f} ± {best['std']:.2f}, "
-                    f"{best['b32']:.2f}x measured) — {gap_ref:+.2f} vs the reference: "
-                    f"{'reached' if gap_ref >= -within else f'NOT reached (by {-within - gap_ref:.2f})'} "
-                    f"(goal ≥ −{within})") if best["b32"] else f"{target:g}x: {best['name']} not timed yet"
+                    f"{best['b32']:.2f}x measured{'' if fast_enough else f', below {target:g}x'}) — "
+                    f"{gap_ref:+.2f} vs the reference: {ref_verdict} (goal ≥ −{within} at ≥ {target:g}x measured)"
+                    ) if best["b32"] else f"{target:g}x: {best['name']} not timed yet"
             boot = bootstrap(best, reference)
             text += f" ({fs.describe(boot)})" if boot else ""
             if drop is not None and best["b32"]:
@@ -746,8 +757,11 @@ Produced by `python benchmarks/frontier.py{' --quick' if quick else ''}` then `p
 
 The best blockprune point at a target is the one with the higher **dev** accuracy (the choice is made on dev);
 its test accuracy is what is compared. The candidates at a target are `struct` and its variants planned at it, and
-every `hybrid-filled` point with ≥3 seeds whose measured b32 speedup meets it (and not the next target): the
-goals are set in measured speed.
+every `hybrid-filled` point with ≥3 seeds whose measured b32 speedup meets it (and not the next target). The
+goals are set in measured speed, so dev chooses among the candidates that measure the target; only where none does
+is a slower one chosen, and its goal is then marked slower. A shape's measured/theoretical ratio depends on the CPU
+(the FLOPs count leaves out LayerNorm, softmax and the other per-layer work that pruning does not shrink), so on a
+CPU where a shape planned at 3x measures below 3x, the `hybrid-filled` point planned at 3.3x is the 3x candidate.
 
 {chr(10).join('- ' + g for g in goals(rows, reference))}
 
@@ -811,7 +825,8 @@ def main() -> None:
     parser.add_argument("--runs-dir", default=str(ROOT / "benchmarks" / "runs"))
     parser.add_argument("--report-only", action="store_true", help="only rewrite the outputs from finished runs")
     parser.add_argument("--time", action="store_true", help="time the finished runs (quiet machine), then report")
-    parser.add_argument("--retime", action="store_true", help="forget earlier timings and time again")
+    parser.add_argument("--retime", action="store_true",
+                        help="time again the shapes of the runs asked for (--only), keeping the others' timings")
     parser.add_argument("--test-repeats", type=int, default=10, help="interleaved pairs of the test-set pass")
     parser.add_argument("--train-reference", action="store_true",
                         help="train a reference on this machine instead of using the pinned one (benchmarks/reference)")
