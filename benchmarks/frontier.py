@@ -883,7 +883,7 @@ def main() -> None:
         return [(p, s) for p in every for s in sorted(set(seeds_of(p)) | seeds_on_disk(runs, p))
                 if fm.read_done(run_dir(runs, p, s) / "frontier-result")]
 
-    if not args.report_only and not args.time:
+    if not args.report_only and not args.time and not args.retime:  # timing wants a quiet machine: no training
         for point in points:
             for seed in seeds_of(point):
                 folder = run_dir(runs, point, seed) / "frontier-result"
