@@ -459,6 +459,11 @@ def goal_candidates(by_name: dict[str, dict[str, Any]], target: float) -> list[d
     return struct + hybrid
 
 
+def reached(misses: list[str], sep: str = ", ") -> str:
+    """A goal's verdict from what it missed: ``reached``, or ``NOT reached (<each miss>)``."""
+    return f"NOT reached ({sep.join(misses)})" if misses else "reached"
+
+
 def goals(rows: list[dict[str, Any]], reference: dict[str, Any] | None = None) -> list[str]:
     """The issue's goals, each said reached or not, by how much, from the summarized rows.
 
@@ -482,10 +487,9 @@ def goals(rows: list[dict[str, Any]], reference: dict[str, Any] | None = None) -
             drop = by_name.get(f"layer-drop-{layers}")
             ref_misses = ([f"by {-within - gap_ref:.2f}"] if gap_ref < -within else []) + (
                 [] if fast_enough else ["slower than the target"])
-            ref_verdict = f"NOT reached ({', '.join(ref_misses)})" if ref_misses else "reached"
             text = (f"{target:g}x: best blockprune point by dev = {best['name']} ({best['acc']:.2f} ± {best['std']:.2f}, "
                     f"{best['b32']:.2f}x measured{'' if fast_enough else f', below {target:g}x'}) — "
-                    f"{gap_ref:+.2f} vs the reference: {ref_verdict} (goal ≥ −{within} at ≥ {target:g}x measured)"
+                    f"{gap_ref:+.2f} vs the reference: {reached(ref_misses)} (goal ≥ −{within} at ≥ {target:g}x measured)"
                     ) if best["b32"] else f"{target:g}x: {best['name']} not timed yet"
             boot = bootstrap(best, reference)
             text += f" ({fs.describe(boot)})" if boot else ""
@@ -497,7 +501,7 @@ def goals(rows: list[dict[str, Any]], reference: dict[str, Any] | None = None) -
                          f"speed ({best['b32']:.2f}x vs {drop['b32']:.2f}x)") if drop["b32"] else "(not timed)"
                 misses = ([f"by {above - gap:.2f}"] if gap < above else []) + ([] if fast else ["slower"])
                 text += (f"; vs layer-drop-{layers} {gap:+.2f} {speed}: "
-                         f"{'NOT reached (' + ', '.join(misses) + ')' if misses else 'reached'} "
+                         f"{reached(misses)} "
                          f"(goal ≥ +{above} at the same or higher speed{noise})")
             out.append(text)
         for baseline in (f"magnitude-oneshot-{target}", f"magnitude-gradual-{target}", f"torch-pruning-{target}"):
@@ -515,7 +519,7 @@ def goals(rows: list[dict[str, Any]], reference: dict[str, Any] | None = None) -
         misses += [f"{-within - hybrid['delta_ref']:.2f} points short"] if hybrid["delta_ref"] < -within else []
         out.append(f"{hybrid['name']}: {hybrid['acc']:.2f} ± {hybrid['std']:.2f} at {hybrid['b32']:.2f}x measured, "
                    f"{hybrid['delta_ref']:+.2f} vs the reference: "
-                   f"{'NOT reached (' + '; '.join(misses) + ')' if misses else 'reached'} "
+                   f"{reached(misses, '; ')} "
                    f"(goal ≥ {target}x and ≥ −{within})")
     for who, methods in (("shrunk by blockprune", ("blockprune", "magnitude-oneshot", "magnitude-gradual")),
                          ("shrunk by torch-pruning (the peer's own output, for comparison)", ("torch-pruning",))):
@@ -761,7 +765,8 @@ every `hybrid-filled` point with ≥3 seeds whose measured b32 speedup meets it 
 goals are set in measured speed, so dev chooses among the candidates that measure the target; only where none does
 is a slower one chosen, and its goal is then marked slower. A shape's measured/theoretical ratio depends on the CPU
 (the FLOPs count leaves out LayerNorm, softmax and the other per-layer work that pruning does not shrink), so on a
-CPU where a shape planned at 3x measures below 3x, the `hybrid-filled` point planned at 3.3x is the 3x candidate.
+CPU where a shape planned at 3x measures below 3x, the `hybrid-filled` point planned at {max(HYBRID_TARGETS):g}x is
+the 3x candidate.
 
 {chr(10).join('- ' + g for g in goals(rows, reference))}
 
