@@ -210,7 +210,7 @@ def preset_variant(preset: str, variants: dict[str, tuple[str, list[str]]], **ta
     """The suffix of ``variants`` whose ``--set`` flags leave ``preset`` as it runs at ``target`` (``sparsity=`` or
     ``target_speedup=``; planned as the CLI plans it, so a speedup target's FLOPs budget counts)."""
     from blockprune.cli import _key_values
-    from blockprune.plan import planned_config
+    from blockprune.deploy.plan import planned_config
 
     default = planned_config(preset, **target)
     return next(v for v, (_, flags) in variants.items()
@@ -250,7 +250,7 @@ def seeds_on_disk(runs: Path, point: Point) -> set[int]:
 
 def blockprune_command(point: Point, out: Path, teacher: Path, epochs: float, seed: int,
                        common: list[str]) -> list[str]:
-    from blockprune.config import FILL_PRESETS
+    from blockprune.engine.config import FILL_PRESETS
 
     filled = point.preset in FILL_PRESETS or "--fill" in point.extra
     prune_epochs = epochs / 2 if filled else epochs
@@ -370,7 +370,7 @@ def timing_fields(timing: dict[str, Any] | None) -> dict[str, Any]:
 def record(point: Point, seed: int, result: dict[str, Any], ref: dict[str, Any], control: float | None,
            timing: dict[str, Any] | None, epochs: float) -> dict[str, Any]:
     """One record of frontier.json (the v1 keys kept, the v2 keys added)."""
-    from blockprune.pipeline import machine, versions
+    from blockprune.app.pipeline import machine, versions
 
     return {
         "name": point.name, "label": point.label, "method": point.method, "baseline": point.baseline,
@@ -691,8 +691,8 @@ def plot(rows: list[dict[str, Any]], ref: dict[str, Any], path: Path) -> None:
 
 def write_outputs(records: list[dict[str, Any]], ref: dict[str, Any], quick: bool, missing: list[str],
                   epochs: float, seeds: list[int]) -> None:
+    from blockprune.app.pipeline import versions
     from blockprune.atomic import write_text
-    from blockprune.pipeline import versions
 
     suffix = "_quick" if quick else ""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -26,11 +26,12 @@ import torch
 from torch import nn
 
 from blockprune import Pruner, load_pruned, save_pruned
+from blockprune.app.finetune import TrainSettings, train
+from blockprune.app.options import RunOptions, pruning_config
+from blockprune.app.pipeline import save_hf_model
 from blockprune.atomic import write_text
-from blockprune.finetune import TrainSettings, train
-from blockprune.pipeline import RunOptions, pruning_config, save_hf_model
-from blockprune.saving import file_sha256
-from blockprune.shrink import shrink
+from blockprune.store.saving import file_sha256
+from blockprune.surgery.shrink import shrink
 from blockprune.tasks import Task, embedded_model_path, load_task
 
 FFN_MULTIPLE = 16
@@ -100,7 +101,7 @@ def load_classifier(folder: Path) -> nn.Module:
     """A model folder in either format (``save_pruned`` or ``save_pretrained``), as a sequence classifier."""
     from transformers import AutoModelForSequenceClassification
 
-    from blockprune.cli import load_model
+    from blockprune.store.folders import load_model
 
     return load_model(str(folder), AutoModelForSequenceClassification).eval()
 
@@ -109,7 +110,7 @@ def pin_reference(done: dict[str, Any], pin: Path = PIN) -> str:
     """Store a finished reference as the pinned teacher (weights in fp16); returns the file's sha256."""
     from safetensors.torch import save_file
 
-    from blockprune.pipeline import machine, versions
+    from blockprune.app.pipeline import machine, versions
 
     model = load_classifier(Path(done["model"]))
     pin.mkdir(parents=True, exist_ok=True)
@@ -244,11 +245,11 @@ def magnitude_oneshot(folder: Path, teacher_dir: Path, tokenizer: Any, dev: Task
 
 
 def int8(folder: Path, source: Path, tokenizer: Any, dev: Task, test: Task) -> dict[str, Any]:
-    """Dynamic int8 (blockprune.quantize) of a finished model: no training, so the same for every seed of it."""
+    """Dynamic int8 (blockprune.deploy.quantize) of a finished model: no training, so the same for every seed of it."""
     done = read_done(folder)
     if done is not None:
         return done
-    from blockprune.quantize import quantize_model
+    from blockprune.deploy.quantize import quantize_model
 
     model = load_pruned(source, quantize="int8") if (source / "pruned_shapes.json").is_file() else \
         quantize_model(load_classifier(source))
@@ -258,7 +259,7 @@ def int8(folder: Path, source: Path, tokenizer: Any, dev: Task, test: Task) -> d
 
 def load_for_timing(result: dict[str, Any]) -> nn.Module:
     """The model a record was scored with: its folder, quantized at load when the record says so."""
-    from blockprune.quantize import quantize_model
+    from blockprune.deploy.quantize import quantize_model
 
     folder = Path(result["model"])
     if (folder / "pruned_shapes.json").is_file():
@@ -277,8 +278,8 @@ def model_of_shape(reference: nn.Module, key: str) -> nn.Module:
 
     from frontier_timing import parse_shape_key, shape_key
 
-    from blockprune.quantize import quantize_model
-    from blockprune.shrink import apply_shapes, shape_record
+    from blockprune.deploy.quantize import quantize_model
+    from blockprune.surgery.shrink import apply_shapes, shape_record
 
     heads, ffn, quantize = parse_shape_key(key)
     model = drop_layers(copy.deepcopy(reference), list(range(len(heads))))

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from blockprune.measure import ffn_per_layer, flops_per_token, heads_per_layer, random_inputs
+from blockprune.deploy.counts import ffn_per_layer, flops_per_token, heads_per_layer
+from blockprune.deploy.measure import random_inputs
 
 
 def shape_key(model: nn.Module, quantize: str | None = None) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockprune.taylor import TAYLOR_BATCHES  # the peer ranks on as many batches as struct's Taylor start
+from blockprune.engine.taylor import TAYLOR_BATCHES  # the peer ranks on as many batches as struct's Taylor start
 
 
 def _heads(model: nn.Module) -> dict[nn.Module, int]:
@@ -85,7 +85,7 @@ def torch_pruning_baseline(folder: Path, teacher_dir: Path, tokenizer: Any, dev:
     """torch-pruning (Taylor, global, heads + neurons) to ``struct``'s totals at ``target``, then distilled."""
     import frontier_methods as fm
 
-    from blockprune.pipeline import RunOptions, pruning_config
+    from blockprune.app.options import RunOptions, pruning_config
 
     done = fm.read_done(folder)
     if done is not None:

@@ -6,7 +6,7 @@ all-MiniLM-L6-v2 as a 2-label ``BertForSequenceClassification`` at batch x seq (
 - ``torch fp32``: the model as is (the reference);
 - ``torch.ao dynamic``: stock ``torch.ao.quantization.quantize_dynamic`` of the encoder linears (deprecated
   API; fbgemm/x86 kernels, per-tensor weights, 7-bit inputs);
-- ``blockprune int8``: :func:`blockprune.quantize.quantize_model` (the same kernels, per-row weights, 8-bit
+- ``blockprune int8``: :func:`blockprune.deploy.quantize.quantize_model` (the same kernels, per-row weights, 8-bit
   inputs on VNNI CPUs);
 - ``torchao dynamic`` (only when ``torchao`` is installed): ``torchao.quantization.quantize_`` with
   ``Int8DynamicActivationInt8WeightConfig`` on the encoder linears (eager, no ``torch.compile``);
@@ -39,9 +39,9 @@ import numpy as np
 import torch
 import transformers
 
-from blockprune.export import export_onnx
-from blockprune.measure import random_inputs
-from blockprune.quantize import quantize_model
+from blockprune.deploy.export import export_onnx
+from blockprune.deploy.measure import random_inputs
+from blockprune.deploy.quantize import quantize_model
 from blockprune.tasks import embedded_model_path
 
 

@@ -1,7 +1,7 @@
 """What does loading a saved pruned model cost? Wall time and peak memory of ``load_pruned``, and file sizes.
 
 Saves the embedded all-MiniLM-L6-v2 (BERT 6x384, sequence classification head) twice with
-:func:`blockprune.saving.save_pruned`: ``dense`` (unpruned, ``compact=False``: the worst case for loading) and
+:func:`blockprune.store.saving.save_pruned`: ``dense`` (unpruned, ``compact=False``: the worst case for loading) and
 ``unstructured-90`` (every block linear zeroed at 90% by magnitude, ``compact=True``). Then loads each folder
 ``--repeats`` times, each in a fresh Python process so that one load's memory cannot hide the next, and reports
 the load time and the peak resident memory the load added (Linux ``VmHWM``, reset just before loading, minus
@@ -36,9 +36,9 @@ import transformers
 from torch import nn
 
 from blockprune.atomic import write_text
-from blockprune.compact import size_report
-from blockprune.measure import block_linears
-from blockprune.saving import save_pruned
+from blockprune.deploy.counts import block_linears
+from blockprune.store.saving import save_pruned
+from blockprune.store.size import size_report
 from blockprune.tasks import embedded_model_path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,7 +48,7 @@ import json, resource, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import torch, transformers
-from blockprune.saving import load_pruned
+from blockprune.store.saving import load_pruned
 for name in json.loads((Path(sys.argv[2]) / "config.json").read_text())["architectures"]:
     getattr(transformers, name)  # import the modeling module before timing: transformers imports it lazily
 

@@ -2,8 +2,8 @@
 
 Takes the embedded all-MiniLM-L6-v2 (BERT, 6 layers, 12 heads of 32, FFN 1536), zeroes about half of its heads
 (V rows and bias) and half of its FFN neurons (down columns) at random with a fixed seed (spread unevenly over
-layers, as real pruning does), shrinks it with :func:`blockprune.shrink.shrink`, checks that the shrunk model
-computes what the zeroed one does, then times both alternately with :func:`blockprune.measure.speedup`.
+layers, as real pruning does), shrinks it with :func:`blockprune.surgery.shrink.shrink`, checks that the shrunk model
+computes what the zeroed one does, then times both alternately with :func:`blockprune.deploy.measure.speedup`.
 
 The figure of merit is ``efficiency = measured / theoretical`` where the theoretical speedup is the ratio of
 block FLOPs (block linears + attention matmuls); the goal is >= 0.9. Results go to
@@ -31,10 +31,11 @@ import torch
 import transformers
 from torch import nn
 
-from blockprune.arch import find_blocks, get_arch, get_path, head_dim, num_heads
 from blockprune.atomic import write_text
-from blockprune.measure import count_params, ffn_per_layer, flops_per_token, heads_per_layer, speedup
-from blockprune.shrink import shrink
+from blockprune.deploy.counts import count_params, ffn_per_layer, flops_per_token, heads_per_layer
+from blockprune.deploy.measure import speedup
+from blockprune.surgery.arch import find_blocks, get_arch, get_path, head_dim, num_heads
+from blockprune.surgery.shrink import shrink
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     browser = find_browser(args.browser)
     if not args.no_render:
-        from blockprune.report import render_report
+        from blockprune.report.render import render_report
 
         render_report(args.run_dir)
     html = args.run_dir / "report.html"

@@ -17,9 +17,9 @@ from tiny import tiny_model
 
 from blockprune import devices
 from blockprune.cli import main
-from blockprune.devices import check_bench_settings, check_device, check_dtype, device_name, pass_timer
-from blockprune.measure import MeasureReport, measure, measure_latency, speedup
-from blockprune.shrink import shrink
+from blockprune.deploy.devices import check_bench_settings, check_device, check_dtype, device_name, pass_timer
+from blockprune.deploy.measure import MeasureReport, measure, measure_latency, speedup
+from blockprune.surgery.shrink import shrink
 
 OTHER_THREADS = 1 if torch.get_num_threads() != 1 else 2
 
@@ -178,7 +178,7 @@ def test_abba_pairs_give_the_speedup_spread(monkeypatch: pytest.MonkeyPatch) -> 
         return lambda: order.append(name) or next(times)
 
     reference, small = tiny_model("bert"), tiny_model("bert")
-    monkeypatch.setattr(importlib.import_module("blockprune.measure"), "pass_timer", fake_timer)
+    monkeypatch.setattr(importlib.import_module("blockprune.deploy.measure"), "pass_timer", fake_timer)
     result = speedup(reference, small, seq_len=4, batch_sizes=(1,), warmup=2, repeats=4)
     assert order == ["ref", "model"] * 2 + ["ref", "model", "model", "ref"] * 2  # warm-up, then ABBA
     row = result["batches"][0]

@@ -20,9 +20,10 @@ import pytest
 import torch
 import transformers
 
+from blockprune.app.options import RunOptions
+from blockprune.app.pipeline import STAGES
+from blockprune.app.progress import StageClock, clock_time
 from blockprune.cli import main
-from blockprune.pipeline import STAGES, RunOptions
-from blockprune.run_progress import StageClock, clock_time
 from blockprune.tasks import embedded_model_path
 
 WORDS = (["great", "wonderful", "moving", "sharp"], ["dull", "boring", "messy", "flat"])

@@ -7,10 +7,10 @@ import torch
 from tiny import DEFAULT_TASK, FFN, HEAD_DIM, HEADS, HIDDEN, LAYERS, save_tiny_bert, tiny_inputs, tiny_model
 
 from blockprune import Pruner, PruningConfig
-from blockprune.config import ConfigError
-from blockprune.measure import flops_per_token
-from blockprune.plan import PlanError, planned_config
-from blockprune.shrink import shrink
+from blockprune.deploy.counts import flops_per_token
+from blockprune.deploy.plan import PlanError, planned_config
+from blockprune.engine.config import ConfigError
+from blockprune.surgery.shrink import shrink
 
 SEQ = 16
 TILE = (HEAD_DIM, HEAD_DIM)
@@ -180,7 +180,7 @@ def test_head_pressure_is_checked_where_it_is_given() -> None:
         tiled(head_pressure=1.5)
     with pytest.raises(ConfigError, match="head_pressure pulls the attention tiles of one head together"):
         PruningConfig.preset("struct", head_pressure=0.5)
-    from blockprune.pruner import PatchError
+    from blockprune.engine.pruner import PatchError
 
     with pytest.raises(PatchError, match=f"heads of {HEAD_DIM} rows and tiles of 16"):
         Pruner(tiny_model("bert"), tiled(attention_block=(16, 16), head_pressure=1.0))

@@ -14,9 +14,9 @@ from test_cli import data_files, prune_args, tiny_dir  # noqa: F401 - module fix
 from tiny import prune_at_random, tiny_model
 
 from blockprune import load_pruned
-from blockprune.card import REPO_PLACEHOLDER, hub_model_id
+from blockprune.app.hub import HubError, check_hub
 from blockprune.cli import main
-from blockprune.hub import HubError, check_hub
+from blockprune.report.card import REPO_PLACEHOLDER, hub_model_id
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,7 @@ def test_check_hub_rejects_a_bad_repo_id_and_a_missing_token(monkeypatch):
 
 
 def test_card_hub_and_plan_never_import_the_training_side():
-    code = "import blockprune.card, blockprune.hub, blockprune.plan, sys; print('blockprune.finetune' in sys.modules)"
+    code = "import blockprune.report.card, blockprune.app.hub, blockprune.deploy.plan, sys; print('blockprune.app.finetune' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert done.stdout.strip().splitlines()[-1] == "False"

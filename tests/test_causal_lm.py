@@ -16,7 +16,7 @@ import torch
 import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from blockprune.finetune import TrainSettings, train
+from blockprune.app.finetune import TrainSettings, train
 from blockprune.tasks import CausalLMCollator, CausalLMTask, DataError, group_blocks, load_task, read_documents
 
 WORDS = [f"w{i}" for i in range(37)]

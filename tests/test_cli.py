@@ -241,7 +241,8 @@ def test_torchrun_two_cpu_processes(tiny_dir, data_files, tmp_path):
 
 
 def test_a_run_folder_pinned_before_an_option_existed_is_reused_at_its_default(tmp_path):
-    from blockprune.pipeline import Run, RunError, RunOptions
+    from blockprune.app.options import RunError, RunOptions
+    from blockprune.app.pipeline import Run
 
     options = dict(output_dir=str(tmp_path / "run"), max_train_samples=16, max_eval_samples=16, progress=False)
     Run(RunOptions(**options)).check_run_dir()

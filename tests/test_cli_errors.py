@@ -24,7 +24,7 @@ from tiny import prune_at_random
 
 from blockprune import save_pruned
 from blockprune.cli import main
-from blockprune.shrink import shrink
+from blockprune.surgery.shrink import shrink
 from blockprune.tasks import embedded_model_path
 
 EXIT_USAGE = 2
@@ -238,7 +238,7 @@ def test_ctrl_c_says_how_to_resume(folders, tmp_path, capsys, monkeypatch) -> No
     def interrupted(options: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("blockprune.pipeline.run", interrupted)
+    monkeypatch.setattr("blockprune.app.pipeline.run", interrupted)
     assert main(prune_line(folders["plain"], tmp_path / "run", "--train-file", str(folders["csv"]))) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["blockprune prune: interrupted; run the same command again to resume"]

@@ -1,4 +1,4 @@
-"""Compact storage of sparse weights (blockprune.compact) and how save_pruned / load_pruned use it; loading on
+"""Compact storage of sparse weights (blockprune.store.compact) and how save_pruned / load_pruned use it; loading on
 the meta device and from a Hub repo id.
 
 Bit-exactness is checked on the integer view of the tensors, so a ``-0.0`` turned into ``0.0`` (or a NaN
@@ -21,7 +21,10 @@ from tiny import prune_at_random, tiny_batch, tiny_inputs, tiny_model
 from torch import nn
 
 from blockprune import saving
-from blockprune.compact import (
+from blockprune.deploy.counts import block_linears
+from blockprune.report.doc import Note
+from blockprune.report.sections import _summary
+from blockprune.store.compact import (
     AUTO_MIN_SAVING,
     METADATA_KEY,
     decode,
@@ -30,13 +33,10 @@ from blockprune.compact import (
     encode_state,
     nonzero_mask,
     pack_bits,
-    size_report,
     unpack_bits,
 )
-from blockprune.measure import block_linears
-from blockprune.report_doc import Note
-from blockprune.report_sections import _summary
-from blockprune.saving import SHAPES_FILE, WEIGHTS_FILE, PrunedModelError, load_pruned, save_pruned
+from blockprune.store.saving import SHAPES_FILE, WEIGHTS_FILE, PrunedModelError, load_pruned, save_pruned
+from blockprune.store.size import size_report
 
 INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -480,7 +480,7 @@ def test_the_pipeline_saves_an_unstructured_model_compactly_and_reports_its_size
     assert size == size_report(out / "model")
     # shrink has cut the rows and columns that emptied, so what is left is denser than 90%: the linears take their
     # non-zero values plus one bit per weight (the 90%-of-a-full-matrix goal is tested above on a linear alone)
-    from blockprune.measure import block_linears
+    from blockprune.deploy.counts import block_linears
 
     weights = [w for layer in block_linears(load_pruned(out / "model")) for w in layer.values()]
     numel, nonzero = sum(w.numel() for w in weights), sum(int(torch.count_nonzero(w)) for w in weights)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from blockprune.config import PRESETS, ConfigError, PruningConfig
+from blockprune.engine.config import PRESETS, ConfigError, PruningConfig
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

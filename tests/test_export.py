@@ -1,4 +1,4 @@
-"""Tests for blockprune.export: ONNX parity on shrunk models (uneven heads, empty layers), dynamic axes,
+"""Tests for blockprune.deploy.export: ONNX parity on shrunk models (uneven heads, empty layers), dynamic axes,
 atomic writes, latency and clear errors. Skipped when the optional onnx extras are missing."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import torch
 from tiny import FFN, HEAD_DIM, HEADS, tiny_model
 
-from blockprune.arch import find_blocks, get_arch, get_path
-from blockprune.export import (
+from blockprune.deploy.counts import ffn_per_layer, heads_per_layer
+from blockprune.deploy.export import (
     MissingOnnxError,
     OnnxExportError,
     OnnxMismatchError,
@@ -20,8 +20,8 @@ from blockprune.export import (
     measure_onnx_latency,
     onnx_input_names,
 )
-from blockprune.measure import ffn_per_layer, heads_per_layer
-from blockprune.shrink import shrink
+from blockprune.surgery.arch import find_blocks, get_arch, get_path
+from blockprune.surgery.shrink import shrink
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -20,7 +20,11 @@ from torch import nn
 
 from blockprune import Pruner, PruningConfig, UnsupportedModelError
 from blockprune import arch as arch_module
-from blockprune.arch import (
+from blockprune.deploy.counts import count_params, ffn_per_layer, flops_per_token, heads_per_layer
+from blockprune.deploy.measure import measure, speedup
+from blockprune.engine.layers import MaskedLinear
+from blockprune.store.saving import load_pruned, save_pruned
+from blockprune.surgery.arch import (
     ARCHITECTURES,
     EmptyAttention,
     get_arch,
@@ -31,10 +35,7 @@ from blockprune.arch import (
     num_units,
     weight_out_in,
 )
-from blockprune.layers import MaskedLinear
-from blockprune.measure import count_params, ffn_per_layer, flops_per_token, heads_per_layer, measure, speedup
-from blockprune.saving import load_pruned, save_pruned
-from blockprune.shrink import shrink
+from blockprune.surgery.shrink import shrink
 
 H, D = HIDDEN, HEAD_DIM
 MHA = 4 * H * D + 3 * D  # Q/K/V rows with their biases, O columns

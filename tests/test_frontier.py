@@ -304,8 +304,8 @@ def test_unstructured_and_block_points_prune_to_a_sparsity_and_their_goals_read_
 def test_a_shape_key_rebuilds_a_model_that_runs_the_same_shapes_as_the_one_it_came_from(tmp_path):
     import frontier_timing as ft
 
-    from blockprune.measure import flops_per_token
-    from blockprune.shrink import apply_shapes, shape_record
+    from blockprune.deploy.counts import flops_per_token
+    from blockprune.surgery.shrink import apply_shapes, shape_record
 
     reference = transformers.AutoModelForSequenceClassification.from_pretrained(save_tiny_bert(tmp_path / "m")).eval()
     pruned = fm.load_classifier(tmp_path / "m")
@@ -348,7 +348,7 @@ def test_the_report_finds_every_seed_on_disk_not_only_the_ones_asked_to_run(tmp_
 
 def test_a_sparse_presets_own_variants_run_for_it_alone_and_are_compared_with_its_default():
     from blockprune.cli import _key_values
-    from blockprune.plan import planned_config
+    from blockprune.deploy.plan import planned_config
 
     names = {p.name: p for p in frontier.plan(quick=False)}
     tile16 = names["bp-block-const-tile16-0.5"]

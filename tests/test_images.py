@@ -16,7 +16,7 @@ import torch
 import transformers
 from PIL import Image
 
-from blockprune.finetune import TrainSettings, train
+from blockprune.app.finetune import TrainSettings, train
 from blockprune.tasks import DataError, ImageDataset, ImageTask, default_image_processor, load_task, scan_image_folder
 
 COLOURS = {"blue": (0, 0, 255), "red": (255, 0, 0)}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from blockprune.masks import (
+from blockprune.engine.masks import (
     METHODS,
     BlockShapeError,
     expand_blocks,

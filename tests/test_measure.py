@@ -1,4 +1,4 @@
-"""Tests for blockprune.measure: counts by hand on tiny models, shapes read from modules, latency, speedup."""
+"""Tests for blockprune.deploy.measure: counts by hand on tiny models, shapes read from modules, latency, speedup."""
 
 from __future__ import annotations
 
@@ -10,18 +10,10 @@ import pytest
 import torch
 from tiny import FFN, HEAD_DIM, HEADS, HIDDEN, LAYERS, MAX_POSITIONS, MODEL_TYPES, NUM_LABELS, VOCAB, tiny_model
 
-from blockprune.arch import EmptyAttention, find_blocks, get_arch, get_path
-from blockprune.measure import (
-    MeasureReport,
-    count_params,
-    ffn_per_layer,
-    flops_per_token,
-    heads_per_layer,
-    measure,
-    measure_latency,
-    speedup,
-)
-from blockprune.shrink import shrink
+from blockprune.deploy.counts import count_params, ffn_per_layer, flops_per_token, heads_per_layer
+from blockprune.deploy.measure import MeasureReport, measure, measure_latency, speedup
+from blockprune.surgery.arch import EmptyAttention, find_blocks, get_arch, get_path
+from blockprune.surgery.shrink import shrink
 
 H, F, L, D, S = HIDDEN, FFN, LAYERS, HEAD_DIM, 16
 

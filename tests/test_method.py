@@ -9,14 +9,14 @@ import torch
 from tiny import FFN, HEADS, LAYERS, tiny_batch, tiny_inputs, tiny_model
 
 from blockprune import Pruner, PruningConfig
-from blockprune.config import ConfigError
-from blockprune.finetune import TrainSettings, optimizer_steps, training_arguments
-from blockprune.measure import ffn_per_layer, heads_per_layer
-from blockprune.objective import distillation_loss
-from blockprune.plan import PlanError, target_without_ignored
-from blockprune.pruner import PatchError
-from blockprune.shrink import shrink
-from blockprune.taylor import TaylorInitError, init_scores_taylor
+from blockprune.app.finetune import TrainSettings, optimizer_steps, training_arguments
+from blockprune.deploy.counts import ffn_per_layer, heads_per_layer
+from blockprune.deploy.plan import PlanError, target_without_ignored
+from blockprune.engine.config import ConfigError
+from blockprune.engine.objective import distillation_loss
+from blockprune.engine.pruner import PatchError
+from blockprune.engine.taylor import TaylorInitError, init_scores_taylor
+from blockprune.surgery.shrink import shrink
 
 
 def struct(**changes) -> PruningConfig:
@@ -153,7 +153,7 @@ def test_hybrid_scores_start_from_the_taylor_ranking_of_each_tile():
 def test_taylor_of_a_conv1d_equals_that_of_the_same_linear():
     from transformers.pytorch_utils import Conv1D
 
-    from blockprune.layers import MaskedLinear, ScoreGroup
+    from blockprune.engine.layers import MaskedLinear, ScoreGroup
 
     torch.manual_seed(0)
     conv, linear = Conv1D(6, 4), torch.nn.Linear(4, 6)  # (in, out) storage vs (out, in)
@@ -174,7 +174,7 @@ def test_taylor_init_without_labels_names_the_fix():
 
 def test_straight_sigmoid_passes_the_gradient_unscaled_while_the_sigmoid_version_scales_it():
     scores = torch.tensor([4.0, -4.0, 0.5], requires_grad=True)
-    from blockprune.masks import get_method
+    from blockprune.engine.masks import get_method
 
     get_method("sigmoid_threshold_straight").fn(scores, 1.0, 0.1).sum().backward()
     assert torch.equal(scores.grad, torch.ones(3))
@@ -262,7 +262,7 @@ def test_optimizer_steps_count_accumulation_processes_and_the_minimum(monkeypatc
 
 
 def test_unstructured_prunes_from_5_to_50_percent_of_the_steps_and_block_keeps_the_cubic_default():
-    from blockprune.schedule import sparsity_at
+    from blockprune.engine.schedule import sparsity_at
 
     cfg = PruningConfig.preset("unstructured", sparsity=0.9)
     at = [sparsity_at(step, 100, cfg.sparsity, cfg.warmup, cfg.cooldown) for step in (4, 6, 49, 50, 99)]

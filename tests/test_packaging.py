@@ -7,8 +7,9 @@ import sys
 import textwrap
 
 EXTRAS = ("matplotlib", "accelerate", "PIL", "datasets", "onnx", "onnxruntime", "pandas", "pyarrow")
-ENGINE = ("config", "masks", "schedule", "layers", "pruner", "arch", "headbias", "shrink", "saving", "measure",
-          "plan", "card", "hub")
+ENGINE = ("engine.config", "engine.masks", "engine.schedule", "engine.layers", "engine.pruner", "surgery.arch",
+          "surgery.headbias", "surgery.shrink", "store.saving", "store.size", "deploy.counts", "deploy.measure",
+          "deploy.plan", "report.card", "app.hub")
 
 # a finder that makes the extras look installed (so transformers' availability checks pass) but fail on import,
 # which is what importing a missing package would do
@@ -38,7 +39,7 @@ def test_engine_modules_import_without_the_application_extras():
         for name in {ENGINE!r}:
             importlib.import_module("blockprune." + name)
         import blockprune
-        blockprune.load_pruned, blockprune.shrink, blockprune.Pruner, blockprune.measure
+        blockprune.load_pruned, blockprune.surgery.shrink, blockprune.Pruner, blockprune.deploy.measure
         print("engine ok")
     """)
     assert done.returncode == 0, done.stderr
@@ -55,3 +56,20 @@ def test_the_pipeline_says_which_extra_to_install(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and "pip install 'blockprune[cli]'" in lines[0] and "Traceback" not in done.stderr
+
+
+def test_the_flat_layout_import_paths_still_load_the_moved_modules():
+    import importlib
+
+    import blockprune
+    from blockprune.surgery import shrink as moved
+
+    for old, new in blockprune.MOVED.items():
+        assert importlib.import_module(f"blockprune.{old}") is importlib.import_module(f"blockprune.{new}"), old
+    from blockprune.shrink import shrink  # a documented import of the flat layout
+
+    assert shrink is moved.shrink
+    from blockprune.report import render_report
+    from blockprune.report.render import render_report as at_home
+
+    assert render_report is at_home

@@ -9,9 +9,10 @@ from tiny import tiny_model
 
 from blockprune import Pruner
 from blockprune.cli import main
-from blockprune.measure import ffn_per_layer, heads_per_layer, speedup
-from blockprune.plan import PlanError, make_plan, plan, planned_config
-from blockprune.shrink import shrink
+from blockprune.deploy.counts import ffn_per_layer, heads_per_layer
+from blockprune.deploy.measure import speedup
+from blockprune.deploy.plan import PlanError, make_plan, plan, planned_config
+from blockprune.surgery.shrink import shrink
 
 
 @pytest.fixture(scope="module")

@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 from tiny import HEADS, MODEL_TYPES, VOCAB, tiny_model
 
 from blockprune import Pruner, PruningConfig
-from blockprune.config import CONFIG_VERSION, ConfigError
-from blockprune.layers import MaskedLinear
-from blockprune.masks import METHODS
-from blockprune.shrink import shrink
+from blockprune.engine.config import CONFIG_VERSION, ConfigError
+from blockprune.engine.layers import MaskedLinear
+from blockprune.engine.masks import METHODS
+from blockprune.surgery.shrink import shrink
 
 SHRINK_TOLERANCE = 1e-4
 FINALIZE_TOLERANCE = 1e-5

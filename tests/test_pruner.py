@@ -6,8 +6,8 @@ import transformers
 from tiny import HEAD_DIM, MODEL_TYPES, tiny_inputs, tiny_model
 
 from blockprune import PatchError, Pruner, PruningConfig, UnsupportedModelError
-from blockprune.layers import MaskedLinear
-from blockprune.masks import BlockShapeError
+from blockprune.engine.layers import MaskedLinear
+from blockprune.engine.masks import BlockShapeError
 
 TILE = (HEAD_DIM, HEAD_DIM)
 

@@ -1,4 +1,4 @@
-"""int8 after shrink: blockprune.quantize on uneven shrunk shapes, at load, through the CLI and the pipeline."""
+"""int8 after shrink: blockprune.deploy.quantize on uneven shrunk shapes, at load, through the CLI and the pipeline."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ from safetensors.torch import load_file
 from tiny import FFN, HEAD_DIM, HEADS, save_tiny_bert, tiny_inputs, tiny_model, write_review_csvs
 from torch import nn
 
-from blockprune.arch import EmptyAttention, find_blocks, get_arch, get_path
 from blockprune.cli import main
-from blockprune.measure import count_params, ffn_per_layer, flops_per_token, heads_per_layer
-from blockprune.quantize import (
+from blockprune.deploy.counts import count_params, ffn_per_layer, flops_per_token, heads_per_layer
+from blockprune.deploy.quantize import (
     SCHEMES,
     QuantizeError,
     dynamic_linear_class,
@@ -27,8 +26,9 @@ from blockprune.quantize import (
     quantized_linears,
     size_bytes,
 )
-from blockprune.saving import QUANTIZATION_FILE, WEIGHTS_FILE, PrunedModelError, load_pruned, save_pruned
-from blockprune.shrink import shrink
+from blockprune.store.saving import QUANTIZATION_FILE, WEIGHTS_FILE, PrunedModelError, load_pruned, save_pruned
+from blockprune.surgery.arch import EmptyAttention, find_blocks, get_arch, get_path
+from blockprune.surgery.shrink import shrink
 from blockprune.tasks import embedded_model_path
 
 GONE_HEADS = {0: [1], 1: list(range(HEADS)), 2: [0, 2, 3]}  # layer 1 loses every head ...
@@ -285,7 +285,8 @@ def test_quantize_refuses_to_overwrite_its_input(shrunk_dir: Path, capsys: pytes
 
 
 def test_quantize_is_pinned_by_the_run_config(tmp_path: Path) -> None:
-    from blockprune.pipeline import Run, RunError, RunOptions
+    from blockprune.app.options import RunError, RunOptions
+    from blockprune.app.pipeline import Run
 
     options = dict(output_dir=str(tmp_path / "run"), max_train_samples=16, max_eval_samples=16, progress=False)
     Run(RunOptions(**options)).check_run_dir()
@@ -329,8 +330,9 @@ def test_prune_with_quantize_reports_the_int8_model(tiny_dir: Path, data_files: 
 def test_onnx_int8_quantizes_the_block_linears_and_reports_parity(fp32: nn.Module, tmp_path: Path) -> None:
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from blockprune.export import export_onnx, measure_onnx_latency
     from blockprune.onnx_int8 import compare_onnx, quantize_onnx
+
+    from blockprune.deploy.export import export_onnx, measure_onnx_latency
 
     source = export_onnx(fp32, tmp_path / "fp32.onnx")
     result = quantize_onnx(source, tmp_path / "int8.onnx")

@@ -39,10 +39,10 @@ from safetensors.torch import load_file
 from tiny import prune_at_random
 
 from blockprune import Pruner, PruningConfig, atomic
-from blockprune.finetune import NonFiniteLossError, TrainSettings, last_complete_checkpoint, train
-from blockprune.pipeline import save_hf_model, write_done
-from blockprune.saving import load_pruned, save_pruned
-from blockprune.shrink import shrink
+from blockprune.app.finetune import NonFiniteLossError, TrainSettings, last_complete_checkpoint, train
+from blockprune.app.pipeline import save_hf_model, write_done
+from blockprune.store.saving import load_pruned, save_pruned
+from blockprune.surgery.shrink import shrink
 from blockprune.tasks import load_task
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "blockprune"
@@ -102,14 +102,14 @@ def tree_equal(a: Any, b: Any, where: str = "") -> None:
 
 # ---------------------------------------------------------------------------------------- resume: worker
 WORKER = textwrap.dedent('''
-    """One pruning run through blockprune.finetune.train (the pipeline's prune stage), dumped for comparison."""
+    """One pruning run through blockprune.app.finetune.train (the pipeline's prune stage), dumped for comparison."""
     import json, os, sys, time
     from pathlib import Path
     import torch, transformers
     from safetensors.torch import save_file
     from blockprune import Pruner, PruningConfig
     from blockprune.tasks import load_task
-    from blockprune.finetune import TrainSettings, train
+    from blockprune.app.finetune import TrainSettings, train
 
     model_dir, data, out, dump, delay = sys.argv[1:6]
     pause_in_save = int(os.environ.get("PAUSE_IN_SAVE", "0"))
@@ -382,8 +382,8 @@ def _fail(*args: Any, **kwargs: Any) -> None:
 
 SAVE_FAULTS = {
     "config": ("transformers.PretrainedConfig.save_pretrained", None),
-    "weights": ("blockprune.saving.save_file", None),
-    "shape record": ("blockprune.saving.write_text", None),
+    "weights": ("blockprune.store.saving.save_file", None),
+    "shape record": ("blockprune.store.saving.write_text", None),
     "tokenizer": (None, "save_pretrained"),
     "flush before rename": ("blockprune.atomic._fsync_tree", None),
 }
@@ -436,7 +436,7 @@ def test_a_crash_between_the_two_renames_is_undone_by_the_next_save(shrunk, tmp_
     path = tmp_path / "small"
     save_pruned(model, path, tokenizer)
     os.replace(path, tmp_path / ".small.old")  # the state such a crash leaves
-    monkeypatch.setattr("blockprune.saving.save_file", _fail)
+    monkeypatch.setattr("blockprune.store.saving.save_file", _fail)
     with pytest.raises(OSError, match="injected"):  # even a next save that fails brings it back
         save_pruned(model, path, tokenizer)
     assert torch.equal(logits(load_pruned(path), batch), logits(model, batch))
@@ -493,7 +493,7 @@ KILL_MID_SAVE = textwrap.dedent('''
     import sys, time
     from pathlib import Path
     import safetensors.torch
-    import blockprune.saving as saving
+    import blockprune.store.saving as saving
     import transformers
     path, marker = sys.argv[1:3]
     model = transformers.AutoModelForSequenceClassification.from_pretrained(path)
@@ -542,7 +542,7 @@ def test_the_source_never_unpickles() -> None:
 
 def test_taylor_scores_start_from_training_batches_and_a_resumed_run_keeps_the_checkpointed_ones(
         workdir, tmp_path, monkeypatch) -> None:
-    import blockprune.finetune as finetune
+    import blockprune.app.finetune as finetune
 
     task = load_task(train_file=workdir / "train.csv", seed=0, max_length=16)
     tokenizer = transformers.AutoTokenizer.from_pretrained(workdir / "model")
@@ -603,7 +603,8 @@ TRUST = textwrap.dedent('''
     import json, sys
     from pathlib import Path
     from blockprune import cli
-    from blockprune.pipeline import Run, RunOptions
+    from blockprune.app.pipeline import Run
+    from blockprune.app.options import RunOptions
     folder, data, marker, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
     options = dict(model=str(folder), teacher=str(folder), train_file=data, max_length=16, output_dir=out,
                    progress=False, **json.loads(sys.argv[5]))

@@ -1,4 +1,4 @@
-"""Tests for blockprune.report / plots: a fake run folder (tiny BERT with zeroed head and neurons + a hand-written
+"""Tests for blockprune.report.render / plots: a fake run folder (tiny BERT with zeroed head and neurons + a hand-written
 report.json) rendered to Markdown, self-contained HTML and PNGs; density maps checked against the zeros."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 from tiny import FFN, HEAD_DIM, HEADS, HIDDEN, LAYERS, tiny_model
 
 from blockprune import plots
-from blockprune.arch import find_blocks, get_arch, get_path
-from blockprune.report import MissingReportError, ReportError, render_report
-from blockprune.report_sections import headline
+from blockprune.report.render import MissingReportError, ReportError, render_report
+from blockprune.report.sections import headline
+from blockprune.surgery.arch import find_blocks, get_arch, get_path
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ZERO_HEAD = 1          # head zeroed in layer 0 (Q/K/V rows and O columns)

@@ -14,9 +14,9 @@ from test_shrink import head_slice, logits, noisy_model, parts
 from tiny import FFN, HEADS, tiny_inputs, tiny_model
 from torch import nn
 
-from blockprune.arch import EmptyAttention, find_blocks, get_arch, get_path
-from blockprune.saving import SHAPES_FILE, WEIGHTS_FILE, PrunedModelError, load_pruned, save_pruned
-from blockprune.shrink import shrink
+from blockprune.store.saving import SHAPES_FILE, WEIGHTS_FILE, PrunedModelError, load_pruned, save_pruned
+from blockprune.surgery.arch import EmptyAttention, find_blocks, get_arch, get_path
+from blockprune.surgery.shrink import shrink
 
 
 def shrunk_model(model_type: str) -> nn.Module:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from blockprune.schedule import phase_bounds, sparsity_at
+from blockprune.engine.schedule import phase_bounds, sparsity_at
 
 
 def test_endpoints_warmup_and_cooldown():

@@ -9,8 +9,8 @@ import torch
 from tiny import FFN, HEAD_DIM, HEADS, LAYERS, tiny_inputs, tiny_model
 from torch import nn
 
-from blockprune.arch import EmptyAttention, FFNSpec, find_blocks, get_arch, get_path, set_path
-from blockprune.shrink import (  # gated-MLP rule has no table entry yet
+from blockprune.surgery.arch import EmptyAttention, FFNSpec, find_blocks, get_arch, get_path, set_path
+from blockprune.surgery.shrink import (  # gated-MLP rule has no table entry yet
     ShrinkError,
     _keep_neurons,
     _neuron_plan,
@@ -336,7 +336,7 @@ def test_ffn_multiple_pads_with_zero_neurons_exactly(model_type: str, tmp_path) 
     from tiny import DEFAULT_TASK, prune_at_random
 
     from blockprune import load_pruned, save_pruned
-    from blockprune.arch import weight_out_in
+    from blockprune.surgery.arch import weight_out_in
 
     task = DEFAULT_TASK.get(model_type, "seq-cls")
     model = prune_at_random(tiny_model(model_type, task), "struct", sparsity=0.6, seed=3)

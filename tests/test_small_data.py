@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import small_data  # noqa: E402
 
-from blockprune.cli import build_parser  # noqa: E402
+from blockprune.cli import build_parser
 
 
 def test_every_setting_is_a_command_the_cli_accepts_with_its_teacher_epochs(tmp_path):

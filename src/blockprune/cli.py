@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 import transformers
-from safetensors import SafetensorError
 from torch import nn
 
-from . import __version__
-from .config import PRESETS
+from blockprune import __version__
+from blockprune.engine.config import PRESETS
+from blockprune.store.folders import folder_processors, load_model
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -239,78 +239,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class ModelFolderError(ValueError):
-    """A plain ``save_pretrained`` folder cannot be loaded (missing, truncated or corrupted file)."""
-
-
-def load_model(path: str, task_class: type | None = None, quantize: str | None = "auto") -> nn.Module:
-    """Load a model folder in either format: ``save_pruned`` (has ``pruned_shapes.json``) or ``save_pretrained``.
-
-    ``path`` may also be a Hugging Face Hub repo id (``user/repo``, no such local folder): its snapshot is
-    downloaded (or taken from the cache) first. ``quantize`` is passed to :func:`blockprune.saving.load_pruned`
-    (``None``: fp32 even if the folder says int8).
-    """
-    from .saving import SHAPES_FILE, load_pruned, local_folder
-
-    folder = local_folder(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model folder {path} does not exist")
-    if (folder / SHAPES_FILE).is_file():
-        return load_pruned(folder, model_class=task_class, quantize=quantize)
-    try:  # never run code shipped in a model folder from these commands
-        config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False)
-        names = getattr(config, "architectures", None) or []
-        cls = task_class or (getattr(transformers, names[0], None) if names else None) or transformers.AutoModel
-        return cls.from_pretrained(folder, trust_remote_code=False).eval()
-    except (OSError, SafetensorError) as err:
-        raise ModelFolderError(
-            f"cannot load the model in {path} ({type(err).__name__}: {err}); a file is missing, truncated or "
-            "corrupted: save the model there again"
-        ) from err
-
-
-# A model folder's input processors: the file that marks each one and the auto class that loads it.
-PROCESSOR_FILES = {"tokenizer_config.json": "AutoTokenizer", "preprocessor_config.json": "AutoImageProcessor"}
-
-
-class Processors:
-    """Several input processors (e.g. a tokenizer and an image processor) saved together into one folder.
-
-    Example:
-        >>> Processors([tokenizer, image_processor]).save_pretrained("out/small")   # doctest: +SKIP
-    """
-
-    def __init__(self, parts: list[Any]) -> None:
-        self.parts = parts
-
-    def save_pretrained(self, path: str | Path) -> None:
-        """Save every processor into ``path`` (their files do not overlap)."""
-        for part in self.parts:
-            part.save_pretrained(path)
-
-
-def folder_processors(path: str | Path) -> Processors | None:
-    """The tokenizer and/or image processor saved in a model folder, or ``None`` when it has neither.
-
-    Example:
-        >>> folder_processors("runs/demo/teacher/model").parts     # doctest: +SKIP
-        [BertTokenizerFast(...)]
-    """
-    folder = Path(path)
-    parts = []
-    for file, name in PROCESSOR_FILES.items():
-        if not (folder / file).is_file():
-            continue
-        try:  # never run code shipped in a model folder
-            parts.append(getattr(transformers, name).from_pretrained(str(folder), trust_remote_code=False))
-        except OSError as err:
-            raise ModelFolderError(
-                f"cannot load the processor of {path} ({file}; {type(err).__name__}: {err}); a file is missing, "
-                "truncated or corrupted: save the processor there again"
-            ) from err
-    return Processors(parts) if parts else None
-
-
 @contextlib.contextmanager
 def _quiet_transformers(quiet: bool) -> Iterator[None]:
     """Silence transformers' own progress bars ("Loading weights") too, and restore them afterwards."""
@@ -325,7 +253,8 @@ def _quiet_transformers(quiet: bool) -> Iterator[None]:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .pipeline import RunOptions, is_main_process, run
+    from blockprune.app.options import RunOptions
+    from blockprune.app.pipeline import is_main_process, run
 
     options = RunOptions(
         model=args.model, task=args.task, dataset=args.dataset, dataset_config=args.dataset_config,
@@ -349,7 +278,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         command="blockprune " + shlex.join(args.argv),
     )
     if args.push_to_hub and is_main_process():
-        from .hub import check_hub
+        from blockprune.app.hub import check_hub
 
         check_hub(args.push_to_hub, args.hub_token)  # offline or not logged in: fail now, not after training
     with _quiet_transformers(args.no_progress):
@@ -357,7 +286,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not is_main_process():
         return 0
     if args.push_to_hub:
-        from .hub import push
+        from blockprune.app.hub import push
 
         print(f"pushed {push(options.output_dir, args.push_to_hub, private=args.hub_private, token=args.hub_token)}")
     change = report["final"]["metric"] - report["teacher"]["metric"]
@@ -374,9 +303,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_shrink(args: argparse.Namespace) -> int:
-    from .measure import random_inputs
-    from .saving import save_pruned
-    from .shrink import check_ffn_multiple, shrink
+    from blockprune.deploy.measure import random_inputs
+    from blockprune.store.saving import save_pruned
+    from blockprune.surgery.shrink import check_ffn_multiple, shrink
 
     check_ffn_multiple(args.ffn_multiple, "--ffn-multiple ")  # before loading anything
 
@@ -391,7 +320,7 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     diff = max(float((b - a).abs().max()) for b, a in zip(before.values(), after.values(), strict=True)
                if isinstance(b, torch.Tensor))
     save_pruned(model, args.output, processors, result=result)
-    from .card import write_shrink_card
+    from blockprune.report.card import write_shrink_card
 
     write_shrink_card(args.output, result, source=args.input, ffn_multiple=args.ffn_multiple)
     padding = f" (+ zero neurons to multiples of {args.ffn_multiple}: {result.ffn_padding})" if any(
@@ -404,7 +333,7 @@ def cmd_shrink(args: argparse.Namespace) -> int:
 
 def _load_task(args: argparse.Namespace) -> Any:
     """The task of the data flags (see :func:`_data_flags`)."""
-    from .tasks import load_task
+    from blockprune.tasks import load_task
 
     return load_task(args.task, dataset=args.dataset, train_file=args.train_file,
                      validation_file=args.validation_file, text_column=args.text_column,
@@ -421,8 +350,8 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from .quantize import check_scheme, quantized_linears, size_bytes
-    from .saving import save_pruned
+    from blockprune.deploy.quantize import check_scheme, quantized_linears, size_bytes
+    from blockprune.store.saving import save_pruned
 
     check_scheme(args.scheme, "--scheme ")  # before loading anything
     batch_sizes = _batch_sizes(args.batch_sizes)
@@ -453,7 +382,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def speedup_vs(reference: nn.Module, model: nn.Module, args: argparse.Namespace, batch_sizes: tuple[int, ...]
                ) -> dict[str, Any]:
     """Measured speedup of ``model`` over ``reference`` per batch size (timed alternately, one process)."""
-    from .measure import speedup
+    from blockprune.deploy.measure import speedup
 
     result = speedup(reference, model, seq_len=args.seq_len, batch_sizes=batch_sizes, repeats=args.repeats,
                      threads=args.threads, progress=True)
@@ -479,7 +408,7 @@ def _quantize_summary(results: dict[str, Any]) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .tasks import load_task
+    from blockprune.tasks import load_task
 
     task = load_task(args.task, dataset=args.dataset, dataset_config=args.dataset_config,
                      train_split=args.train_split, validation_split=args.validation_split,
@@ -488,7 +417,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      text_pair_column=args.text_pair_column, label_column=args.label_column, seed=args.seed,
                      max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
                      max_length=args.max_length)
-    from .saving import local_folder
+    from blockprune.store.saving import local_folder
 
     folder = str(local_folder(args.model))  # a Hub repo id becomes its snapshot folder, once
     model = load_model(folder, task.model_class())
@@ -501,8 +430,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .devices import check_bench_settings
-    from .measure import measure, speedup
+    from blockprune.deploy.devices import check_bench_settings
+    from blockprune.deploy.measure import measure, speedup
 
     batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")
     for flag, value in (("--seq-len", args.seq_len), ("--repeats", args.repeats)):
@@ -532,7 +461,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import check_onnx, export_onnx, measure_onnx_latency
+    from blockprune.deploy.export import check_onnx, export_onnx, measure_onnx_latency
 
     if args.quantize is not None:
         return _export_int8(args)
@@ -549,9 +478,9 @@ def _export_int8(args: argparse.Namespace) -> int:
     """``export --quantize int8``: export fp32, quantize with ONNX Runtime, compare with fp32 PyTorch."""
     import tempfile
 
-    from .export import export_onnx, measure_onnx_latency
-    from .onnx_int8 import compare_onnx, quantize_onnx
-    from .quantize import check_scheme
+    from blockprune.deploy.export import export_onnx, measure_onnx_latency
+    from blockprune.deploy.onnx_int8 import compare_onnx, quantize_onnx
+    from blockprune.deploy.quantize import check_scheme
 
     check_scheme(args.quantize, "--quantize ")
     model = load_model(args.model, quantize=None)
@@ -569,7 +498,7 @@ def _export_int8(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import render_report
+    from blockprune.report.render import render_report
 
     for path in render_report(args.run_dir).values():
         print(path)
@@ -577,7 +506,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .plan import measure_plan, plan, to_json, to_text
+    from blockprune.deploy.plan import measure_plan, plan, to_json, to_text
 
     try:
         batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
@@ -593,7 +522,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import push
+    from blockprune.app.hub import push
 
     print(f"pushed {push(args.path, args.repo_id, private=args.private, token=args.token)}")
     return 0
@@ -608,7 +537,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     The training side is not imported for this: the engine installs without the application extras.
     """
-    training = sys.modules.get(f"{__package__}.finetune")
+    training = sys.modules.get("blockprune.app.finetune")
     found = getattr(training, "NonFiniteLossError", None)
     return (ValueError, FileNotFoundError) + ((found,) if found is not None else ())
 

@@ -11,15 +11,15 @@ Example:
     9530
 """
 
-from .base import DataError, FeatureDataset, PaddingCollator, Task
-from .causal_lm import CausalLMCollator, CausalLMTask, group_blocks, read_documents
-from .classification import ClassificationTask, TextExample, accuracy, classification_task, macro_f1
-from .embedded import embedded_data_path, embedded_model_path, rotten_tomatoes_split
-from .images import ImageDataset, ImageExample, ImageTask, default_image_processor, scan_image_folder
-from .load import holdout, load_task
-from .qa import QATask, answer_tokens, postprocess, qa_features
-from .qa_data import QAExample, read_squad, squad_from_records
-from .qa_metrics import exact_match, f1, normalize_answer, squad_scores
+from blockprune.tasks.base import DataError, FeatureDataset, PaddingCollator, Task
+from blockprune.tasks.causal_lm import CausalLMCollator, CausalLMTask, group_blocks, read_documents
+from blockprune.tasks.classification import ClassificationTask, TextExample, accuracy, classification_task, macro_f1
+from blockprune.tasks.embedded import embedded_data_path, embedded_model_path, rotten_tomatoes_split
+from blockprune.tasks.images import ImageDataset, ImageExample, ImageTask, default_image_processor, scan_image_folder
+from blockprune.tasks.load import holdout, load_task
+from blockprune.tasks.qa import QATask, answer_tokens, postprocess, qa_features
+from blockprune.tasks.qa_data import QAExample, read_squad, squad_from_records
+from blockprune.tasks.qa_metrics import exact_match, f1, normalize_answer, squad_scores
 
 __all__ = [
     "CausalLMCollator",

@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 import torch
 from torch.utils.data import Dataset
 
+Record = dict[str, Any]  # one raw example, as read from a file or a dataset
+
 T = TypeVar("T")
 
 # Keys a collator passes to the model besides the tokenizer's own inputs.

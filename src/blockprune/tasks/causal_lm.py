@@ -28,8 +28,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import DataError, FeatureDataset, Task
-from .records import Record, check_not_missing, read_records, read_text, require_columns
+from blockprune.tasks.base import DataError, FeatureDataset, Task
+from blockprune.tasks.records import Record, check_not_missing, read_records, read_text, require_columns
 
 METRICS = ("perplexity",)
 DEFAULT_MAX_LENGTH = 128

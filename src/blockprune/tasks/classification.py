@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .base import DataError, FeatureDataset, Task
-from .records import Record, check_not_missing, format_rows, is_missing, require_columns
+from blockprune.tasks.base import DataError, FeatureDataset, Task
+from blockprune.tasks.records import Record, check_not_missing, format_rows, is_missing, require_columns
 
 METRICS = ("accuracy", "macro_f1")
 DEFAULT_MAX_LENGTH = 128

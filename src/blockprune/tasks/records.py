@@ -20,9 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .base import DataError
+from blockprune.tasks.base import DataError, Record
 
-Record = dict[str, Any]
 MAX_LISTED = 10
 
 
@@ -38,7 +37,7 @@ def read_records(path: str | os.PathLike[str]) -> list[Record]:
     """
     path = Path(path)
     if path.is_dir():
-        from .hf import read_saved_dataset
+        from blockprune.tasks.hf import read_saved_dataset
 
         return _not_empty(read_saved_dataset(path), path)
     if not path.is_file():
@@ -51,7 +50,7 @@ def read_records(path: str | os.PathLike[str]) -> list[Record]:
     elif suffix == ".jsonl":
         records = _read_json_lines(path, read_text(path, f"Data file {path} is empty; give one JSON object per line."))
     elif suffix == ".parquet":
-        from .hf import read_parquet
+        from blockprune.tasks.hf import read_parquet
 
         records = read_parquet(path)
     else:

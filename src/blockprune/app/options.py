@@ -1,0 +1,132 @@
+"""What a ``blockprune prune`` run is asked to do: :class:`RunOptions`, and the checks made before any work.
+
+The options that shape the trained model are pinned in ``run_config.json`` by the pipeline; the benchmark
+options (``bench_*``) are not, since they only say how latency is timed.
+
+Example:
+    >>> options = RunOptions(preset="struct", target_speedup=2.0, output_dir="runs/struct2x")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import transformers
+
+from blockprune.deploy.devices import check_bench_settings
+from blockprune.deploy.plan import PlanError, planned_config
+from blockprune.engine.config import FILL_PRESETS, PruningConfig
+
+
+class RunError(ValueError):
+    """A run cannot start as asked; the message names the option and the fix."""
+
+
+@dataclass
+class RunOptions:
+    """Everything a pipeline run depends on (the CLI maps its flags onto these fields)."""
+
+    model: str | None = None
+    task: str = "text-classification"
+    dataset: str | None = None
+    dataset_config: str | None = None
+    train_split: str = "train"
+    validation_split: str = "validation"
+    test_split: str | None = None  # scored only for the report (teacher and final model), never for choices
+    train_file: str | None = None
+    validation_file: str | None = None
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    preset: str = "struct"
+    ffn_multiple: int = 16  # shrink pads FFN widths to a multiple of this with zero neurons (exact; faster kernels)
+    target_speedup: float | None = None
+    sparsity: float | None = None
+    teacher: str | None = None
+    epochs: float = 1.0
+    min_pruning_steps: int = 0  # the pruning stage takes at least this many optimizer steps (more epochs if needed)
+    teacher_epochs: float = 1.0
+    fill_epochs: float = 1.0
+    fill: bool = False  # shrink, then fine-tune the shrunk model again with distillation (hybrid-filled sets it)
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    max_length: int = 128
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    teacher_learning_rate: float = 5e-5
+    alpha: float = 0.9
+    temperature: float = 2.0
+    seed: int = 42
+    pruning: dict[str, Any] = field(default_factory=dict)
+    training_args: dict[str, Any] = field(default_factory=dict)
+    trust_remote_code: bool = False
+    output_dir: str = "runs/demo"
+    bench_seq_len: int = 128
+    bench_batch_sizes: tuple[int, ...] = (1, 32)
+    bench_repeats: int = 10
+    bench_device: str = "cpu"  # cpu, cuda, cuda:N
+    bench_threads: int | None = None  # torch intra-op threads while timing (None: torch's choice)
+    bench_dtype: str = "fp32"  # fp32, fp16, bf16
+    quantize: str | None = None  # "int8": also evaluate and time the final model quantized (blockprune.deploy.quantize)
+    progress: bool = True
+    command: str = ""
+
+    @property
+    def fills(self) -> bool:
+        """Whether the run has a fill stage: ``fill`` asked for, or a preset whose recipe has one."""
+        return self.fill or self.preset in FILL_PRESETS
+
+    def result_shaping(self) -> dict[str, Any]:
+        """The options that change the result (what ``run_config.json`` pins); the bench options do not."""
+        skip = {"output_dir", "progress", "command", *BENCH_OPTIONS}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+    def bench_settings(self) -> dict[str, Any]:
+        """The bench options as ``bench/done.json`` records them (the stage is measured again when they change)."""
+        return json.loads(json.dumps({k.removeprefix("bench_"): getattr(self, k) for k in BENCH_OPTIONS}))
+
+
+BENCH_OPTIONS = ("bench_seq_len", "bench_batch_sizes", "bench_repeats", "bench_device", "bench_threads", "bench_dtype")
+
+
+# ------------------------------------------------------------------------------------------ targets
+def default_target(options: RunOptions) -> None:
+    """With neither a target speedup nor a sparsity, aim at a 2x theoretical speedup."""
+    if options.target_speedup is None and options.sparsity is None:
+        options.target_speedup = 2.0
+
+
+def pruning_config(options: RunOptions, model_path: str) -> PruningConfig:
+    """The preset with the target sparsity and any user overrides (validated; see :func:`plan.planned_config`)."""
+    try:
+        return planned_config(options.preset, options.target_speedup, options.sparsity, options.pruning,
+                              options.ffn_multiple, model_path, options.max_length, options.trust_remote_code)
+    except PlanError as err:
+        raise RunError(str(err)) from err
+
+
+def check_bench_options(options: RunOptions) -> None:
+    """The ``--bench-*`` options are sound and this machine can time as asked (checked before any work)."""
+    o = options
+    sizes = o.bench_batch_sizes
+    if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
+        raise RunError(f"--bench-batch-sizes {','.join(map(str, sizes))!r} must be whole numbers >= 1, e.g. 1,32")
+    for flag, value in (("--bench-seq-len", o.bench_seq_len), ("--bench-repeats", o.bench_repeats)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RunError(f"{flag} {value!r} must be a whole number >= 1")
+    try:
+        check_bench_settings(o.bench_device, o.bench_dtype, o.bench_threads,
+                             flags=("--bench-device", "--bench-dtype", "--bench-threads"))
+    except ValueError as err:
+        raise RunError(str(err)) from None
+
+
+def check_bench_length(options: RunOptions, model_path: str) -> None:
+    """``--bench-seq-len`` fits the model's position table (read from its config; no weights are loaded)."""
+    config = transformers.AutoConfig.from_pretrained(model_path, trust_remote_code=options.trust_remote_code)
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and options.bench_seq_len > limit:
+        raise RunError(f"--bench-seq-len {options.bench_seq_len} is longer than the model's {limit} positions "
+                       f"(max_position_embeddings); use at most {limit}")

@@ -1,0 +1,366 @@
+"""Know before you train: the sparsities, per-layer shapes, size and speedup a pruning target implies.
+
+:func:`planned_config` turns a preset and a target (``target_speedup`` or ``sparsity``) into the
+:class:`~blockprune.engine.config.PruningConfig` a run would train with (the pipeline calls it too). :func:`make_plan`
+then reads the dense model's structure from its config alone, built on the ``meta`` device (no weights are
+read or allocated), and works out what shrink would leave of every layer:
+
+* ``exact``: whole heads / whole neurons with a per-matrix method (``topk``, ``magnitude``): the
+  :class:`~blockprune.engine.pruner.Pruner` keeps :func:`~blockprune.engine.masks.kept_count` units of every layer, so
+  the shapes after shrink are known now (GQA: whole key/value heads with their query heads).
+* ``budget``: whole heads / neurons with ``sigmoid_threshold`` (soft movement): the total is fixed, but one
+  global ranking of the scores decides which layers keep what during training. Shown spread evenly.
+* ``upper bound``: tiles inside a matrix (``block``/``hybrid`` attention, ``unstructured``): shrink removes a
+  head only if training empties all its V tiles or all its O tiles, a neuron only if its up row or down
+  column empties. Attention is shown with every head kept (any head
+  emptied is extra speed, or with ``ffn_budget="flops"`` FFN width: the FFN shown is then its least); a tiled FFN
+  is shown as if its weight budget went into whole neurons.
+
+The planned model (the dense model resized with :func:`~blockprune.surgery.shrink.apply_shapes`) gives parameters,
+FLOPs per token and the theoretical speedup through :mod:`blockprune.measure`; :func:`measure_plan` times a
+randomly initialised model of those shapes against the dense one on this machine (a measured preview).
+Nothing here imports the training side.
+
+Example:
+    >>> p = make_plan(None, planned_config("struct", target_speedup=2.0))      # doctest: +SKIP
+    >>> p["heads"], p["ffn"], round(p["theoretical_speedup"], 2)              # doctest: +SKIP
+    ([6, 6, 6, 6, 6, 6], [768, 768, 768, 768, 768, 768], 2.0)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+
+from blockprune.deploy.counts import count_params, flops_per_token
+from blockprune.deploy.measure import speedup
+from blockprune.engine.budget import MIN_FFN_DENSITY
+from blockprune.engine.config import HEAD, NEURON, PRESETS, PruningConfig
+from blockprune.engine.masks import METHODS, kept_count
+from blockprune.surgery.arch import features, get_path, iter_blocks, num_heads, num_units
+from blockprune.surgery.shrink import ShrinkError, apply_shapes, check_ffn_multiple, must_keep_one, shape_record
+
+MAX_SPARSITY = 0.95
+EXACT, BUDGET, UPPER_BOUND = "exact", "budget", "upper bound"
+
+
+class PlanError(ValueError):
+    """A target cannot be planned as asked; the message names the option and the fix."""
+
+
+# ------------------------------------------------------------------------------------------ targets
+def model_source(model: str | None) -> str:
+    """The model a plan or run reads: the embedded MiniLM when ``None``; a missing local folder is an error."""
+    if model is None:
+        from blockprune.tasks.embedded import embedded_model_path
+
+        return str(embedded_model_path())
+    if (os.path.sep in model or model.startswith(".")) and not Path(model).is_dir():
+        raise PlanError(f"--model {model} does not exist; give a local model folder or a hub name")
+    return model
+
+
+def dense_model(model_path: str, trust_remote_code: bool = False, device: str = "meta") -> nn.Module:
+    """The base model of ``model_path`` built from its config alone (``meta``: no memory, no weights read)."""
+    config = transformers.AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    with torch.device(device):
+        return transformers.AutoModel.from_config(config, trust_remote_code=trust_remote_code).eval()
+
+
+def flops_split(model_path: str, seq_len: int, trust_remote_code: bool = False) -> tuple[int, int]:
+    """FLOPs per token of the attention part (Q/K/V/O + matmuls) and of the FFN part of a dense model."""
+    flops = flops_per_token(dense_model(model_path, trust_remote_code), seq_len)
+    return flops["total"] - flops["ffn_linear"], flops["ffn_linear"]
+
+
+def sparsities_for_speedup(target: float, attention_flops: int, ffn_flops: int, head_pruning: bool,
+                           flops_budget: bool = False) -> dict[str, float]:
+    """Sparsities that give a theoretical ``target`` speedup of the transformer layers.
+
+    With whole heads and neurons (``struct``), every pruned FLOP goes away after shrink, so both keep
+    ``1 / target``. Tiles inside attention only pay off when a head empties completely, which cannot be
+    planned; with ``flops_budget`` (``ffn_budget="flops"``, what :func:`planned_config` sets for a speedup
+    target) ``sparsity`` is the FLOPs share of attention and FFN together, ``1 - 1/target``, and the FFN keeps
+    what the heads still there leave of it (:mod:`blockprune.budget`). Without it the FFN alone is sized to
+    reach the target (attention heads all kept), and attention is pruned at ``1 - 1/target``: every head it
+    empties is extra speed, reported as achieved.
+    """
+    if target <= 1.0:
+        raise PlanError(f"--target-speedup {target} must be greater than 1 (1 = the dense model)")
+    dense_keep = 1.0 / target
+    if head_pruning or flops_budget:
+        ffn_keep = dense_keep
+    else:
+        ffn_keep = ((attention_flops + ffn_flops) / target - attention_flops) / ffn_flops
+    if 1.0 - dense_keep > MAX_SPARSITY or 1.0 - ffn_keep > MAX_SPARSITY:
+        hint = ("" if head_pruning or flops_budget else " with tiles in attention and ffn_budget=fixed (drop it: "
+                "ffn_budget=flops lets emptied heads pay; or try --preset struct, which removes whole heads)")
+        raise PlanError(
+            f"--target-speedup {target} cannot be reached{hint}: it needs more than {MAX_SPARSITY:.0%} of the "
+            "prunable weights removed. Ask for less."
+        )
+    return {"sparsity": round(1.0 - ffn_keep, 4), "attention_sparsity": round(1.0 - dense_keep, 4)}
+
+
+def target_without_ignored(target: float, ignored: int, layers: int) -> float:
+    """The speedup the pruned layers need so that the whole model reaches ``target`` with ``ignored`` dense layers.
+
+    Layers of one model cost the same, so the dense ones keep ``ignored / layers`` of the FLOPs.
+    """
+    dense = ignored / layers
+    keep = (1.0 / target - dense) / (1.0 - dense) if dense < 1 else 0.0
+    if keep <= 0:
+        raise PlanError(f"--target-speedup {target} cannot be reached with {ignored} of {layers} layers left dense "
+                        "(ignored_layers); ask for less or leave fewer layers out")
+    return 1.0 / keep
+
+
+def planned_config(preset: str, target_speedup: float | None = None, sparsity: float | None = None,
+                   overrides: dict[str, Any] | None = None, ffn_multiple: int = 16, model_path: str | None = None,
+                   max_length: int = 128, trust_remote_code: bool = False) -> PruningConfig:
+    """The preset with the sparsities its target implies and any ``overrides`` (validated).
+
+    A ``target_speedup`` is turned into sparsities from the FLOPs split of ``model_path`` at ``max_length``
+    tokens (see :func:`sparsities_for_speedup`); with neither target, ``sparsity`` stays the preset's. With tiles
+    in attention an ``attention_sparsity`` override is kept (the FFN alone is sized to the target, so it does not
+    change the plan; with ``ffn_budget="flops"`` a higher one empties more heads to pay for FFN width). A speedup
+    target with tiled attention and neuron FFN sets ``ffn_budget="flops"`` unless overridden: the target counts
+    FLOPs, so every head the tiles empty gives its FLOPs back to FFN neurons; a ``sparsity`` target counts weights,
+    so the FFN keeps its scheduled sparsity (``ffn_budget="flops"`` without a speedup target is a :class:`PlanError`:
+    the bonus neurons would keep more weights than the target allows).
+    """
+    if preset not in PRESETS:
+        raise PlanError(f"--preset {preset!r} is unknown; choose one of {sorted(PRESETS)}")
+    if target_speedup is not None and sparsity is not None:
+        raise PlanError("give either --target-speedup or --sparsity, not both")
+    try:
+        check_ffn_multiple(ffn_multiple, "--ffn-multiple ")
+    except ShrinkError as err:
+        raise PlanError(str(err)) from err
+    overrides = dict(overrides or {})
+    known = sorted(f.name for f in fields(PruningConfig))
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise PlanError(f"--set {', '.join(unknown)}: not a PruningConfig field; choose among {known}")
+    config = PruningConfig.preset(preset, **overrides)
+    if target_speedup is not None and "ffn_budget" not in overrides and config.tiles_with_neurons:
+        config = config.replace(ffn_budget="flops")  # a speedup target is in FLOPs: emptied heads buy FFN neurons
+    if config.ffn_budget == "flops" and target_speedup is None:
+        raise PlanError(
+            "ffn_budget=flops gives the FLOPs of every head the attention tiles empty to FFN neurons, so the run "
+            "keeps more weights than a --sparsity target allows; give a --target-speedup (a FLOPs target), or drop "
+            "--set ffn_budget=flops (a sparsity target counts weights: ffn_budget=fixed)")
+    if config.ffn_budget == "flops" and "seq_len" not in overrides:
+        config = config.replace(seq_len=max_length)  # heads' FLOPs counted at the length the target is solved at
+    if target_speedup is None:
+        return config if sparsity is None else config.replace(sparsity=sparsity)
+    source = model_source(model_path)
+    split = flops_split(source, max_length, trust_remote_code)
+    if config.ignored_layers:
+        layers = len(list(iter_blocks(dense_model(source, trust_remote_code))))
+        target_speedup = target_without_ignored(target_speedup, len(config.ignored_layers), layers)
+    sparsities = sparsities_for_speedup(target_speedup, *split, config.attention_block == HEAD,
+                                        config.ffn_budget == "flops")
+    if config.attention_block != HEAD and "attention_sparsity" in overrides:
+        sparsities.pop("attention_sparsity")  # tiles: the target does not depend on it, so the user's value stands
+    return config.replace(**sparsities)
+
+
+# ------------------------------------------------------------------------------------------ shapes
+def _kind(block: Any, method: str, unit: Any, allocation: str = "uniform") -> str:
+    """How well the shapes of one part are known: ``exact``, ``budget`` or ``upper bound`` (module docstring).
+
+    Global allocation (and soft movement) decide per layer during training: only the total is planned.
+    """
+    if block != unit:
+        return UPPER_BOUND
+    return BUDGET if METHODS[method].regularized or allocation == "global" else EXACT
+
+
+def _padded(width: int, multiple: int) -> int:
+    return width + (-width % multiple if width else 0)
+
+
+def planned_shapes(model: nn.Module, config: PruningConfig, ffn_multiple: int = 16) -> dict[str, Any]:
+    """Heads and FFN widths per layer that shrink would leave after pruning ``model`` with ``config``.
+
+    Returns:
+        ``heads`` / ``heads_total`` (query heads per layer, attention groups summed), ``heads_by_attention``
+        (per attention group, for :func:`~blockprune.surgery.shrink.apply_shapes`), ``ffn_kept`` (neurons kept),
+        ``ffn`` (width after padding to ``ffn_multiple``), ``ffn_total`` and ``kind`` (``attention`` and
+        ``ffn``: ``exact`` | ``budget`` | ``upper bound``).
+    """
+    attention_kind = _kind(config.attention_block, config.attention_method, HEAD, config.allocation)
+    ffn_kind = _kind(config.ffn_block, config.ffn_method, NEURON, config.allocation)
+    attention_keep = 1.0 - config.final_attention_sparsity if attention_kind != UPPER_BOUND else 1.0
+    ffn_keep = 1.0 - config.sparsity
+    if config.ffn_budget == "flops":  # sparsity is a FLOPs share: the FFN's least is what every head kept leaves
+        flops = flops_per_token(model, config.seq_len)
+        share = flops["total"] / flops["ffn_linear"]
+        ffn_keep = max(MIN_FFN_DENSITY, 1.0 - config.sparsity * share)
+    by_attention: list[list[int]] = []
+    totals: list[int] = []
+    kept: list[int] = []
+    ffn_totals: list[int] = []
+    for index, (stack, block) in enumerate(iter_blocks(model)):
+        dense = index in config.ignored_layers
+        layer = []
+        for attn in stack.attention:
+            units, heads = num_units(block, attn), num_heads(block, attn)
+            keep = units if dense else kept_count(units, attention_keep)
+            if keep == 0 and units and must_keep_one(block, attn):
+                keep = 1
+            layer.append(keep * (heads // units if units else 0))
+        by_attention.append(layer)
+        totals.append(sum(num_heads(block, attn) for attn in stack.attention))
+        width = features(get_path(block, stack.ffn.up))[0]
+        ffn_totals.append(width)
+        kept.append(width if dense else kept_count(width, ffn_keep) or (1 if stack.ffn.keep_one and width else 0))
+    return {
+        "heads": [sum(layer) for layer in by_attention], "heads_total": totals, "heads_by_attention": by_attention,
+        "ffn_kept": kept, "ffn": [_padded(w, ffn_multiple) for w in kept], "ffn_total": ffn_totals,
+        "kind": {"attention": attention_kind, "ffn": ffn_kind},
+    }
+
+
+def resized(model: nn.Module, shapes: dict[str, Any]) -> nn.Module:
+    """A copy of ``model`` cut to the planned ``shapes`` (first heads / neurons kept: the values do not matter)."""
+    small = copy.deepcopy(model)
+    record = shape_record(small)
+    for layer, heads, ffn in zip(record["layers"], shapes["heads_by_attention"], shapes["ffn"], strict=True):
+        layer["heads"], layer["ffn"] = list(heads), ffn
+    return apply_shapes(small, record)
+
+
+# ------------------------------------------------------------------------------------------ the plan
+def _sizes(model: nn.Module, seq_len: int) -> tuple[dict[str, int], int]:
+    params = count_params(model)
+    return {k: params[k] for k in ("linear", "non_embedding", "total")}, flops_per_token(model, seq_len)["total"]
+
+
+def make_plan(model_path: str | None, config: PruningConfig, *, preset: str | None = None,
+              target: dict[str, Any] | None = None, seq_len: int = 128, ffn_multiple: int = 16,
+              trust_remote_code: bool = False) -> dict[str, Any]:
+    """What pruning ``model_path`` with ``config`` implies, without training (a JSON-ready dict).
+
+    Keys: ``model``, ``preset``, ``target``, ``seq_len``, ``ffn_multiple``, ``sparsity``,
+    ``attention_sparsity``, ``ffn_budget``, the per-layer shapes of :func:`planned_shapes`, ``params`` and
+    ``flops_per_token`` (``before``/``after``; base model without a task head), ``theoretical_speedup``
+    (FLOPs ratio of the transformer blocks) and ``notes`` (how far the shapes are known).
+    """
+    source = model_source(model_path)
+    dense = dense_model(source, trust_remote_code)
+    shapes = planned_shapes(dense, config, ffn_multiple)
+    small = resized(dense, shapes)
+    params_before, flops_before = _sizes(dense, seq_len)
+    params_after, flops_after = _sizes(small, seq_len)
+    return {
+        "model": source, "preset": preset, "target": target, "seq_len": seq_len, "ffn_multiple": ffn_multiple,
+        "sparsity": config.sparsity, "attention_sparsity": config.final_attention_sparsity,
+        "ffn_budget": config.ffn_budget, **shapes,
+        "params": {k: {"before": params_before[k], "after": params_after[k]} for k in params_before},
+        "flops_per_token": {"before": flops_before, "after": flops_after},
+        "theoretical_speedup": flops_before / flops_after if flops_after else float("inf"),
+        "notes": _notes(shapes["kind"], config.ffn_budget == "flops"),
+    }
+
+
+def _notes(kind: dict[str, str], flops_budget: bool = False) -> list[str]:
+    notes = []
+    if flops_budget:
+        notes.append("ffn_budget=flops: the sparsity is a share of attention and FFN FLOPs together; every head "
+                     "training empties gives its FLOPs to FFN neurons, so the model lands on the planned FLOPs "
+                     "(shown: every head kept and the FFN at its least)")
+    for part, what in (("attention", "heads"), ("ffn", "FFN neurons")):
+        if kind[part] == BUDGET:
+            notes.append(f"{part}: the total of {what} is the budget; training decides which layers keep them "
+                         "(shown spread evenly)")
+        elif kind[part] == UPPER_BOUND:
+            shown = "every head kept" if part == "attention" else "the weight budget as whole neurons"
+            notes.append(f"{part}: tiles, not whole {what}; shrink removes only what training empties completely "
+                         f"(shown: {shown})")
+    return notes
+
+
+def measure_plan(plan: dict[str, Any], batch_sizes: tuple[int, ...] = (1, 32), repeats: int = 10,
+                 device: str = "cpu", threads: int | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Time a randomly initialised model of the planned shapes against the dense one (:func:`measure.speedup`).
+
+    Returns the ``speedup`` dict: ``theoretical``, ``device``, ``threads``, ``seq_len`` and ``batches``
+    (``reference_ms``, ``model_ms``, ``measured`` per batch size).
+    """
+    dense = dense_model(plan["model"], trust_remote_code, device="cpu")
+    small = resized(dense, plan)
+    return speedup(dense, small, seq_len=plan["seq_len"], batch_sizes=batch_sizes, repeats=repeats, device=device,
+                   threads=threads)
+
+
+def plan(model: str | None = None, preset: str = "struct", target_speedup: float | None = None,
+         sparsity: float | None = None, max_length: int = 128, overrides: dict[str, Any] | None = None,
+         ffn_multiple: int = 16, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Plan a run like ``blockprune prune`` would make it (default target: a 2x theoretical speedup).
+
+    Example:
+        >>> plan(preset="struct", target_speedup=2.0)["heads"]     # doctest: +SKIP
+        [6, 6, 6, 6, 6, 6]
+    """
+    if target_speedup is None and sparsity is None:
+        target_speedup = 2.0
+    source = model_source(model)
+    config = planned_config(preset, target_speedup, sparsity, overrides, ffn_multiple, source, max_length,
+                            trust_remote_code)
+    target = {"kind": "speedup", "value": target_speedup} if target_speedup is not None else \
+        {"kind": "sparsity", "value": sparsity}
+    return make_plan(source, config, preset=preset, target=target, seq_len=max_length, ffn_multiple=ffn_multiple,
+                     trust_remote_code=trust_remote_code)
+
+
+# ------------------------------------------------------------------------------------------ text
+def _human(count: float) -> str:
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(count) >= size:
+            return f"{count / size:.2f} {unit}"
+    return f"{count:.0f}"
+
+
+def to_text(plan: dict[str, Any]) -> str:
+    """The plan for a terminal: sparsities, a per-layer table, sizes, speedups, notes."""
+    target = plan.get("target") or {}
+    lines = [f"plan: {plan.get('preset')} on {plan['model']}, target {target.get('kind')} {target.get('value')} "
+             f"(sequence length {plan['seq_len']})",
+             (f"sparsity: FLOPs of attention and FFN {plan['sparsity']:.1%} (the FFN keeps what the heads leave), "
+              f"attention tiles {plan['attention_sparsity']:.1%}" if plan.get("ffn_budget") == "flops" else
+              f"sparsity: FFN {plan['sparsity']:.1%}, attention {plan['attention_sparsity']:.1%}"),
+             f"shapes after shrink (attention {plan['kind']['attention']}, FFN {plan['kind']['ffn']}):",
+             "  layer  heads  FFN neurons (padded to multiples of " + f"{plan['ffn_multiple']})"]
+    for i, (h, ht, f, fk, ft) in enumerate(zip(plan["heads"], plan["heads_total"], plan["ffn"], plan["ffn_kept"],
+                                               plan["ffn_total"], strict=True)):
+        pad = f" ({fk} kept)" if f != fk else ""
+        lines.append(f"  {i:>5}  {h:>2}/{ht:<3}  {f}/{ft}{pad}")
+    for key, label in (("linear", "block linear parameters"), ("total", "parameters (base model)")):
+        before, after = plan["params"][key]["before"], plan["params"][key]["after"]
+        lines.append(f"{label}: {_human(before)} -> {_human(after)} ({after / before:.1%})")
+    flops = plan["flops_per_token"]
+    lines.append(f"FLOPs per token: {_human(flops['before'])} -> {_human(flops['after'])}; "
+                 f"theoretical speedup {plan['theoretical_speedup']:.2f}x")
+    measured = plan.get("measured")
+    if measured:
+        for b in measured["batches"]:
+            lines.append(f"measured on {measured['device']} ({measured['threads']} threads), batch {b['batch_size']}: "
+                         f"{b['reference_ms']:.1f} ms -> {b['model_ms']:.1f} ms = {b['measured']:.2f}x "
+                         "(random weights at the planned shapes)")
+    lines += [f"note: {n}" for n in plan["notes"]]
+    return "\n".join(lines)
+
+
+def to_json(plan: dict[str, Any]) -> str:
+    """The plan as JSON text (sorted keys)."""
+    return json.dumps(plan, indent=1, sort_keys=True) + "\n"
