@@ -141,14 +141,35 @@ def test_quantize_model_works_in_place_and_refuses_twice_and_unknown_schemes(fp3
     assert SCHEMES == ("int8",)
 
 
-def test_inputs_use_8_bits_only_on_cpus_with_vnni(fp32: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
-    from blockprune import quantize
+@pytest.mark.parametrize(("flags", "engine", "bits"), [
+    ({"avx2", "avx512f", "avx512_vnni"}, "x86", 8),      # Cascade Lake on: fbgemm's avx512_vnni kernels
+    ({"avx2", "avx512f", "avx512_vnni", "amx_int8"}, "fbgemm", 8),  # Sapphire Rapids
+    ({"avx2", "avx_vnni"}, "x86", 7),                    # Alder Lake: AVX-VNNI only, fbgemm runs its AVX2 kernels
+    ({"avx2", "amx_int8"}, "x86", 7),                    # AMX without AVX-512 VNNI (a masked VM): still AVX2 kernels
+    ({"avx2", "avx512f", "avx512bw"}, "x86", 7),         # AVX-512 without VNNI: 16-bit pair sums
+    ({"avx2"}, "x86", 7),
+    (set(), "x86", 7),                                   # cpuinfo unreadable
+    ({"avx512_vnni"}, "qnnpack", 7),                     # other engines keep torch's default
+])
+def test_input_bits_decision_table(flags: set[str], engine: str, bits: int) -> None:
+    assert input_bits(frozenset(flags), engine) == bits
 
-    monkeypatch.setattr(quantize, "vnni_cpu", lambda: False)
+
+def test_onnx_runtime_counts_avx_vnni_but_fbgemm_does_not() -> None:
+    from blockprune.deploy.quantize import fbgemm_vnni, vnni_cpu
+
+    assert vnni_cpu(frozenset({"avx2", "avx_vnni"})) and not fbgemm_vnni(frozenset({"avx2", "avx_vnni"}))
+    assert not vnni_cpu(frozenset({"avx2", "avx512f"}))
+
+
+def test_inputs_use_8_bits_only_on_cpus_with_avx512_vnni(fp32: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    from blockprune.deploy import quantize
+
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: frozenset({"avx2", "avx_vnni"}))
     assert quantize.input_bits() == 7
     seven = quantize_model(copy.deepcopy(fp32))
     assert {type(m) for n, m in seven.named_modules() if n in quantized_linears(seven)} == {dynamic_linear_class()}
-    monkeypatch.setattr(quantize, "vnni_cpu", lambda: True)
+    monkeypatch.setattr(quantize, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_vnni"}))
     if torch.backends.quantized.engine not in ("x86", "fbgemm"):
         pytest.skip("8-bit inputs are only used with torch's x86 int8 kernels")
     assert quantize.input_bits() == 8
@@ -156,7 +177,7 @@ def test_inputs_use_8_bits_only_on_cpus_with_vnni(fp32: nn.Module, monkeypatch: 
     kinds = {type(m) for n, m in eight.named_modules() if n in quantized_linears(eight)}
     assert len(kinds) == 1 and kinds != {dynamic_linear_class()} and issubclass(kinds.pop(), dynamic_linear_class())
     monkeypatch.undo()
-    if quantize.vnni_cpu():  # where 8-bit inputs cannot saturate, they halve the error
+    if quantize.fbgemm_vnni():  # where 8-bit inputs cannot saturate, they halve the error
         exact = logits(fp32)
         assert float((logits(eight) - exact).abs().max()) < float((logits(seven) - exact).abs().max())
 
@@ -405,7 +426,7 @@ def test_real_minilm_int8_logits_stay_close_to_fp32() -> None:
         return (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
     cosine = torch.nn.functional.cosine_similarity(sentence(out.last_hidden_state), sentence(hidden))
-    # 8-bit inputs (VNNI/AMX) measured min 0.97+, logits within ~0.14 of the largest; 7-bit inputs (AVX2 without
+    # 8-bit inputs (AVX-512 VNNI) measured min 0.97+, logits within ~0.14 of the largest; 7-bit inputs (AVX2 without
     # VNNI, torch's default there) measured min 0.929 / mean 0.970, within 0.207: twice the rounding error
     least, mean, spread = (0.97, 0.98, 0.2) if input_bits() == 8 else (0.9, 0.96, 0.3)
     assert float(cosine.min()) >= least and float(cosine.mean()) >= mean, cosine

@@ -3,7 +3,7 @@
 What is quantized: every ``nn.Linear`` inside the transformer blocks (for BERT: Q, K, V, the attention output,
 the FFN up and down projections), each with its own shape, so the uneven widths a shrink leaves are fine.
 Weights become int8 with one scale per output row (symmetric); at run time each input is quantized to 8 bits
-(7 on CPUs without VNNI, see :func:`input_bits`) with one scale for the whole input tensor of that call, the
+(7 on CPUs without AVX-512 VNNI, see :func:`input_bits`) with one scale for the whole input tensor of that call, the
 product is accumulated in int32 and rescaled to fp32; biases stay fp32. Linears with no weights (the O
 projection of a layer with 0 heads, the FFN of a layer with 0 neurons: shapes ``(0, n)`` or ``(n, 0)``) stay
 fp32: they cost nothing, and the int8 kernel returns uninitialised memory for an empty product. Embeddings, LayerNorms, the pooler and the task head stay fp32:
@@ -87,25 +87,51 @@ def dynamic_linear_class() -> type:
     return Linear
 
 
-def vnni_cpu() -> bool:
-    """Whether this CPU multiplies int8 with VNNI or AMX instructions (read from ``/proc/cpuinfo``; Linux only)."""
+FBGEMM_8BIT_FLAGS = frozenset({"avx512_vnni"})
+"""``/proc/cpuinfo`` flags under which fbgemm runs its int8 GEMM with VNNI (32-bit sums): ``fbgemmInstructionSet``
+picks its ``avx512_vnni`` kernels only when cpuinfo reports AVX-512 VNNI, and has no kernels for AVX-VNNI (the
+256-bit, non-AVX-512 kind, flag ``avx_vnni``) nor for AMX, so on such a CPU it runs its AVX2 kernels, whose
+``vpmaddubsw`` sums pairs in 16 bits. (Every CPU with ``amx_int8`` also has ``avx512_vnni``.)"""
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+"""Flags under which ONNX Runtime's MLAS has 32-bit-sum int8 kernels: it dispatches AVX-VNNI as well
+(``MlasGemmU8S8KernelAvxVnni``), see :mod:`blockprune.deploy.onnx_int8`."""
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (Linux); empty where it cannot be read."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+        return frozenset()
+    return frozenset(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                           if line.startswith("flags")), []))
 
 
-def input_bits() -> int:
-    """Bits of the dynamically quantized inputs here: 8 on x86 with VNNI/AMX, else torch's default of 7.
+def vnni_cpu(flags: frozenset[str] | None = None) -> bool:
+    """Whether ``flags`` (default: this CPU's) name any int8 dot-product instructions: VNNI (either kind) or AMX.
 
-    fbgemm (torch's x86 int8 kernels) quantizes inputs to 7 bits by default (``reduce_range``), because
-    without VNNI its int8 product sums pairs in 16 bits, which 8-bit inputs could saturate; with VNNI or AMX the
-    sums are 32-bit, so the 8th bit is safe, and it halves the rounding error (on the embedded MiniLM the mean
-    token cosine to fp32 went from 0.961 to 0.989). Other engines (qnnpack on ARM) keep torch's default.
+    This is what ONNX Runtime dispatches on; torch's fbgemm needs more (:func:`fbgemm_vnni`).
     """
-    return 8 if torch.backends.quantized.engine in ("x86", "fbgemm") and vnni_cpu() else 7
+    return bool(VNNI_FLAGS & (cpu_flags() if flags is None else flags))
+
+
+def fbgemm_vnni(flags: frozenset[str] | None = None) -> bool:
+    """Whether fbgemm multiplies int8 here with 32-bit sums: AVX-512 VNNI in ``flags`` (default: this CPU's)."""
+    return bool(FBGEMM_8BIT_FLAGS & (cpu_flags() if flags is None else flags))
+
+
+def input_bits(flags: frozenset[str] | None = None, engine: str | None = None) -> int:
+    """Bits of the dynamically quantized inputs: 8 with torch's x86 kernels on AVX-512 VNNI, else torch's 7.
+
+    fbgemm (torch's x86 int8 kernels) quantizes inputs to 7 bits by default (``reduce_range``), because its AVX2
+    and AVX-512 kernels sum pairs of int8 products in 16 bits, which 8-bit inputs could saturate; its AVX-512 VNNI
+    kernels sum in 32 bits, so there the 8th bit is safe, and it halves the rounding error (on the embedded MiniLM
+    the mean token cosine to fp32 went from 0.961 to 0.989). A CPU with only AVX-VNNI (256-bit) runs the AVX2
+    kernels (see :data:`FBGEMM_8BIT_FLAGS`), so it keeps 7 bits. Other engines (qnnpack on ARM) keep torch's
+    default. ``flags`` and ``engine`` default to this CPU's and torch's current engine (given: for tests).
+    """
+    engine = torch.backends.quantized.engine if engine is None else engine
+    return 8 if engine in ("x86", "fbgemm") and fbgemm_vnni(flags) else 7
 
 
 @functools.cache
@@ -193,7 +219,7 @@ def quantization_record(scheme: str) -> dict[str, Any]:
     check_scheme(scheme)
     return {"format": "blockprune-quantization", "version": 1, "scheme": scheme,
             "backend": "torch.ao.quantization.quantize_dynamic (per-channel weights; inputs 8-bit on x86 CPUs with "
-                       "VNNI/AMX, else 7-bit)",
+                       "AVX-512 VNNI, else 7-bit)",
             "quantized": "every non-empty nn.Linear inside the transformer blocks: int8 weights (one scale per "
                          "output row), int8 inputs quantized at run time; everything else fp32",
             "weights": "fp32 in model.safetensors, quantized at load (deterministic)"}
