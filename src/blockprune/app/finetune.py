@@ -271,8 +271,3 @@ def train(
     per_epoch = optimizer_steps(len(dataset), dataclasses.replace(settings, epochs=1.0, min_steps=0))
     return {"seconds": time.perf_counter() - start, "steps": int(trainer.state.max_steps),
             "epochs": round(trainer.state.max_steps / per_epoch, 3)}
-
-
-def pick_device(model: nn.Module) -> torch.device:
-    """The device the model's parameters are on."""
-    return next(model.parameters()).device
