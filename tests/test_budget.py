@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from tiny import DEFAULT_TASK, FFN, HEAD_DIM, HEADS, HIDDEN, LAYERS, save_tiny_bert, tiny_inputs, tiny_model
@@ -9,6 +11,7 @@ from tiny import DEFAULT_TASK, FFN, HEAD_DIM, HEADS, HIDDEN, LAYERS, save_tiny_b
 from blockprune import Pruner, PruningConfig
 from blockprune.deploy.counts import flops_per_token
 from blockprune.deploy.plan import PlanError, planned_config
+from blockprune.engine.budget import MIN_FFN_DENSITY
 from blockprune.engine.config import ConfigError
 from blockprune.surgery.shrink import shrink
 
@@ -80,6 +83,7 @@ def test_the_fixed_budget_keeps_the_scheduled_ffn_and_the_emptied_head_is_extra_
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "qwen2", "distilbert", "bart"])  # fused QKV, GQA, other paths
+@pytest.mark.filterwarnings("ignore:ffn_budget=flops")  # random scores may land above the budget: not checked here
 def test_heads_counted_empty_are_exactly_the_units_shrink_removes(model_type: str) -> None:
     model = tiny_model(model_type, DEFAULT_TASK.get(model_type, "seq-cls"))
     pruner = Pruner(model, tiled(attention_sparsity=0.6, attention_method="sigmoid_threshold"))
@@ -184,3 +188,40 @@ def test_head_pressure_is_checked_where_it_is_given() -> None:
 
     with pytest.raises(PatchError, match=f"heads of {HEAD_DIM} rows and tiles of 16"):
         Pruner(tiny_model("bert"), tiled(attention_block=(16, 16), head_pressure=1.0))
+
+
+def spread_over_every_head(pruner: Pruner) -> None:
+    """Scores that keep some V tiles and some O tiles of every head (V ranks by column, O by row): none empties."""
+    with torch.no_grad():
+        for name, layer in pruner.layers.items():
+            scores = layer.group.scores
+            if name.endswith("value"):
+                scores.copy_(torch.arange(scores.shape[1], dtype=scores.dtype).expand_as(scores))
+            elif name.endswith("attention.output.dense"):
+                scores.copy_(torch.arange(scores.shape[0], dtype=scores.dtype)[:, None].expand_as(scores))
+
+
+def test_a_budget_the_heads_left_cannot_meet_warns_with_the_reachable_target() -> None:
+    pruner = Pruner(tiny_model("bert"), tiled(sparsity=0.6, attention_sparsity=0.5))
+    spread_over_every_head(pruner)
+    logged = pruner.step(10, 10)
+    assert pruner._freed.freed_flops() == 0  # no head emptied: attention keeps all its FLOPs
+    unit = 2 * HIDDEN * (4 * HEAD_DIM) + 4 * SEQ * HEAD_DIM
+    attention, ffn = LAYERS * HEADS * unit, LAYERS * FFN * 2 * HIDDEN * 2
+    assert logged["prune/target_density_ffn"] == pytest.approx(MIN_FFN_DENSITY)  # clamped
+    reachable = 1 - (attention + MIN_FFN_DENSITY * ffn) / (attention + ffn)
+    with pytest.warns(UserWarning, match=rf"reachable target is a FLOPs sparsity of {reachable:.3f} "
+                                         rf"\(about {1 / (1 - reachable):.2f}x on the pruned layers, planned 2.50x\)"):
+        final = pruner.finalize()
+    shrink(final)
+    dense = flops_per_token(tiny_model("bert"), SEQ)["total"]
+    assert flops_per_token(final, SEQ)["total"] > 0.4 * dense  # the warning is true: above the planned FLOPs
+
+
+def test_a_budget_met_finalizes_without_a_warning() -> None:
+    pruner = Pruner(tiny_model("bert"), tiled(sparsity=0.3))
+    empty_v_of_head(pruner, layer=0, head=1)
+    pruner.step(10, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pruner.finalize()

@@ -87,12 +87,35 @@ class FreedHeads:
         """FFN density the freed FLOPs pay for (0 when nothing is emptied or no FFN is pruned)."""
         return self.freed_flops() / self.ffn_flops if self.ffn_flops else 0.0
 
+    def _left(self, sparsity: float) -> float:
+        """FFN density the budget leaves after the heads still there (unclamped: below 0 when they cost more)."""
+        attention = self.attention_flops()
+        return ((1.0 - sparsity) * (attention + self.ffn_flops) - (attention - self.freed_flops())) / self.ffn_flops
+
     def ffn_density(self, sparsity: float) -> float:
         """FFN density that leaves attention and FFN at ``1 - sparsity`` of their dense FLOPs, given the heads
         emptied now; at least :data:`MIN_FFN_DENSITY` (if the heads still there cost more than the budget, the
-        model lands above it and the run reports the speedup it reached), at most 1."""
+        model lands above it: see :meth:`shortfall`), at most 1."""
         if not self.ffn_flops:
             return 1.0 - sparsity
-        attention = self.attention_flops()
-        left = (1.0 - sparsity) * (attention + self.ffn_flops) - (attention - self.freed_flops())
-        return min(1.0, max(MIN_FFN_DENSITY, left / self.ffn_flops))
+        return min(1.0, max(MIN_FFN_DENSITY, self._left(sparsity)))
+
+    def shortfall(self, sparsity: float) -> str | None:
+        """``None`` when the masks now meet ``sparsity``; else why not, and the reachable target, in one sentence.
+
+        Early in training the clamp of :meth:`ffn_density` is expected (heads empty as the schedule goes on); at
+        the end it means the model lands above the planned FLOPs. That is a warning, not an error: a target that
+        needs emptied heads (3x on MiniLM) is planned with every head kept, so no check before training can tell
+        whether training will empty enough of them, and refusing after training would throw the model away.
+        """
+        if not self.ffn_flops or self._left(sparsity) >= MIN_FFN_DENSITY:
+            return None
+        total = self.attention_flops() + self.ffn_flops
+        kept = self.attention_flops() - self.freed_flops() + MIN_FFN_DENSITY * self.ffn_flops
+        reachable = 1.0 - kept / total
+        return (f"ffn_budget=flops: the attention heads training left cost more than the target's FLOPs budget, "
+                f"so the FFN is held at its least ({MIN_FFN_DENSITY:.0%} of its neurons) and the pruned layers keep "
+                f"{kept / total:.1%} of their FLOPs instead of {1.0 - sparsity:.1%}: with these heads the reachable "
+                f"target is a FLOPs sparsity of {reachable:.3f} (about {1.0 / (1.0 - reachable):.2f}x on the pruned "
+                f"layers, planned {1.0 / (1.0 - sparsity):.2f}x). Plan a lower --target-speedup, or let training "
+                "empty more heads (more --epochs, or --set head_pressure=1 where the preset has less).")

@@ -466,9 +466,16 @@ class Pruner:
     # ----------------------------------------------------------------------------------- finalize
     @torch.no_grad()
     def finalize(self) -> nn.Module:
-        """Bake the masks into the wrapped ``nn.Linear`` (or ``Conv1D``) weights, remove the scores; return the stock model."""
+        """Bake the masks into the wrapped ``nn.Linear`` (or ``Conv1D``) weights, remove the scores; return the stock model.
+
+        Under ``ffn_budget="flops"``, warns when the final masks land above the planned FLOPs (see
+        :meth:`blockprune.engine.budget.FreedHeads.shortfall`: the message names the reachable target).
+        """
         if STATE_NAME not in dict(self.model.named_children()):
             raise PatchError("finalize() was already called on this pruner")
+        shortfall = self._freed.shortfall(self.config.sparsity) if self._freed is not None else None
+        if shortfall is not None:
+            warnings.warn(shortfall, UserWarning, stacklevel=3)  # the caller of the no_grad wrapper
         # masks first: baking one member changes the magnitudes the next member's mask would see
         masks = {id(g): g.final_mask() for g in self.state.groups}
         for name, layer in self.layers.items():
