@@ -2,8 +2,8 @@
 minimum number of pruning steps, with scores started from 0 instead of the Taylor ranking, and with a teacher
 trained longer (issue 12, item 5).
 
-Each run is a plain ``blockprune prune`` command: it trains its own teacher on the same 2,000 examples (the
-CLI's default teacher is 1 epoch; the ``teacher5`` settings give it 5), prunes, and scores teacher and final
+Each run is a plain ``blockprune prune`` command: it trains its own teacher on the same 2,000 examples (1 epoch;
+the ``teacher5`` settings give it 5), prunes for 1 epoch, and scores teacher and final
 model on the embedded **test** split. The goal is the final model within 2.0 points of that teacher;
 ``--min-pruning-steps`` lengthens the pruning stage (more epochs over the small data) so that the scores have
 time to rank; struct's default ``score_init_from=taylor`` gives them a ranking from the start instead, and
@@ -34,27 +34,54 @@ from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = 2000
-SETTINGS = {  # name: flags added to the default command (struct's scores start from the Taylor ranking)
-    "default": [],
-    "min300": ["--min-pruning-steps", "300"],
-    "const": ["--set", "score_init_from=constant"],  # struct's default before the Taylor start
-    "const-min300": ["--set", "score_init_from=constant", "--min-pruning-steps", "300"],
+PINNED = ["--epochs", "1.0", "--set", "score_init_from=taylor"]  # what every setting ran with unless it says
+# otherwise: 1 pruning epoch and struct's Taylor start, pinned so that a changed CLI default cannot change a setting
+TEACHER = ["--teacher-epochs", "1"]  # the 1-epoch teacher the settings without "teacher5" trained
+SETTINGS = {  # name: flags added to the pinned command
+    "default": [*TEACHER],
+    "min300": [*TEACHER, "--min-pruning-steps", "300"],
+    "const": [*TEACHER, "--set", "score_init_from=constant"],  # struct's default before the Taylor start
+    "const-min300": [*TEACHER, "--set", "score_init_from=constant", "--min-pruning-steps", "300"],
     "teacher5": ["--teacher-epochs", "5"],
     "teacher5-min300": ["--teacher-epochs", "5", "--min-pruning-steps", "300"],
 }
+CLAIMS = {  # what each setting's name says it runs (tests/test_small_data.py resolves every command to it)
+    "default": dict(teacher_epochs=1.0, min_pruning_steps=0, score_init_from="taylor"),
+    "min300": dict(teacher_epochs=1.0, min_pruning_steps=300, score_init_from="taylor"),
+    "const": dict(teacher_epochs=1.0, min_pruning_steps=0, score_init_from="constant"),
+    "const-min300": dict(teacher_epochs=1.0, min_pruning_steps=300, score_init_from="constant"),
+    "teacher5": dict(teacher_epochs=5.0, min_pruning_steps=0, score_init_from="taylor"),
+    "teacher5-min300": dict(teacher_epochs=5.0, min_pruning_steps=300, score_init_from="taylor"),
+}
+"""Every setting: struct at 2x on SAMPLES examples, 1 pruning epoch, plus these."""
 
 
 def command(setting: str, seed: int, out: Path) -> list[str]:
+    # a later --set of the same field wins (the CLI reads the pairs in order), so a setting's own start overrides
     return ["blockprune", "prune", "--preset", "struct", "--target-speedup", "2.0", "--max-train-samples",
-            str(SAMPLES), *SETTINGS[setting], "--seed", str(seed), "--no-progress", "--bench-repeats", "2",
+            str(SAMPLES), *PINNED, *SETTINGS[setting], "--seed", str(seed), "--no-progress", "--bench-repeats", "2",
             "--output-dir", str(out)]
 
 
 def teacher_epochs(setting: str) -> float:
-    """The teacher's epochs a setting's command asks for, read by the CLI's own parser (so its default too)."""
+    """The teacher's epochs a setting's command asks for, read by the CLI's own parser."""
     from blockprune.cli import build_parser
 
     return build_parser().parse_args(command(setting, 0, Path("unused"))[1:]).teacher_epochs
+
+
+def resolved(setting: str) -> dict:
+    """What a setting's command runs, through the CLI's own parser and planner (no training): the claimed keys,
+    the pruning epochs, the training subset and the planned sparsity."""
+    from blockprune.cli import _key_values, build_parser
+    from blockprune.deploy.plan import planned_config
+
+    args = build_parser().parse_args(command(setting, 0, Path("unused"))[1:])
+    config = planned_config(args.preset, target_speedup=args.target_speedup, overrides=_key_values(args.set, "--set"),
+                            max_length=args.max_length)
+    return {"teacher_epochs": args.teacher_epochs, "min_pruning_steps": args.min_pruning_steps,
+            "score_init_from": config.score_init_from, "epochs": args.epochs, "samples": args.max_train_samples,
+            "sparsity": config.sparsity, "preset": args.preset}
 
 
 def run(setting: str, seed: int, runs: Path) -> dict | None:
@@ -107,7 +134,7 @@ def main() -> None:
     commands = "\n".join(f"    {r['command']}" for r in records)
     (ROOT / "docs" / "RESULTS_small_data.md").write_text(f"""# Small data: `struct` at 2x on {SAMPLES:,} examples
 
-Each run trains its own teacher on the same {SAMPLES:,} embedded training examples (1 epoch, the CLI default,
+Each run trains its own teacher on the same {SAMPLES:,} embedded training examples (1 epoch
 unless the setting says `--teacher-epochs`), prunes with `struct --target-speedup 2.0`, and scores both on the embedded **test** split (1,294 reviews).
 Drop = teacher − final, in points. Produced by `python benchmarks/small_data.py` (versions:
 {', '.join(f'{k} {v}' for k, v in records[0]['versions'].items()) if records else '—'}).
