@@ -312,7 +312,7 @@ def test_shape_record_and_apply_shapes_rebuild_the_same_shapes() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda r: r.update(version=2), "newer than this blockprune reads"),
+        (lambda r: r.update(version=3), "newer than this blockprune reads"),
         (lambda r: r.update(format="other"), "not a blockprune shape record"),
         (lambda r: r.update(model_type="roberta"), "'roberta'"),
         (lambda r: r["layers"].pop(), "has 1 layers, but the config builds 2"),

@@ -39,7 +39,9 @@ Special layouts are data too: a fused QKV projection (GPT-2's ``c_attn``) is wri
 and ``v`` the same path; transformers' ``Conv1D`` (weight stored ``(in, out)``) is accepted wherever an
 ``nn.Linear`` is; extra per-head projections go in ``extra_rows``; a per-head position bias shared by all
 layers goes in ``shared_bias``; decoders set ``keep_one`` (see :class:`AttentionSpec`). A ``model_type``
-that cannot be shrunk exactly goes in :data:`REJECTED` with the reason. Types with no entry can still be
+that cannot be shrunk exactly goes in :data:`REJECTED` with the reason. Hidden-dimension (residual width)
+pruning needs a :class:`HiddenSpec` on the entry (embeddings, LayerNorms, pooler and head linears on the residual;
+:mod:`blockprune.surgery.hidden` reads it); without one the type is refused for it. Types with no entry can still be
 masked (no shrink) with ``Pruner(model, config, fallback=True)``.
 
 Example:
@@ -50,7 +52,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -139,6 +141,39 @@ class FFNSpec:
 
 
 @dataclass(frozen=True)
+class HiddenSpec:
+    """What a cut of the residual (hidden) width touches beyond the block linears, as data.
+
+    The block linears come from the attention and FFN specs: Q/K/V and FFN up (and gate) read the residual
+    (their input columns), O and FFN down write it (their output rows and biases). This adds the rest:
+
+    Attributes:
+        embeddings: embedding tables (paths under the base model, e.g. ``embeddings.word_embeddings``) whose
+            columns are residual dimensions.
+        embed_norm: the embeddings' LayerNorm (under the base model).
+        norms: the LayerNorms of one block (paths relative to the block), all on the residual.
+        entry: the module under the base model whose output starts the residual stream (the embeddings), unless
+            ``project`` is present.
+        pooler: a linear under the base model reading the first token of the residual (its input columns are
+            cut, its output, which feeds the classifier, keeps its width); skipped when absent.
+        project: a linear under the base model mapping narrower embeddings into the residual (ELECTRA's
+            ``embeddings_project`` when ``embedding_size != hidden_size``); when the model has it, its output rows
+            are the residual's entry and ``embeddings``/``embed_norm`` keep their width.
+        heads: ``(class-name suffix, paths under the whole model)``: for a task class whose name ends with the
+            suffix, the head linears whose input columns read the residual. A base model (no head) needs no
+            entry; a task class with no entry is refused (its head is unknown).
+    """
+
+    embeddings: tuple[str, ...]
+    embed_norm: str
+    norms: tuple[str, ...]
+    entry: str = "embeddings"
+    pooler: str | None = None
+    project: str | None = None
+    heads: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
 class StackSpec:
     """One list of identical blocks.
 
@@ -164,10 +199,13 @@ class ArchSpec(StackSpec):
             is skipped.
         variants: ``(config attribute, spec)`` pairs: when the model's config has that attribute set, the
             spec is used instead (T5's gated FFN).
+        hidden: where the residual width lives outside the block linears (:class:`HiddenSpec`), for
+            hidden-dimension pruning; ``None``: this type cannot lose residual dimensions.
     """
 
     more: tuple[StackSpec, ...] = ()
     variants: tuple[tuple[str, ArchSpec], ...] = ()
+    hidden: HiddenSpec | None = None
 
     @property
     def stacks(self) -> tuple[StackSpec, ...]:
@@ -237,12 +275,29 @@ _LLAMA_LIKE = ArchSpec(
     ffn=FFNSpec(up="mlp.gate_proj", gate="mlp.up_proj", down="mlp.down_proj", act="mlp.act_fn"),
 )
 
+_BERT_TABLES = ("embeddings.word_embeddings", "embeddings.position_embeddings", "embeddings.token_type_embeddings")
+_BERT_NORMS = ("attention.output.LayerNorm", "output.LayerNorm")
+_SEQUENCE_HEADS = (("ForTokenClassification", ("classifier",)), ("ForQuestionAnswering", ("qa_outputs",)))
+
+
+def _bert_hidden(classifier: tuple[str, ...]) -> HiddenSpec:
+    """BERT-like embeddings and norms; ``classifier``: what the sequence-classification head reads of the residual
+    (nothing when it reads the pooler's output, as BERT's does; multiple choice always reads the pooler's)."""
+    heads = (("ForSequenceClassification", classifier), ("ForMultipleChoice", ()), *_SEQUENCE_HEADS)
+    return HiddenSpec(embeddings=_BERT_TABLES, embed_norm="embeddings.LayerNorm", norms=_BERT_NORMS,
+                      pooler="pooler.dense", heads=heads)
+
+
+_ROBERTA_HIDDEN = _bert_hidden(("classifier.dense",))
+
 ARCHITECTURES: dict[str, ArchSpec] = {
     # encoders
-    "bert": _BERT_LIKE,
-    "roberta": _BERT_LIKE,
-    "xlm-roberta": _BERT_LIKE,
-    "electra": _BERT_LIKE,
+    "bert": replace(_BERT_LIKE, hidden=_bert_hidden(())),
+    "roberta": replace(_BERT_LIKE, hidden=_ROBERTA_HIDDEN),
+    "xlm-roberta": replace(_BERT_LIKE, hidden=_ROBERTA_HIDDEN),
+    "electra": replace(_BERT_LIKE, hidden=HiddenSpec(
+        embeddings=_BERT_TABLES, embed_norm="embeddings.LayerNorm", norms=_BERT_NORMS, project="embeddings_project",
+        heads=(("ForSequenceClassification", ("classifier.dense",)), *_SEQUENCE_HEADS))),
     "distilbert": ArchSpec(
         layers="transformer.layer",
         attention=(
@@ -257,6 +312,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
             ),
         ),
         ffn=FFNSpec(up="ffn.lin1", down="ffn.lin2", act="ffn.activation"),
+        hidden=HiddenSpec(embeddings=("embeddings.word_embeddings", "embeddings.position_embeddings"),
+                          embed_norm="embeddings.LayerNorm", norms=("sa_layer_norm", "output_layer_norm"),
+                          heads=(("ForSequenceClassification", ("pre_classifier",)),
+                                 ("ForMultipleChoice", ("pre_classifier",)), *_SEQUENCE_HEADS)),
     ),
     "mpnet": ArchSpec(
         layers="encoder.layer",
@@ -266,6 +325,11 @@ ARCHITECTURES: dict[str, ArchSpec] = {
                           shared_bias=SharedBiasSpec(arg="position_bias")),
         ),
         ffn=_BERT_LIKE.ffn,
+        hidden=HiddenSpec(embeddings=("embeddings.word_embeddings", "embeddings.position_embeddings"),
+                          embed_norm="embeddings.LayerNorm", norms=("attention.LayerNorm", "output.LayerNorm"),
+                          pooler="pooler.dense",
+                          heads=(("ForSequenceClassification", ("classifier.dense",)), ("ForMultipleChoice", ()),
+                                 *_SEQUENCE_HEADS)),
     ),
     "deberta-v2": ArchSpec(
         layers="encoder.layer",

@@ -30,7 +30,8 @@ Exact removal rules (``d`` is the head size):
 ``nn.Linear`` and transformers' ``Conv1D`` (GPT-2) are both sliced; each keeps its type.
 
 Per-layer widths do not fit a stock ``config.json``, so :func:`shape_record` describes them as JSON and
-:func:`apply_shapes` resizes a freshly built full-size model to them (used when loading a saved model).
+:func:`apply_shapes` resizes a freshly built full-size model to them (used when loading a saved model). A residual
+width cut by :func:`blockprune.surgery.hidden.shrink_hidden` is recorded too (``"hidden"``).
 
 Example:
     >>> result = shrink(model)                     # doctest: +SKIP
@@ -68,7 +69,9 @@ from blockprune.surgery.arch import (
 from blockprune.surgery.headbias import select_heads, selected_heads
 
 RECORD_FORMAT = "blockprune-shapes"
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+"""Version 2 added the optional ``"hidden"`` field (a narrowed residual width); records without it are still
+written as version 1, so older readers keep reading every record that they can apply."""
 
 
 class ShrinkError(ValueError):
@@ -483,7 +486,13 @@ def shape_record(model: nn.Module, result: ShrinkResult | None = None) -> dict[s
         for lay, heads, neurons in zip(layers, result.heads_kept, result.neurons_kept, strict=True):
             lay["kept_heads"] = [list(g) for g in heads]
             lay["kept_neurons"] = list(neurons)  # any zero neurons of ffn_multiple come after these
-    return {"format": RECORD_FORMAT, "version": RECORD_VERSION, "model_type": model_type_of(model), "layers": layers}
+    record = {"format": RECORD_FORMAT, "version": 1, "model_type": model_type_of(model), "layers": layers}
+    from blockprune.surgery.hidden import narrowed_width  # here: hidden.py builds on this module
+
+    hidden = narrowed_width(model)
+    if hidden is not None:
+        record.update(version=RECORD_VERSION, hidden=hidden)
+    return record
 
 
 def _is_count(value: object) -> bool:
@@ -522,6 +531,13 @@ def check_record(record: object, model: nn.Module) -> list[dict[str, Any]]:
         if any(h > f for h, f in zip(heads, full["heads"], strict=True)) or ffn > full["ffn"]:
             raise ShrinkError(f"shape record layer {i} asks for {want['heads']} heads and {ffn} FFN neurons, "
                               f"more than the model has ({full['heads']}, {full['ffn']}).")
+    if "hidden" in record:
+        from blockprune.surgery.hidden import hidden_width  # here: hidden.py builds on this module
+
+        hidden, width = record["hidden"], hidden_width(model)
+        if not _is_count(hidden) or not 1 <= hidden <= width:
+            raise ShrinkError(f"shape record's hidden width {hidden!r} must be a whole number from 1 to {width}, "
+                              "the model's residual width.")
     return layers
 
 
@@ -545,6 +561,10 @@ def apply_shapes(model: nn.Module, record: dict[str, Any]) -> nn.Module:
                 if num_heads(block, attn) > 0:
                     _apply_heads(block, attn, n, layer)
             _keep_neurons(block, stack.ffn, range(want["ffn"]), layer)
+        if "hidden" in record:
+            from blockprune.surgery.hidden import resize_hidden  # here: hidden.py builds on this module
+
+            resize_hidden(model, record["hidden"])
     return model
 
 
