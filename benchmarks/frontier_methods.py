@@ -50,12 +50,17 @@ def write_done(folder: Path, data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def tasks(max_train_samples: int | None = None) -> tuple[Task, Task]:
-    """The embedded task evaluated on dev (for choices) and on test (for the reported numbers).
+def tasks(max_train_samples: int | None = None, data: Path | None = None, max_length: int = 128) -> tuple[Task, Task]:
+    """A task evaluated on dev (for choices) and on test (for the reported numbers): the embedded one, or the
+    ``save_to_disk`` folder ``data`` (splits train / validation / test, columns text and label).
 
     ``max_train_samples`` takes the same seeded subset as ``blockprune prune --max-train-samples N`` (seed 42).
     """
-    dev = load_task(max_train_samples=max_train_samples)
+    if data is None:
+        dev = load_task(max_train_samples=max_train_samples)
+    else:
+        dev = load_task(dataset=str(data), test_split="test", max_length=max_length,
+                        max_train_samples=max_train_samples)
     return dev, dev.test_task()
 
 
@@ -229,19 +234,37 @@ def layer_drop(folder: Path, teacher_dir: Path, tokenizer: Any, dev: Task, test:
 
 
 def magnitude_oneshot(folder: Path, teacher_dir: Path, tokenizer: Any, dev: Task, test: Task, target: float,
-                      epochs: float, seed: int) -> dict[str, Any]:
-    """All removal at step 0: the struct shapes of ``target`` chosen by weight magnitude, shrunk, then distilled."""
+                      epochs: float, seed: int, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """All removal at step 0: the struct shapes of ``target`` chosen by weight magnitude, shrunk, then distilled.
+
+    ``settings``: the point's pinned PruningConfig fields (frontier_spec.MAGNITUDE), planned like ``--set``."""
     done = read_done(folder)
     if done is not None:
         return done
     student = load_classifier(teacher_dir)
-    config = pruning_config(RunOptions(preset="struct", target_speedup=target), str(teacher_dir))
-    config = replace(config, attention_method="magnitude", ffn_method="magnitude")
+    config = pruning_config(RunOptions(preset="struct", target_speedup=target, pruning=dict(settings or {})),
+                            str(teacher_dir))
+    if settings is None:  # the recipe before the points pinned their settings: struct ranked by magnitude
+        config = replace(config, attention_method="magnitude", ffn_method="magnitude")
     pruner = Pruner(student, config)
     pruner.step(1, 1)  # the final sparsity at once
     pruner.finalize()
     shrink(student, FFN_MULTIPLE)
     return write_done(folder, distil(student, teacher_dir, folder, tokenizer, dev, test, epochs, seed, shrunk=True))
+
+
+def small_pretrained(folder: Path, model_dir: Path, teacher_dir: Path, tokenizer: Any, dev: Task, test: Task,
+                     epochs: float, seed: int) -> dict[str, Any]:
+    """A smaller pre-distilled encoder (``model_dir``, a BertModel folder with the reference's tokenizer) given a
+    fresh classifier head, then fine-tuned and distilled from the reference with the same budget as every run."""
+    done = read_done(folder)
+    if done is not None:
+        return done
+    from transformers import AutoModelForSequenceClassification
+
+    student = AutoModelForSequenceClassification.from_pretrained(model_dir, **dev.model_kwargs())
+    return write_done(folder, {"base_model": str(model_dir), **distil(student, teacher_dir, folder, tokenizer, dev,
+                                                                      test, epochs, seed, shrunk=False)})
 
 
 def int8(folder: Path, source: Path, tokenizer: Any, dev: Task, test: Task) -> dict[str, Any]:

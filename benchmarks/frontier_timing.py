@@ -6,6 +6,11 @@ Three workloads: random full-length batches (b32 × s128, b1 × s128) and the te
 lengths (batches of 32 in file order, each padded to its longest member). Each repeat times the reference
 and the candidate back to back, alternating which goes first (ABBA); the speedup of a repeat is the ratio
 of the pair, and the report gives the median and interquartile range over ≥30 pairs.
+
+**One pass per table.** Re-timing a subset on another host and mixing it into a table is what flipped the 3x
+verdict twice, so a timing pass (:func:`timing_pass`) times every finished run of one task in one process and
+stamps every timing with the pass's id (``timing_run``) and host CPU. The report reads one pass per task
+(:func:`current_pass`) and refuses records of several (:func:`one_timing_run`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from __future__ import annotations
 import json
 import statistics
 import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,3 +100,82 @@ def time_against(reference: nn.Module, model: nn.Module, test_batches: list[dict
     out["testset"] = _pairs(reference, model, test_batches, test_repeats)
     out["theoretical"] = flops_per_token(reference, seq_len)["total"] / flops_per_token(model, seq_len)["total"]
     return out
+
+
+class MixedTimingError(ValueError):
+    """A task's table would mix speedups from several timing passes."""
+
+
+def timing_fields(timing: dict[str, Any] | None) -> dict[str, Any]:
+    """The speedup keys of a record, from one shape's entry of timing.json (None where it was not timed)."""
+    timing = timing or {}
+    b32, b1, testset = (timing.get(workload, {}) for workload in ("b32", "b1", "testset"))
+    theoretical = timing.get("theoretical")
+    return {
+        "achieved": theoretical,
+        "speedup_measured_b32": b32.get("speedup"), "speedup_iqr_b32": b32.get("speedup_iqr"),
+        "speedup_measured_b1": b1.get("speedup"), "speedup_iqr_b1": b1.get("speedup_iqr"),
+        "speedup_measured_testset": testset.get("speedup"), "speedup_iqr_testset": testset.get("speedup_iqr"),
+        "speedup_theoretical": theoretical,
+        "efficiency_b32": b32["speedup"] / theoretical if b32 and theoretical else None,
+        "threads": timing.get("threads"),
+    }
+
+
+def read_timings(path: Path) -> dict[str, Any]:
+    """timing.json: ``{"current": id, "passes": {id: {host_cpu, started, complete}}, "shapes": {key: timing}}``.
+
+    A file from before passes existed (shape → timing) reads as no pass: its timings belong to no one run."""
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    if "passes" not in data:
+        return {"current": None, "passes": {}, "shapes": {}}
+    return data
+
+
+def current_pass(data: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The id of the task's current timing pass and the shapes it timed (every other timing is stale)."""
+    run = data.get("current")
+    return run, {k: t for k, t in data.get("shapes", {}).items() if run and t.get("timing_run") == run}
+
+
+def timing_pass(path: Path, shapes: dict[str, Callable[[], nn.Module]], reference: nn.Module,
+                test_batches: list[dict[str, torch.Tensor]], host_cpu: str, force: bool = False,
+                test_repeats: int = 10, log: Callable[[str], None] = print) -> str:
+    """Time every shape of ``shapes`` (key → a builder of a model of that shape) in one new pass; returns its id.
+
+    Without ``force``, a complete pass on this host that already covers every shape is kept as it is (nothing is
+    timed). Otherwise every shape is timed again under a new ``timing_run`` id, written after each shape (a pass
+    cut short stays incomplete and the report says so)."""
+    from blockprune.atomic import write_text
+
+    data = read_timings(path)
+    run, done = current_pass(data)
+    meta = data["passes"].get(run or "", {})
+    if not force and run and meta.get("complete") and meta.get("host_cpu") == host_cpu and set(shapes) <= set(done):
+        log(f"[frontier] every finished run is timed in pass {run} on {host_cpu}; --retime times them again")
+        return run
+    run = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    data["current"] = run
+    data["passes"][run] = {"host_cpu": host_cpu, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+                           "threads": torch.get_num_threads(), "shapes": len(shapes), "complete": False}
+    for key, build in shapes.items():
+        log(f"[frontier] pass {run}: timing {key} with {torch.get_num_threads()} threads")
+        data["shapes"][key] = time_against(reference, build(), test_batches, test_repeats=test_repeats) | {
+            "timing_run": run, "host_cpu": host_cpu}
+        write_text(path, json.dumps(data, indent=1) + "\n")
+    data["passes"][run]["complete"] = True
+    write_text(path, json.dumps(data, indent=1) + "\n")
+    return run
+
+
+def one_timing_run(records: list[dict[str, Any]], task: str) -> str | None:
+    """The one timing pass a task's timed records come from; :class:`MixedTimingError` (one line) if several."""
+    runs: dict[str, int] = {}
+    for r in records:
+        if r.get("timing_run"):
+            runs[r["timing_run"]] = runs.get(r["timing_run"], 0) + 1
+    if len(runs) > 1:
+        counts = ", ".join(f"{run} ({n} records)" for run, n in sorted(runs.items()))
+        raise MixedTimingError(f"the {task} table would mix timing passes {counts}; run "
+                               f"`python benchmarks/frontier.py --task {task} --retime` to time every run in one pass")
+    return next(iter(runs), None)

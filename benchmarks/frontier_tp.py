@@ -81,8 +81,10 @@ def prune_like_struct(model: nn.Module, tokenizer: Any, task: Any, head_ratio: f
 
 
 def torch_pruning_baseline(folder: Path, teacher_dir: Path, tokenizer: Any, dev: Any, test: Any, target: float,
-                           epochs: float, seed: int) -> dict[str, Any]:
-    """torch-pruning (Taylor, global, heads + neurons) to ``struct``'s totals at ``target``, then distilled."""
+                           epochs: float, seed: int, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """torch-pruning (Taylor, global, heads + neurons) to ``struct``'s totals at ``target``, then distilled.
+
+    ``settings``: the point's pinned struct fields (frontier_spec.STRUCT), so its totals are the declared recipe's."""
     import frontier_methods as fm
 
     from blockprune.app.options import RunOptions, pruning_config
@@ -90,7 +92,8 @@ def torch_pruning_baseline(folder: Path, teacher_dir: Path, tokenizer: Any, dev:
     done = fm.read_done(folder)
     if done is not None:
         return done
-    config = pruning_config(RunOptions(preset="struct", target_speedup=target), str(teacher_dir))
+    config = pruning_config(RunOptions(preset="struct", target_speedup=target, pruning=dict(settings or {})),
+                            str(teacher_dir))
     head_ratio = config.sparsity if config.attention_sparsity is None else config.attention_sparsity
     student = fm.load_classifier(teacher_dir)
     torch.manual_seed(seed)

@@ -11,9 +11,12 @@ import torch
 from tiny import save_tiny_bert
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import frontier  # noqa: E402
 import frontier_methods as fm  # noqa: E402
+import frontier_report as report  # noqa: E402
+import frontier_runner as runner  # noqa: E402
+import frontier_spec as spec  # noqa: E402
 import frontier_stats as fs  # noqa: E402
+import frontier_verdicts as fv  # noqa: E402
 
 MOVIES = [f"m{i}" for i in range(20) for _ in range(10)]  # 20 movies of 10 reviews
 
@@ -64,14 +67,14 @@ def test_a_gap_beyond_the_seed_spread_is_no_claim_when_the_movies_bootstrap_hold
     perfect, lumped = answers(set()), answers(set(range(10)))
     a = {"name": "a", "seeds": 3, "acc": 100.0, "std": 0.1, "correct": [perfect] * 3}
     b = {"name": "b", "seeds": 3, "acc": 95.0, "std": 0.1, "correct": [lumped] * 3}
-    text = frontier.verdict(a, b, 5.0)
+    text = fv.verdict(a, b, 5.0)
     assert text.startswith("within noise: larger than the seed spread (0.20), but the paired bootstrap")
-    assert "holds 0" in text and not frontier.is_claim(a, b, 5.0)
+    assert "holds 0" in text and not fv.is_claim(a, b, 5.0)
     spread = {**b, "correct": [answers({m * 10 for m in range(10)})] * 3}
-    assert frontier.is_claim(a, spread, 5.0) and "excludes 0" in frontier.verdict(a, spread, 5.0)
+    assert fv.is_claim(a, spread, 5.0) and "excludes 0" in fv.verdict(a, spread, 5.0)
     carried = {**b, "correct": None}  # a record from another machine, without its answers
-    assert frontier.verdict(a, carried, 5.0) == "larger than the seed spread (0.20)"
-    assert frontier.is_claim(a, carried, 5.0)  # then the seed spread alone decides, as before
+    assert fv.verdict(a, carried, 5.0) == "larger than the seed spread (0.20)"
+    assert fv.is_claim(a, carried, 5.0)  # then the seed spread alone decides, as before
 
 
 def test_per_example_answers_follow_the_test_split_order_and_are_filled_in_for_older_runs(tmp_path, capsys):
@@ -101,23 +104,37 @@ def test_per_example_answers_follow_the_test_split_order_and_are_filled_in_for_o
 def test_the_report_gives_each_delta_vs_the_reference_its_interval_and_the_claims_their_bootstrap(
         tmp_path, monkeypatch):
     monkeypatch.setattr(fs, "test_movies", lambda: MOVIES)
-    monkeypatch.setattr(frontier, "RESULTS", tmp_path / "results")
-    monkeypatch.setattr(frontier, "DOCS", tmp_path / "docs")
+    monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(report, "DOCS", tmp_path / "docs")
     ref = {"test": 0.95, "epoch": 1, "history": [{"epoch": 1, "dev": 0.9, "test": 0.95}],
            "test_correct": answers(set(range(0, 200, 20)))}  # 10 errors, one in each even movie
     timing = {"b32": {"speedup": 3.1, "speedup_iqr": 0.2}, "theoretical": 3.0}
-    points = {p.name: p for p in frontier.plan(quick=False)}
+    table = spec.points("rotten-tomatoes")
+    points = spec.by_name(table)
     records = []
     for seed, wrong in zip((42, 43, 44), (range(0, 200, 10), range(5, 200, 10), range(3, 200, 10)), strict=True):
         struct = {"test": 0.9, "dev": 0.9, "test_correct": answers(set(wrong))}  # 20 errors, two per movie
         drop = {"test": 0.8, "dev": 0.8, "test_correct": answers(set(range(0, 200, 5)))}  # 40 errors, 4 per movie
         for name, result in (("bp-struct-3.0", struct), ("layer-drop-2", drop)):
-            records.append(frontier.record(points[name], seed, result, ref, None, timing, 2.0))
-    frontier.write_outputs(records, ref, quick=False, missing=[], epochs=2.0, seeds=[42, 43, 44])
+            records.append(runner.record(points[name], seed, result, ref, None, timing, 2.0, "pass-1", "Xeon"))
+    section = report.task_section("rotten-tomatoes", records, ref, table, {"missing": [], "unreachable": []})
+    report.write_results({"rotten-tomatoes": section}, records)
     text = (tmp_path / "docs" / "RESULTS.md").read_text()
     struct_row = next(line for line in text.splitlines() if line.startswith("| bp-struct-3.0 |"))
     assert "| -5.00 [-" in struct_row  # Δ reference with its bootstrap interval
-    assert "bp-struct-3.0 90.00 vs layer-drop-2 80.00: +10.00 points, larger than the seed spread (0.00); paired " \
-           "bootstrap over test movies and seeds: 95% CI [+" in text
+    assert "vs layer-drop-2 +10.00 at the same or higher speed (3.10x vs 3.10x) (larger than the seed spread " \
+           "(0.00); paired bootstrap over test movies and seeds: 95% CI [+" in text
+    assert "one timing pass, `pass-1` on Xeon" in text
+    assert (tmp_path / "docs" / "frontier_rotten-tomatoes.png").is_file()
     saved = json.loads((tmp_path / "results" / "frontier.json").read_text())
     assert [r["test_correct"] for r in saved] == [r["test_correct"] for r in records]  # carried to other machines
+    assert {r["timing_run"] for r in saved} == {"pass-1"} and {r["task"] for r in saved} == {"rotten-tomatoes"}
+    mixed = records[:3] + [r | {"timing_run": "pass-2"} for r in records[3:]]
+    with pytest.raises(ValueError, match="would mix timing passes"):
+        report.task_section("rotten-tomatoes", mixed, ref, table, {})
+
+
+def test_a_task_without_movies_resamples_each_test_example_on_its_own():
+    row = {"task": "20newsgroups", "correct": ["1011"]}
+    assert fv.clusters_of(row) == ("0", "1", "2", "3")
+    assert fv.clusters_of({"task": "rotten-tomatoes", "correct": ["1"]}) == fs.test_movies()
