@@ -36,6 +36,8 @@ _EXPORTS = {
     "engine.objective": ["PruningCallback", "PruningObjective", "distillation_loss", "make_optimizer"],
     "engine.taylor": ["init_scores_taylor"],
     "surgery.shrink": ["ShrinkResult", "shrink"],
+    "surgery.hidden": ["HiddenResult", "shrink_hidden"],
+    "engine.hidden": ["HiddenMask"],
     "store.saving": ["PrunedModelError", "load_pruned", "save_pruned"],
     "store.size": ["size_report"],
     "deploy.quantize": ["QuantizeError", "quantize_model"],
