@@ -202,7 +202,7 @@ def test_missing_optional_parts_are_skipped_with_a_note(tmp_path: Path) -> None:
     assert "report.json has no stage timings" in text
     assert "Figure skipped: report.json lacks speedup.measured." in text
     assert "'heads_kept'" in text and "| 1 | 34 | 64 | 53% |" in text
-    assert "**\u22120.7 points accuracy**" in text
+    assert "**\u22120.7 points accuracy on dev**" in text  # no test split: dev, labelled
     assert "None" not in text and "| machine | Linux-x86_64 (gpu: none) |" in text
 
 
@@ -227,10 +227,10 @@ def test_failed_plot_leaves_the_previous_report_intact(run_dir: Path, monkeypatc
 def test_headline_signs_and_scales() -> None:
     better = copy.deepcopy(REPORT)
     better["final"]["metric"] = 0.845
-    assert headline(better) == "2.1\u00d7 faster, +0.3 points accuracy"
+    assert headline(better) == "2.1\u00d7 faster, +0.3 points accuracy on dev"
     points = copy.deepcopy(REPORT)
     points["teacher"]["metric"], points["final"]["metric"], points["metric_name"] = 88.0, 86.5, "f1"
-    assert headline(points) == "2.1\u00d7 faster, \u22121.5 points f1"
+    assert headline(points) == "2.1\u00d7 faster, \u22121.5 points f1 on dev"
     assert headline({}) == "Pruning report"
 
 
@@ -239,10 +239,10 @@ def test_lower_is_better_metric_is_worded_as_values_and_change(run_dir: Path,
     perplexity = copy.deepcopy(REPORT)
     perplexity.update(task="causal-lm", metric_name="perplexity", higher_is_better=False)
     perplexity["teacher"]["metric"], perplexity["final"]["metric"] = 12.3, 13.1
-    assert headline(perplexity) == "2.1\u00d7 faster, perplexity 12.3 \u2192 13.1 (+0.8, lower is better)"
+    assert headline(perplexity) == "2.1\u00d7 faster, perplexity 12.3 \u2192 13.1 on dev (+0.8, lower is better)"
     fraction = copy.deepcopy(REPORT)
     fraction.update(metric_name="error", higher_is_better=False)
-    assert headline(fraction) == "2.1\u00d7 faster, error 84.2% \u2192 83.5% (\u22120.7 points, lower is better)"
+    assert headline(fraction) == "2.1\u00d7 faster, error 84.2% \u2192 83.5% on dev (\u22120.7 points, lower is better)"
     assert headline(REPORT) == headline({**REPORT, "higher_is_better": True})  # absent means higher is better
     figures: list[Any] = []
     monkeypatch.setattr(plots, "_png", lambda fig: figures.append(fig) or PNG_MAGIC)

@@ -6,13 +6,19 @@ metrics in [0, 1] are shown in percent and their change in points, counts as ``1
 minus. A metric where lower is better (``report["higher_is_better"]`` false, e.g. perplexity) is quoted
 as both values and their change, marked "lower is better", so a rise never reads as a gain.
 
+The headline quotes the held-out change (the test split's, when the run scored one) first, the dev change beside
+it; without a test split, the dev change, labelled as such.
+
 Example:
     >>> headline({"metric_name": "accuracy", "teacher": {"metric": 0.842}, "final": {"metric": 0.835},
     ...           "speedup": {"measured": 2.09}})
-    '2.1× faster, −0.7 points accuracy'
+    '2.1× faster, −0.7 points accuracy on dev'
+    >>> headline({"metric_name": "accuracy", "teacher": {"metric": 0.842, "test_metrics": {"accuracy": 0.80}},
+    ...           "final": {"metric": 0.835, "test_metrics": {"accuracy": 0.805}}, "speedup": {"measured": 2.09}})
+    '2.1× faster, +0.5 points accuracy on test (−0.7 on dev)'
     >>> headline({"metric_name": "perplexity", "higher_is_better": False, "teacher": {"metric": 12.3},
     ...           "final": {"metric": 13.1}, "speedup": {"measured": 2.09}})
-    '2.1× faster, perplexity 12.3 → 13.1 (+0.8, lower is better)'
+    '2.1× faster, perplexity 12.3 → 13.1 on dev (+0.8, lower is better)'
 """
 
 from __future__ import annotations
@@ -48,11 +54,23 @@ def int_list(value: Any) -> list[int] | None:
     return None
 
 
-def metrics(report: dict[str, Any]) -> tuple[float | None, float | None, float]:
-    """Teacher metric, final metric and the factor turning them into points (100 for fractions)."""
-    teacher, final = number(dig(report, "teacher", "metric")), number(dig(report, "final", "metric"))
+def metrics(report: dict[str, Any], split: str = "dev") -> tuple[float | None, float | None, float]:
+    """Teacher metric, final metric (on ``split``: ``"dev"`` or ``"test"``) and the factor turning them into points
+    (100 for fractions)."""
+    if split == "test":
+        name = str(report.get("metric_name", "metric"))
+        teacher = number(dig(report, "teacher", "test_metrics", name))
+        final = number(dig(report, "final", "test_metrics", name))
+    else:
+        teacher, final = number(dig(report, "teacher", "metric")), number(dig(report, "final", "metric"))
     fractions = all(v is None or 0 <= v <= 1 for v in (teacher, final))
     return teacher, final, 100.0 if fractions else 1.0
+
+
+def has_test(report: dict[str, Any]) -> bool:
+    """Whether the run scored teacher and final model on a held-out test split."""
+    teacher, final, _ = metrics(report, "test")
+    return teacher is not None and final is not None
 
 
 def _metric_text(value: float | None, scale: float) -> str:
@@ -111,17 +129,17 @@ def higher_is_better(report: dict[str, Any]) -> bool:
     return value if isinstance(value, bool) else True
 
 
-def _points(report: dict[str, Any]) -> float | None:
-    teacher, final, scale = metrics(report)
+def _points(report: dict[str, Any], split: str = "dev") -> float | None:
+    teacher, final, scale = metrics(report, split)
     return None if teacher is None or final is None else (final - teacher) * scale
 
 
-def _change(report: dict[str, Any], digits: int) -> str | None:
+def _change(report: dict[str, Any], digits: int, split: str = "dev", unit: bool = True) -> str | None:
     """Final minus teacher metric: ``−0.7 points``; a lower-is-better metric not in percent has no unit (``+0.80``)."""
-    points = _points(report)
+    points = _points(report, split)
     if points is None:
         return None
-    in_points = higher_is_better(report) or metrics(report)[2] == 100
+    in_points = unit and (higher_is_better(report) or metrics(report, split)[2] == 100)
     return f"{_signed(points, digits)}{' points' if in_points else ''}"
 
 
@@ -137,22 +155,38 @@ def _cell(value: Any) -> str:
 
 # --------------------------------------------------------------------------------------------- document
 def headline(report: dict[str, Any]) -> str:
-    """The key result in words, e.g. ``"2.1× faster, −0.7 points accuracy"``.
+    """The key result in words: the speedup and the change of the metric, held-out first (see the module docstring).
 
-    When lower is better: ``"2.1× faster, perplexity 12.3 → 13.1 (+0.8, lower is better)"``.
+    E.g. ``"2.1× faster, +0.5 points accuracy on test (−0.7 on dev)"``; when lower is better:
+    ``"2.1× faster, perplexity 12.3 → 13.1 on test (+0.8, lower is better; dev +0.7)"``.
     """
     parts = []
     speed = number(dig(report, "speedup", "measured"))
     if speed is not None:
         parts.append(f"{speed:.1f}\u00d7 faster")
-    change = _change(report, 1)
-    metric = report.get("metric_name", "metric")
-    if change is not None and higher_is_better(report):
-        parts.append(f"{change} {metric}")
-    elif change is not None:
-        teacher, final, scale = metrics(report)
-        parts.append(f"{metric} {_metric_text(teacher, scale)} \u2192 {_metric_text(final, scale)} ({change}, {LOWER})")
+    change = metric_change(report)
+    if change is not None:
+        parts.append(change)
     return ", ".join(parts) or "Pruning report"
+
+
+def metric_change(report: dict[str, Any]) -> str | None:
+    """The metric's change from the teacher, on test with dev beside it (or on dev alone), in words.
+
+    What the headline, the model card and the CLI's closing line say; ``None`` without both metrics.
+    """
+    split = "test" if has_test(report) else "dev"
+    change = _change(report, 1, split)
+    if change is None:
+        return None
+    metric = report.get("metric_name", "metric")
+    dev = _change(report, 1, unit=False) if split == "test" else None
+    if higher_is_better(report):
+        return f"{change} {metric} on {split}" + (f" ({dev} on dev)" if dev is not None else "")
+    teacher, final, scale = metrics(report, split)
+    beside = f"; dev {dev}" if dev is not None else ""
+    return (f"{metric} {_metric_text(teacher, scale)} \u2192 {_metric_text(final, scale)} on {split} "
+            f"({change}, {LOWER}{beside})")
 
 
 def _present(mapping: Any) -> dict[str, Any]:
@@ -228,6 +262,10 @@ def _summary(report: dict[str, Any], tradeoff: Figure | Note) -> Section:
     for who in ("teacher", "final"):  # a held-out test split, scored for the report only
         value = number(dig(report, who, "test_metrics", metric))
         add(f"{who.capitalize()} {metric} (test split)", _metric_text(value, scale) if value is not None else None)
+    test_change = _change(report, 2 if scale == 1 else 1, "test")
+    add("Change (test split)", f"{test_change} ({LOWER})" if test_change and not higher_is_better(report)
+        else test_change)
+    add("Teacher training", _teacher_training(dig(report, "teacher", "training"), scale))
     for batch, value in _batches(dig(report, "speedup", "measured_by_batch")):
         add(f"Measured speedup (batch {batch})", f"{value:.2f}\u00d7")
     if not _batches(dig(report, "speedup", "measured_by_batch")) and number(dig(report, "speedup", "measured")):
@@ -243,6 +281,20 @@ def _summary(report: dict[str, Any], tradeoff: Figure | Note) -> Section:
     add("Pruned linears on disk", _disk_text(report.get("size"), "linear_"))
     parts: list[Any] = [Table(["Quantity", "Value"], rows)] if rows else [Note("report.json has no summary fields.")]
     return Section("Summary", [*parts, tradeoff])
+
+
+def _teacher_training(training: Any, scale: float) -> str | None:
+    """How the teacher was fine-tuned: the epoch kept and why training stopped, with dev by epoch; or fixed epochs."""
+    if not isinstance(training, dict):
+        return None
+    chosen, trained = training.get("chosen_epoch"), training.get("epochs_trained")
+    if chosen is None:
+        return f"{trained:g} epoch(s), fixed by --teacher-epochs" if number(trained) is not None else None
+    metric = training.get("metric")
+    history = training.get("history") if isinstance(training.get("history"), list) else []
+    values = ", ".join(_metric_text(number(h.get(metric)), scale) for h in history if isinstance(h, dict))
+    return (f"epoch {chosen} of {trained} kept ({training.get('stopped')}; at most {training.get('max_epochs')}); "
+            f"dev {metric} by epoch: {values}")
 
 
 def _quantized_rows(quantized: Any, metric: str, scale: float, add: Any) -> None:
