@@ -24,6 +24,7 @@ import transformers
 from torch import nn
 
 from blockprune import __version__
+from blockprune.app.options import PRUNING_BUDGET_EPOCHS, TEACHER_MAX_EPOCHS, TEACHER_PATIENCE
 from blockprune.engine.config import PRESETS
 from blockprune.store.folders import folder_processors, load_model
 
@@ -63,6 +64,8 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
                        "for image-classification")
     group.add_argument("--validation-file",
                        help="local evaluation file or image folder (default: a seeded 10%% of --train-file)")
+    group.add_argument("--test-file", help="a held-out local file or image folder with --train-file's columns, "
+                       "scored only for the report (like --test-split for --dataset)")
     group.add_argument("--text-column", help="text column (default: text)")
     group.add_argument("--text-pair-column", help="second text column for sentence pairs")
     group.add_argument("--label-column", help="label column (default: label)")
@@ -141,14 +144,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="theoretical FLOPs speedup of the transformer layers (default 2.0)")
     target.add_argument("--sparsity", type=float, help="fraction of the pruned linears' weights removed")
     prune.add_argument("--teacher", help="a fine-tuned model folder to distill from (default: fine-tune --model)")
-    prune.add_argument("--epochs", type=float, default=1.0, help="epochs of the pruning stage")
+    prune.add_argument("--epochs", type=float,
+                       help=f"epochs of the pruning stage (default: {PRUNING_BUDGET_EPOCHS:g}, the budget the benchmarks "
+                       f"measured; {PRUNING_BUDGET_EPOCHS / 2:g} with a fill stage, which trains the other "
+                       f"{PRUNING_BUDGET_EPOCHS / 2:g} as --fill-epochs)")
     prune.add_argument("--min-pruning-steps", type=int, default=0,
                        help="the pruning stage takes at least this many optimizer steps: more epochs over small data, "
                             "so that learned scores have time to rank (the report gives the steps and epochs run)")
-    prune.add_argument("--teacher-epochs", type=float, default=1.0, help="epochs to fine-tune the teacher")
+    prune.add_argument("--teacher-epochs", type=float,
+                       help="fine-tune the teacher exactly this many epochs (default: epoch by epoch until the "
+                       "validation metric stops improving, keeping the best epoch; see --teacher-max-epochs)")
+    prune.add_argument("--teacher-max-epochs", type=int, default=TEACHER_MAX_EPOCHS,
+                       help="without --teacher-epochs: the most epochs the teacher trains")
+    prune.add_argument("--teacher-patience", type=int, default=TEACHER_PATIENCE,
+                       help="without --teacher-epochs: stop after this many epochs without a better validation metric")
     prune.add_argument("--fill", action="store_true",
                        help="after shrink, fine-tune the shrunk model again with distillation (hybrid-filled has it)")
-    prune.add_argument("--fill-epochs", type=float, default=1.0, help="epochs of the fill stage")
+    prune.add_argument("--fill-epochs", type=float, default=PRUNING_BUDGET_EPOCHS / 2, help="epochs of the fill stage")
     prune.add_argument("--learning-rate", type=float, default=5e-5, help="learning rate of the pruning and fill stages")
     prune.add_argument("--teacher-learning-rate", type=float, default=5e-5, help="learning rate of the teacher stage")
     prune.add_argument("--batch-size", type=int, default=32, help="training and evaluation batch size")
@@ -259,11 +271,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     options = RunOptions(
         model=args.model, task=args.task, dataset=args.dataset, dataset_config=args.dataset_config,
         train_split=args.train_split, validation_split=args.validation_split, test_split=args.test_split,
-        train_file=args.train_file,
+        train_file=args.train_file, test_file=args.test_file,
         validation_file=args.validation_file, text_column=args.text_column, text_pair_column=args.text_pair_column,
         label_column=args.label_column, preset=args.preset, ffn_multiple=args.ffn_multiple, target_speedup=args.target_speedup,
         sparsity=args.sparsity, teacher=args.teacher, epochs=args.epochs, min_pruning_steps=args.min_pruning_steps,
-        teacher_epochs=args.teacher_epochs,
+        teacher_epochs=args.teacher_epochs, teacher_max_epochs=args.teacher_max_epochs,
+        teacher_patience=args.teacher_patience,
         fill=args.fill, fill_epochs=args.fill_epochs, max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples, max_length=args.max_length,
         batch_size=args.batch_size,
@@ -289,17 +302,32 @@ def cmd_prune(args: argparse.Namespace) -> int:
         from blockprune.app.hub import push
 
         print(f"pushed {push(options.output_dir, args.push_to_hub, private=args.hub_private, token=args.hub_token)}")
-    change = report["final"]["metric"] - report["teacher"]["metric"]
-    lower_better = not report.get("higher_is_better", True)
-    change_text = f"{change:+.4f}, lower is better" if lower_better else f"{change * 100:+.2f} points"
-    speed = report["speedup"]
-    print(
-        f"\n{report['metric_name']}: teacher {report['teacher']['metric']:.4f} → final {report['final']['metric']:.4f} "
-        f"({change_text}); speedup measured {speed['measured']:.2f}x on {speed['device']}, {speed['dtype']}, "
-        f"{speed['threads']} thread(s) (theoretical {speed['theoretical']:.2f}x)\n"
-        f"model: {Path(options.output_dir) / 'model'}   report: {Path(options.output_dir) / 'report.html'}"
-    )
+    print(closing_line(report, options.output_dir))
     return 0
+
+
+def closing_line(report: dict[str, Any], output_dir: str) -> str:
+    """What ``prune`` prints last: the metric's change (on test first, dev beside it), the speedup, where things are."""
+    lower_better = not report.get("higher_is_better", True)
+
+    def change(split: str, key: str) -> str | None:
+        teacher, final = report["teacher"].get(key), report["final"].get(key)
+        if key == "test_metrics":
+            if not (isinstance(teacher, dict) and isinstance(final, dict)):
+                return None
+            teacher, final = teacher.get(report["metric_name"]), final.get(report["metric_name"])
+        if teacher is None or final is None:
+            return None
+        delta = f"{final - teacher:+.4f}, lower is better" if lower_better else f"{(final - teacher) * 100:+.2f} points"
+        return f"{split}: teacher {teacher:.4f} → final {final:.4f} ({delta})"
+
+    parts = [text for text in (change("test", "test_metrics"), change("dev", "metric")) if text]
+    speed = report["speedup"]
+    return (
+        f"\n{report['metric_name']} on {'; on '.join(parts)}; speedup measured {speed['measured']:.2f}x on "
+        f"{speed['device']}, {speed['dtype']}, {speed['threads']} thread(s) (theoretical {speed['theoretical']:.2f}x)\n"
+        f"model: {Path(output_dir) / 'model'}   report: {Path(output_dir) / 'report.html'}"
+    )
 
 
 def cmd_shrink(args: argparse.Namespace) -> int:
@@ -412,7 +440,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     task = load_task(args.task, dataset=args.dataset, dataset_config=args.dataset_config,
                      train_split=args.train_split, validation_split=args.validation_split,
-                     test_split=args.test_split, train_file=args.train_file,
+                     test_split=args.test_split, train_file=args.train_file, test_file=args.test_file,
                      validation_file=args.validation_file, text_column=args.text_column,
                      text_pair_column=args.text_pair_column, label_column=args.label_column, seed=args.seed,
                      max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,

@@ -24,6 +24,16 @@ class RunError(ValueError):
     """A run cannot start as asked; the message names the option and the fix."""
 
 
+TEACHER_MAX_EPOCHS = 3
+"""The most epochs the teacher trains when ``teacher_epochs`` is not given (it stops earlier once dev stops
+improving, see :mod:`blockprune.app.teacher`). The one place this default lives: the CLI reads it too."""
+TEACHER_PATIENCE = 1
+"""Epochs without a better dev metric after which the teacher stops (the frontier's reference protocol)."""
+PRUNING_BUDGET_EPOCHS = 2.0
+"""Epochs of training after the teacher, as the frontier gives every compressed model (``benchmarks/frontier.py``
+``--budget-epochs``): all pruning, or, for a run with a fill stage, half pruning and half fill."""
+
+
 @dataclass
 class RunOptions:
     """Everything a pipeline run depends on (the CLI maps its flags onto these fields)."""
@@ -37,6 +47,7 @@ class RunOptions:
     test_split: str | None = None  # scored only for the report (teacher and final model), never for choices
     train_file: str | None = None
     validation_file: str | None = None
+    test_file: str | None = None  # like test_split, for local files: scored only for the report
     text_column: str | None = None
     text_pair_column: str | None = None
     label_column: str | None = None
@@ -45,10 +56,12 @@ class RunOptions:
     target_speedup: float | None = None
     sparsity: float | None = None
     teacher: str | None = None
-    epochs: float = 1.0
+    epochs: float | None = None  # pruning epochs; None: the frontier's budget (see default_epochs)
     min_pruning_steps: int = 0  # the pruning stage takes at least this many optimizer steps (more epochs if needed)
-    teacher_epochs: float = 1.0
-    fill_epochs: float = 1.0
+    teacher_epochs: float | None = None  # None: epoch by epoch until dev stops improving (the two below)
+    teacher_max_epochs: int = TEACHER_MAX_EPOCHS
+    teacher_patience: int = TEACHER_PATIENCE
+    fill_epochs: float = PRUNING_BUDGET_EPOCHS / 2
     fill: bool = False  # shrink, then fine-tune the shrunk model again with distillation (hybrid-filled sets it)
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
@@ -79,9 +92,14 @@ class RunOptions:
         return self.fill or self.preset in FILL_PRESETS
 
     def result_shaping(self) -> dict[str, Any]:
-        """The options that change the result (what ``run_config.json`` pins); the bench options do not."""
-        skip = {"output_dir", "progress", "command", *BENCH_OPTIONS}
+        """The options that change the result (what ``run_config.json`` pins); the bench options do not, nor do
+        the teacher's training options when a ``teacher`` is given (:meth:`unused`)."""
+        skip = {"output_dir", "progress", "command", *BENCH_OPTIONS, *self.unused()}
         return {k: v for k, v in asdict(self).items() if k not in skip}
+
+    def unused(self) -> tuple[str, ...]:
+        """Options this run does not read: how to train a teacher, when one is given."""
+        return TEACHER_TRAINING if self.teacher else ()
 
     def bench_settings(self) -> dict[str, Any]:
         """The bench options as ``bench/done.json`` records them (the stage is measured again when they change)."""
@@ -89,6 +107,8 @@ class RunOptions:
 
 
 BENCH_OPTIONS = ("bench_seq_len", "bench_batch_sizes", "bench_repeats", "bench_device", "bench_threads", "bench_dtype")
+TEACHER_TRAINING = ("teacher_epochs", "teacher_max_epochs", "teacher_patience", "teacher_learning_rate")
+"""How the teacher stage fine-tunes ``model``: unused (and not pinned) when ``teacher`` is given."""
 
 
 # ------------------------------------------------------------------------------------------ targets
@@ -96,6 +116,31 @@ def default_target(options: RunOptions) -> None:
     """With neither a target speedup nor a sparsity, aim at a 2x theoretical speedup."""
     if options.target_speedup is None and options.sparsity is None:
         options.target_speedup = 2.0
+
+
+def pruning_epochs(options: RunOptions) -> float:
+    """``epochs``, or without it the frontier's budget (:data:`PRUNING_BUDGET_EPOCHS`): all of it, or half when the
+    run has a fill stage (which then trains ``fill_epochs``, by default the other half), as the frontier ran it."""
+    if options.epochs is not None:
+        return options.epochs
+    return PRUNING_BUDGET_EPOCHS / 2 if options.fills else PRUNING_BUDGET_EPOCHS
+
+
+def default_epochs(options: RunOptions) -> None:
+    """Set ``epochs`` to :func:`pruning_epochs` (so ``run_config.json`` pins the number the run trains)."""
+    options.epochs = pruning_epochs(options)
+
+
+def check_training_options(options: RunOptions) -> None:
+    """Epoch counts are sound (checked before any work): one clear error naming the flag."""
+    o = options
+    for flag, value in (("--epochs", o.epochs), ("--fill-epochs", o.fill_epochs), ("--teacher-epochs", o.teacher_epochs)):
+        if value is not None and not value > 0:
+            raise RunError(f"{flag} {value} must be > 0")
+    for flag, value, least in (("--teacher-max-epochs", o.teacher_max_epochs, 1),
+                               ("--teacher-patience", o.teacher_patience, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise RunError(f"{flag} {value!r} must be a whole number >= {least}")
 
 
 def pruning_config(options: RunOptions, model_path: str) -> PruningConfig:

@@ -10,7 +10,8 @@ are recorded in ``bench/done.json`` instead, and the bench stage alone is measur
 Layout of a run directory ``D``::
 
     D/run_config.json        options of the run (checked on every re-run)
-    D/teacher/model/         fine-tuned dense model (unless --teacher was given)
+    D/teacher/model/         fine-tuned dense model (unless --teacher was given): without --teacher-epochs, the
+                             best of D/teacher/epoch-K/ (one per epoch, until dev stops improving: app/teacher.py)
     D/prune/model/           pruned model at full shapes, masks baked in (zeros)
     D/shrink/model/          the shrunk model (save_pruned format)
     D/fill/model/            the shrunk model fine-tuned again (--fill, or a preset in FILL_PRESETS)
@@ -48,10 +49,15 @@ from blockprune.app.options import (
     RunOptions,
     check_bench_length,
     check_bench_options,
+    check_training_options,
+    default_epochs,
     default_target,
     pruning_config,
+    pruning_epochs,
 )
 from blockprune.app.progress import StageClock
+from blockprune.app.stagefiles import barrier, is_main_process, read_done, save_hf_model, write_done
+from blockprune.app.teacher import train_until_dev_stops
 from blockprune.deploy.counts import count_params, ffn_per_layer, flops_per_token, heads_per_layer
 from blockprune.deploy.devices import machine
 from blockprune.deploy.measure import speedup
@@ -86,9 +92,11 @@ def _bench_cost(o: RunOptions, num_train: int, num_eval: int) -> float:
 
 STAGES: tuple[StageSpec, ...] = (
     # fine-tune (unless --teacher), then evaluate the teacher
-    StageSpec("teacher", lambda o, n, e: (0 if o.teacher else o.teacher_epochs * n) + e / 3),
+    # (without --teacher-epochs: up to the cap, each epoch with its dev evaluation)
+    StageSpec("teacher", lambda o, n, e: (0 if o.teacher else o.teacher_epochs * n if o.teacher_epochs
+                                          else o.teacher_max_epochs * (n + e / 3)) + e / 3),
     # student step + teacher forward (1/3) + scores and masks: about 1.5 training steps
-    StageSpec("prune", lambda o, n, e: 1.5 * o.epochs * n),
+    StageSpec("prune", lambda o, n, e: 1.5 * pruning_epochs(o) * n),
     StageSpec("shrink", lambda o, n, e: 2 * 8 / 3),  # two forward passes on 8 examples (+ loading: not modelled)
     StageSpec("fill", lambda o, n, e: (1 + 1 / 3) * o.fill_epochs * n,  # student step + teacher forward
               when=lambda o: o.fills),
@@ -104,38 +112,6 @@ STAGES: tuple[StageSpec, ...] = (
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def is_main_process() -> bool:
-    """Rank 0 (or not distributed): the process that writes shared files."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def barrier() -> None:
-    """Wait for every rank when running under ``torchrun``."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
-def read_done(stage_dir: Path) -> dict[str, Any] | None:
-    """The results of a completed stage, or ``None``."""
-    done = stage_dir / "done.json"
-    return json.loads(done.read_text()) if done.is_file() else None
-
-
-def write_done(stage_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """Mark a stage complete (atomically); only rank 0 writes."""
-    if is_main_process():
-        atomic.write_text(stage_dir / "done.json", json.dumps(results, indent=1, sort_keys=True, default=str) + "\n")
-    return results
-
-
-def save_hf_model(model: nn.Module, path: Path, tokenizer: Any) -> None:
-    """``save_pretrained`` of model and tokenizer into ``path``, atomically (rank 0 only)."""
-    if is_main_process():
-        with atomic.atomic_dir(path) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-
-
 def versions() -> dict[str, str]:
     """Versions that matter for reproducing a number."""
     return {
@@ -152,6 +128,8 @@ class Run:
 
     def __init__(self, options: RunOptions) -> None:
         default_target(options)
+        default_epochs(options)
+        check_training_options(options)
         self.options = options
         check_bench_options(options)  # e.g. --bench-device cuda without CUDA: fail now, not after training
         self.dir = Path(options.output_dir)
@@ -210,7 +188,7 @@ class Run:
         return load_task(
             o.task, dataset=o.dataset, dataset_config=o.dataset_config, train_split=o.train_split,
             validation_split=o.validation_split, test_split=o.test_split, train_file=o.train_file,
-            validation_file=o.validation_file,
+            validation_file=o.validation_file, test_file=o.test_file,
             text_column=o.text_column, text_pair_column=o.text_pair_column, label_column=o.label_column, seed=o.seed,
             max_train_samples=o.max_train_samples, max_eval_samples=o.max_eval_samples, max_length=o.max_length,
         )
@@ -222,8 +200,9 @@ class Run:
         if pinned.is_file():
             previous = json.loads(pinned.read_text())
             defaults = RunOptions().result_shaping()  # an option newer than the pinned file, at its default, is no change
-            changed = sorted(k for k in set(previous) | set(current)  # older files pinned some bench options
-                             if k not in BENCH_OPTIONS and previous.get(k, defaults.get(k)) != current.get(k))
+            ignored = {*BENCH_OPTIONS, *self.options.unused()}  # older files pinned some bench options
+            changed = sorted(k for k in set(previous) | set(current)
+                             if k not in ignored and previous.get(k, defaults.get(k)) != current.get(k))
             if changed:
                 raise RunError(
                     f"{self.dir} holds a run with other options ({', '.join(changed)} differ); "
@@ -282,6 +261,8 @@ class Run:
             if self.options.teacher:
                 model = self.load_hf(self.options.teacher)
                 source = self.options.teacher
+            elif self.options.teacher_epochs is None:  # epoch by epoch until dev stops improving
+                return train_until_dev_stops(self, stage)
             else:
                 model = self.load_hf(self.model_path)
                 settings = TrainSettings(**{**asdict(self.settings), "epochs": self.options.teacher_epochs,
@@ -289,6 +270,8 @@ class Run:
                 train(model, self.task, self.tokenizer, stage, settings)
                 save_hf_model(model, stage / "model", self.tokenizer)
                 source = str(stage / "model")
+                return {"model": source, **self.scores(model),
+                        "training": {"epochs_trained": self.options.teacher_epochs, "stopped": "--teacher-epochs"}}
             return {"model": source, **self.scores(model)}
 
         return self.stage("teacher", work)
@@ -358,10 +341,15 @@ class Run:
         """``metrics`` on the validation split, and ``test_metrics`` when the task has a test split (report only)."""
         o = self.options
         out = {"metrics": self.task.evaluate(model, self.tokenizer, batch_size=o.batch_size, progress=o.progress)}
-        if self.task.test_examples:
-            out["test_metrics"] = self.task.test_task().evaluate(model, self.tokenizer, batch_size=o.batch_size,
-                                                                 progress=o.progress)
-        return out
+        return out | self.test_scores(model)
+
+    def test_scores(self, model: nn.Module) -> dict[str, Any]:
+        """``{"test_metrics": ...}`` when the task has a test split (--test-split, --test-file), else ``{}``."""
+        if not self.task.test_examples:
+            return {}
+        o = self.options
+        return {"test_metrics": self.task.test_task().evaluate(model, self.tokenizer, batch_size=o.batch_size,
+                                                               progress=o.progress)}
 
     def stage_evaluate(self) -> dict[str, Any]:
         def work(stage: Path) -> dict[str, Any]:
@@ -480,6 +468,7 @@ class Run:
             "teacher": {"metric": stages["teacher"]["metrics"][task.metric_name],
                         "metrics": stages["teacher"]["metrics"],
                         **_test_metrics(stages["teacher"]),
+                        **({"training": stages["teacher"]["training"]} if "training" in stages["teacher"] else {}),
                         "latency_ms": {k: v["reference_ms"] for k, v in by_batch.items()}},
             "final": {"metric": stages["evaluate"]["metrics"][task.metric_name],
                       "metrics": stages["evaluate"]["metrics"],

@@ -1,7 +1,7 @@
 """``load_task``: one entry point from user options to a validated :class:`~blockprune.tasks.base.Task`.
 
-Sources: local files (``train_file`` [+ ``validation_file``]: CSV/TSV/JSON/JSONL/parquet, or a folder saved
-with ``Dataset.save_to_disk``; image folders for image classification), a named ``dataset`` (text tasks only:
+Sources: local files (``train_file`` [+ ``validation_file``] [+ ``test_file``]: CSV/TSV/JSON/JSONL/parquet, or a
+folder saved with ``Dataset.save_to_disk``; image folders for image classification), a named ``dataset`` (text tasks only:
 a hub name, or a folder saved with ``DatasetDict.save_to_disk``; with ``dataset_config`` and the splits named
 by ``train_split`` / ``validation_split`` / ``test_split``; needs ``datasets``, see :mod:`.hf`), and, for
 text classification with nothing given, the embedded offline Rotten Tomatoes task. All reading and checking
@@ -34,7 +34,7 @@ from blockprune.tasks.hf import DatasetSpec, load_splits
 from blockprune.tasks.images import ImageTask, folder_examples, scan_image_folder, verify_images
 from blockprune.tasks.qa import DEFAULT_DOC_STRIDE, QATask
 from blockprune.tasks.qa_data import read_squad, squad_from_records
-from blockprune.tasks.records import Record, read_records
+from blockprune.tasks.records import Record, columns_of, read_records
 
 T = TypeVar("T")
 PathLike = str | os.PathLike[str]
@@ -71,6 +71,7 @@ def load_task(
     label_column: str | None = None,
     seed: int = 42,
     *,
+    test_file: PathLike | None = None,
     dataset_config: str | None = None,
     train_split: str = "train",
     validation_split: str = "validation",
@@ -99,6 +100,8 @@ def load_task(
             also ``.txt``, one document per line, for causal-lm); image folders ``root/<label>/<images>`` for
             image-classification. Without a validation file, a seeded 10% of the training data is held out
             (by context for QA, by distinct document for causal-lm, by image for image-classification).
+        test_file: a held-out local file (or image folder) in the training file's format and columns, loaded
+            into ``task.test_examples`` like ``test_split``: scored only for reporting, never for choices.
         text_column, text_pair_column, label_column: classification fields (default ``"text"``, none,
             ``"label"``). Labels may be strings or integers; the label set is the sorted training labels.
             causal-lm reads ``text_column`` (default ``"text"``) of record files.
@@ -126,8 +129,10 @@ def load_task(
         raise DataError(f"Unknown task {task!r}; choose one of {sorted(set(TASK_ALIASES.values()))}.")
     if dataset is not None and (train_file is not None or validation_file is not None):
         raise DataError("Give either dataset= (hub) or train_file/validation_file (local), not both.")
-    if validation_file is not None and train_file is None:
-        raise DataError(f"validation_file={validation_file} was given without train_file; give the training file too.")
+    for name, given in (("validation_file", validation_file), ("test_file", test_file)):
+        if given is not None and train_file is None:
+            hint = "; a dataset's held-out split is test_split=" if dataset is not None and name == "test_file" else ""
+            raise DataError(f"{name}={given} was given without train_file; give the training file too{hint}.")
     spec = _dataset_spec(dataset, dataset_config, train_split, validation_split, test_split)
     _check_task_options(kind, text_column=text_column, text_pair_column=text_pair_column,
                         label_column=label_column, label_names=label_names)
@@ -136,14 +141,25 @@ def load_task(
         common["max_length"] = max_length
     if kind == "causal-lm":
         built: Task = _load_causal_lm(spec, train_file, validation_file, text_column or "text", seed, common)
+        if test_file is not None:
+            built.test_examples = read_documents(test_file, text_column or "text")
     elif kind == "image-classification":
         built = _load_images(dataset, train_file, validation_file, label_names, seed, common)
+        if test_file is not None:
+            index = {name: i for i, name in enumerate(built.label_names)}
+            built.test_examples = folder_examples(scan_image_folder(test_file), index, str(test_file))
+            verify_images([e.path for e in built.test_examples])
     elif kind == "question-answering":
         common |= {"doc_stride": doc_stride, "max_answer_length": max_answer_length}
         built = _load_qa(spec, train_file, validation_file, seed, common)
+        if test_file is not None:
+            built.test_examples = read_squad(test_file)
     else:
         columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
-        built = _load_classification(spec, train_file, validation_file, columns, label_names, seed, common)
+        built = _load_classification(spec, train_file, validation_file, columns, label_names, seed, common,
+                                     test_file)
+    if test_file is not None:
+        built.source += f", test={test_file}"
     built.train_examples = subsample(built.train_examples, max_train_samples, seed)
     built.eval_examples = subsample(built.eval_examples, max_eval_samples, seed)
     built.test_examples = subsample(built.test_examples, max_eval_samples, seed)
@@ -183,6 +199,7 @@ def _load_classification(
     label_names: Sequence[str] | None,
     seed: int,
     common: dict[str, Any],
+    test_file: PathLike | None = None,
 ) -> ClassificationTask:
     if spec is None and train_file is None:
         given = [k for k, v in columns.items() if v is not None] + (["label_names"] if label_names else [])
@@ -214,11 +231,24 @@ def _load_classification(
         train_where=train_where,
     )
     task = classification_task(train, evaluation, eval_where=eval_where, source=source, **options, **common)
-    if test is not None and spec is not None:  # checked like the validation split, against the training labels
-        test_where = spec.where(str(spec.test_split))
+    if test_file is not None:
+        test = read_records(test_file)
+        _require_training_columns(test, columns, str(test_file))
+    if test is not None:  # checked like the validation split, against the training labels
+        test_where = spec.where(str(spec.test_split)) if spec is not None else str(test_file)
         _refuse_hidden_labels(test, str(options["label_column"]), test_where)
         task.test_examples = classification_task(train, test, eval_where=test_where, **options).eval_examples
     return task
+
+
+def _require_training_columns(records: list[Record], columns: dict[str, str | None], where: str) -> None:
+    """A test file has the columns the training data is read by (it is scored with the same ones)."""
+    wanted = {"text_column": "text", "label_column": "label"} | {k: v for k, v in columns.items() if v is not None}
+    available = columns_of(records)
+    missing = [f"{column!r} ({option})" for option, column in wanted.items() if column not in available]
+    if records and missing:
+        raise DataError(f"test_file {where} has no column {', '.join(missing)}, which the training data is read by; "
+                        f"its columns are {available}. Give the test file the training file's columns.")
 
 
 def _refuse_hidden_labels(records: list[Record], column: str, where: str) -> None:
