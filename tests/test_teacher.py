@@ -100,13 +100,13 @@ def test_the_teacher_trains_until_dev_stops_improving_and_keeps_the_best_epoch(t
     from blockprune.app.pipeline import Run
 
     script = Scripted(monkeypatch)
-    run = Run(options(tiny_dir, data, tmp_path / "run", seed=7))
+    run = Run(options(tiny_dir, data, tmp_path / "run", seed=7, teacher_max_epochs=4))
     done = run.stage_teacher()
     # epochs 1, 2, 3 (no gain at 3: patience 1), each one epoch from the last, seeds as the frontier's reference
     assert [(name, start, seed, epochs) for name, start, seed, epochs in script.trained] == [
         ("epoch-1", pytest.approx(0.0, abs=1.0), 7, 1.0), ("epoch-2", 1.0, 8, 1.0), ("epoch-3", 2.0, 9, 1.0)]
     assert done["training"] | {"history": None} == {
-        "chosen_epoch": 2, "epochs_trained": 3, "max_epochs": TEACHER_MAX_EPOCHS, "patience": 1,
+        "chosen_epoch": 2, "epochs_trained": 3, "max_epochs": 4, "patience": 1,
         "metric": "accuracy", "stopped": "dev stopped improving", "history": None}
     assert [h["accuracy"] for h in done["training"]["history"]] == [0.70, 0.75, 0.74]
     assert done["metrics"]["accuracy"] == 0.75 and done["test_metrics"]["accuracy"] == pytest.approx(0.65)
@@ -126,13 +126,13 @@ def test_an_interrupted_teacher_resumes_where_it_stopped_and_decides_the_same(ti
 
     Scripted(monkeypatch, stop_at=3)
     with pytest.raises(KeyboardInterrupt):
-        Run(options(tiny_dir, data, tmp_path / "run")).stage_teacher()
+        Run(options(tiny_dir, data, tmp_path / "run", teacher_max_epochs=4)).stage_teacher()
     stage = tmp_path / "run" / "teacher"
     assert (stage / "epoch-2" / "done.json").is_file() and not (stage / "epoch-3" / "done.json").exists()
     assert not (stage / "epoch-1" / "model").exists() and (stage / "epoch-2" / "model").is_dir()  # best and latest
     monkeypatch.undo()
     script = Scripted(monkeypatch)
-    done = Run(options(tiny_dir, data, tmp_path / "run")).stage_teacher()
+    done = Run(options(tiny_dir, data, tmp_path / "run", teacher_max_epochs=4)).stage_teacher()
     assert [(name, start) for name, start, *_ in script.trained] == [("epoch-3", 2.0)]  # from epoch 2's weights
     assert done["training"]["chosen_epoch"] == 2 and done["training"]["epochs_trained"] == 3
 
