@@ -9,7 +9,8 @@ The layers, each importing only those below it:
     report/   report.json/md/html, figures, model card
     store/    save and load shrunk models, compact sparse files (atomic.py: every write is atomic)
     deploy/   counts, latency, devices, int8, ONNX export, plans
-    engine/   prune while training: config, masks, masked linears, schedule, budget, Pruner, objective
+    engine/   prune while training: config, masks, masked linears, schedule, budget, Pruner, objective (with
+              layer-wise distillation)
     surgery/  the model-type table and exact shrink
     tasks/    data and metrics per task
 
@@ -33,7 +34,9 @@ _EXPORTS = {
     "engine.masks": ["METHODS", "BlockShapeError", "register_method"],
     "engine.schedule": ["sparsity_at"],
     "engine.pruner": ["PatchError", "Pruner"],
-    "engine.objective": ["PruningCallback", "PruningObjective", "distillation_loss", "make_optimizer"],
+    "engine.objective": ["DistillLogCallback", "PruningCallback", "PruningObjective", "distillation_loss",
+                         "make_optimizer"],
+    "engine.layerwise": ["LayerDistillError", "layer_map"],
     "engine.taylor": ["init_scores_taylor"],
     "surgery.shrink": ["ShrinkResult", "shrink"],
     "surgery.hidden": ["HiddenResult", "shrink_hidden"],
