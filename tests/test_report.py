@@ -263,3 +263,6 @@ def test_test_split_metrics_are_shown_beside_the_validation_ones(run_dir: Path) 
     text = render_report(run_dir)["report.md"].read_text(encoding="utf-8")
     assert "| Teacher accuracy (test split) | 85.1% |" in text
     assert "| Final accuracy (test split) | 82.9% |" in text
+    # with a test split the dev rows say they are dev, and come after the held-out ones (as the headline does)
+    assert "| Teacher accuracy (dev) |" in text and "| Change (dev) |" in text
+    assert text.index("| Change (test split) |") < text.index("| Teacher accuracy (dev) |")

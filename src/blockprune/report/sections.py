@@ -255,16 +255,18 @@ def _summary(report: dict[str, Any], tradeoff: Figure | Note) -> Section:
     add("Preset", report.get("preset"))
     add("Target", _target_text(report.get("target"), "value"))
     add("Achieved", _target_text(report.get("target"), "achieved"))
-    add(f"Teacher {metric}", _metric_text(teacher, scale) if teacher is not None else None)
-    add(f"Final {metric}", _metric_text(final, scale) if final is not None else None)
-    change = _change(report, 2 if scale == 1 else 1)
-    add("Change", f"{change} ({LOWER})" if change and not higher_is_better(report) else change)
-    for who in ("teacher", "final"):  # a held-out test split, scored for the report only
+    # a held-out test split (scored for the report only) comes first, as in the headline; the dev rows then say so
+    for who in ("teacher", "final"):
         value = number(dig(report, who, "test_metrics", metric))
         add(f"{who.capitalize()} {metric} (test split)", _metric_text(value, scale) if value is not None else None)
     test_change = _change(report, 2 if scale == 1 else 1, "test")
     add("Change (test split)", f"{test_change} ({LOWER})" if test_change and not higher_is_better(report)
         else test_change)
+    dev = " (dev)" if test_change else ""
+    add(f"Teacher {metric}{dev}", _metric_text(teacher, scale) if teacher is not None else None)
+    add(f"Final {metric}{dev}", _metric_text(final, scale) if final is not None else None)
+    change = _change(report, 2 if scale == 1 else 1)
+    add(f"Change{dev}", f"{change} ({LOWER})" if change and not higher_is_better(report) else change)
     add("Teacher training", _teacher_training(dig(report, "teacher", "training"), scale))
     for batch, value in _batches(dig(report, "speedup", "measured_by_batch")):
         add(f"Measured speedup (batch {batch})", f"{value:.2f}\u00d7")
@@ -375,6 +377,11 @@ def _latency(report: dict[str, Any]) -> Section:
 
 def _structure(report: dict[str, Any], heads_fig: Figure | Note, ffn_fig: Figure | Note) -> Section:
     parts: list[Any] = ["What shrink kept of every layer (heads removed exactly, FFN neurons cut out)."]
+    hidden = report.get("hidden")
+    if isinstance(hidden, dict) and number(hidden.get("before")) and number(hidden.get("after")) is not None:
+        parts.append(f"Hidden (residual) width: hidden {hidden['before']} \u2192 {hidden['after']} "
+                     f"({hidden['after'] / hidden['before']:.0%} kept), in every layer: the embeddings, every "
+                     "LayerNorm and every linear reading or writing the residual were cut.")
     for title, kept_key, total_key, fig in (("Heads kept", "heads_kept", "heads_total", heads_fig),
                                             ("FFN width", "ffn_width", "ffn_total", ffn_fig)):
         kept, total = int_list(report.get(kept_key)), int_list(report.get(total_key))
@@ -392,6 +399,8 @@ def _density_table(report: dict[str, Any]) -> list[Table]:
     if not isinstance(density, dict):
         return []
     rows = [[k, f"{density[k]:.1%}"] for k in ("attention", "ffn", "overall") if number(density.get(k)) is not None]
+    if number(density.get("hidden")) is not None:
+        rows.append(["hidden dimensions", f"{density['hidden']:.1%}"])
     return [Table(["Part", "Weights kept"], rows, compact=True)] if rows else []
 
 
