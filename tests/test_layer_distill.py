@@ -1,13 +1,14 @@
-"""Layer-wise (hidden-state) distillation: the mapping, the loss, narrower students, the Trainer log."""
+"""Layer-wise (hidden-state) distillation: the mapping, the loss, narrower students, and the --layer-distill flag."""
 
 import copy
+import json
 import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 import transformers
-from tiny import HIDDEN, VOCAB, tiny_batch, tiny_inputs, tiny_model
+from tiny import HIDDEN, VOCAB, save_tiny_bert, tiny_batch, tiny_inputs, tiny_model, write_review_csvs
 from torch import nn
 
 from blockprune import HiddenMask, Pruner, PruningConfig, PruningObjective, distillation_loss, make_optimizer
@@ -146,10 +147,10 @@ def test_a_masked_student_is_compared_in_its_kept_dims_only():
     assert loss == loud  # the removed dims (1e6 apart) are never seen
     s = student.train()(**inputs, output_hidden_states=True).hidden_states
     t = teacher(**inputs, output_hidden_states=True).hidden_states
-    assert all(float(h[..., REMOVED].abs().max()) == 0 for h in s)  # the student carries nothing there
+    assert all(float(h[..., REMOVED].detach().abs().max()) == 0 for h in s)  # the student carries nothing there
     valid = inputs["attention_mask"].bool()
     expected = hidden_state_loss([h[..., KEPT] for h in s], [h[..., KEPT] for h in t], layer_map(2, 2), valid)
-    assert loss == pytest.approx(float(expected), rel=1e-5) and loss > 0
+    assert loss == pytest.approx(float(expected.detach()), rel=1e-5) and loss > 0
 
 
 def test_a_cut_student_is_compared_with_the_teachers_kept_dims():
@@ -200,7 +201,7 @@ def test_a_shallower_student_learns_from_evenly_spaced_teacher_layers():
     s = student.train()(**inputs, output_hidden_states=True).hidden_states
     t = teacher(**inputs, output_hidden_states=True).hidden_states
     expected = hidden_state_loss(s, t, [(1, 2), (2, 4), (3, 6)], inputs["attention_mask"].bool())
-    assert loss == pytest.approx(float(expected), rel=1e-5)
+    assert loss == pytest.approx(float(expected.detach()), rel=1e-5)
 
 
 @pytest.mark.parametrize("model_type, task", [("gpt2", "causal-lm"), ("vit", "image-cls"), ("bert", "qa")])
@@ -259,3 +260,53 @@ def test_the_hidden_loss_is_logged(tmp_path):
     trainer.train()
     logged = [h["distill/hidden_loss"] for h in trainer.state.log_history if "distill/hidden_loss" in h]
     assert len(logged) == 2 and all(v > 0 for v in logged)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny_bert(tmp_path_factory.mktemp("tinybert"))
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory):
+    return write_review_csvs(tmp_path_factory.mktemp("data"), {"train.csv": 48, "dev.csv": 16},
+                             ["great", "wonderful", "sharp"], ["dull", "boring", "flat"])
+
+
+def prune_args(tiny_dir, data_files, out, *extra):
+    return ["prune", "--model", str(tiny_dir), "--train-file", str(data_files / "train.csv"),
+            "--validation-file", str(data_files / "dev.csv"), "--text-column", "review", "--label-column",
+            "sentiment", "--epochs", "1", "--teacher-epochs", "1", "--fill-epochs", "1", "--batch-size", "16",
+            "--bench-repeats", "1", "--bench-batch-sizes", "1", "--no-progress", "--max-length", "16",
+            "--output-dir", str(out), *extra]
+
+
+def test_the_flag_reaches_both_stages_and_is_pinned(tiny_dir, data_files, tmp_path, monkeypatch):
+    from blockprune.app import finetune
+    from blockprune.cli import main
+
+    made = []
+
+    class Recording(finetune.PruningObjective):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(finetune, "PruningObjective", Recording)
+    out = tmp_path / "run"
+    assert main(prune_args(tiny_dir, data_files, out, "--fill", "--layer-distill", "0.5")) == 0
+    distilled = [o for o in made if o.teacher is not None]  # the prune and fill stages (the teacher has none)
+    assert len(distilled) == 2 and all(o.layer_distill == 0.5 and o.layer_distiller is not None for o in distilled)
+    assert distilled[0].pruner is not None and distilled[1].pruner is None
+    assert json.loads((out / "run_config.json").read_text())["layer_distill"] == 0.5
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_bad_flag_values_are_one_clear_error(tiny_dir, data_files, tmp_path, value, capsys):
+    from blockprune.cli import main
+
+    assert main(prune_args(tiny_dir, data_files, tmp_path / "bad", f"--layer-distill={value}")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("blockprune prune: error: --layer-distill")
+    assert "must be a finite number >= 0" in err[0]
+    assert not (tmp_path / "bad" / "teacher").exists()

@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--batch-size", type=int, default=32, help="training and evaluation batch size")
     prune.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation loss")
     prune.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
+    prune.add_argument("--layer-distill", type=float, default=0.0, metavar="W", help="weight of layer-wise "
+                       "distillation (prune and fill stages): MSE of student to teacher layer outputs (default 0: off)")
     prune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a PruningConfig field, e.g. --set score_lr=0.02 --set warmup=0.05")
     prune.add_argument("--training-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -281,7 +283,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         max_eval_samples=args.max_eval_samples, max_length=args.max_length,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate, teacher_learning_rate=args.teacher_learning_rate, alpha=args.alpha,
-        temperature=args.temperature, seed=args.seed, pruning=_key_values(args.set, "--set"),
+        temperature=args.temperature, layer_distill=args.layer_distill, seed=args.seed,
+        pruning=_key_values(args.set, "--set"),
         training_args=_key_values(args.training_arg, "--training-arg"), trust_remote_code=args.trust_remote_code,
         output_dir=args.output_dir, bench_repeats=args.bench_repeats, bench_device=args.bench_device,
         bench_threads=args.bench_threads, bench_seq_len=args.bench_seq_len,

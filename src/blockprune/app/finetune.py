@@ -31,7 +31,7 @@ import torch
 import transformers
 from torch import nn
 
-from blockprune.engine.objective import PruningCallback, PruningObjective, make_optimizer
+from blockprune.engine.objective import DistillLogCallback, PruningCallback, PruningObjective, make_optimizer
 from blockprune.engine.pruner import Pruner
 from blockprune.engine.taylor import TAYLOR_BATCHES, init_scores_taylor
 from blockprune.tasks import Task
@@ -65,6 +65,7 @@ class TrainSettings:
     logging_steps: int = 50
     alpha: float = 0.9
     temperature: float = 2.0
+    layer_distill: float = 0.0  # weight of the hidden-state (layer-wise) distillation term; 0 = off
     progress: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -221,6 +222,7 @@ def train(
     pruner: Pruner | None = None,
     teacher: nn.Module | None = None,
     score_lr: float | None = None,
+    hidden_kept: list[int] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place on ``task`` (resuming from ``out_dir/checkpoints``).
 
@@ -229,7 +231,9 @@ def train(
         (more than ``settings.epochs`` when ``settings.min_steps`` extended a short schedule).
 
     With a ``pruner``, the masks follow its schedule over the run's optimizer steps and the scores get
-    their own learning rate; with a ``teacher``, the loss distills from it.
+    their own learning rate; with a ``teacher``, the loss distills from it (layer by layer too when
+    ``settings.layer_distill > 0``; ``hidden_kept`` then names the teacher's residual dimensions a student cut
+    narrower kept, see :class:`~blockprune.engine.layerwise.LayerDistiller`).
     """
     out_dir = Path(out_dir)
     dataset = task.train_dataset(tokenizer, settings.max_length)
@@ -237,13 +241,17 @@ def train(
     steps = optimizer_steps(len(dataset), settings)
     extended = settings.min_steps > 0 and steps == settings.min_steps
     args = training_arguments(out_dir, settings, group_by_length=tokens, max_steps=steps if extended else -1)
-    objective = PruningObjective(model, pruner, teacher, settings.alpha, settings.temperature)
+    objective = PruningObjective(model, pruner, teacher, settings.alpha, settings.temperature,
+                                 layer_distill=settings.layer_distill, hidden_kept=hidden_kept)
     watch = StopOnNonFinite(objective)
     callbacks: list[transformers.TrainerCallback] = [watch]
-    optimizer = None
+    if objective.layer_distiller is not None:
+        callbacks.insert(0, DistillLogCallback(objective))
+    optimizer = None  # without a pruner the Trainer builds one over the objective (a projection included)
     if pruner is not None:
         callbacks.insert(0, PruningCallback(pruner))
-        optimizer = make_optimizer(pruner, settings.learning_rate, settings.weight_decay, score_lr)
+        optimizer = make_optimizer(pruner, settings.learning_rate, settings.weight_decay, score_lr,
+                                   extra=objective.own_parameters())
     trainer = transformers.Trainer(
         model=objective,
         args=args,
@@ -253,7 +261,8 @@ def train(
         callbacks=callbacks,
     )
     # our callbacks first, so the pruning numbers are in the logs before the progress bar prints them
-    trainer.callback_handler.callbacks.sort(key=lambda cb: not isinstance(cb, PruningCallback | StopOnNonFinite))
+    ours = PruningCallback | DistillLogCallback | StopOnNonFinite
+    trainer.callback_handler.callbacks.sort(key=lambda cb: not isinstance(cb, ours))
     last = last_complete_checkpoint(args.output_dir)
     start = time.perf_counter()
     if pruner is not None and pruner.config.score_init_from == "taylor" and last is None:

@@ -18,6 +18,7 @@ import transformers
 from blockprune.deploy.devices import check_bench_settings
 from blockprune.deploy.plan import PlanError, planned_config
 from blockprune.engine.config import FILL_PRESETS, PruningConfig
+from blockprune.engine.layerwise import check_layer_distill
 
 
 class RunError(ValueError):
@@ -73,6 +74,7 @@ class RunOptions:
     teacher_learning_rate: float = 5e-5
     alpha: float = 0.9
     temperature: float = 2.0
+    layer_distill: float = 0.0  # weight of the hidden-state distillation term (prune and fill stages); 0 = off
     seed: int = 42
     pruning: dict[str, Any] = field(default_factory=dict)
     training_args: dict[str, Any] = field(default_factory=dict)
@@ -134,7 +136,8 @@ def default_epochs(options: RunOptions) -> None:
 
 
 def check_training_options(options: RunOptions) -> None:
-    """Epoch counts are sound (checked before any work): one clear error naming the flag."""
+    """Epoch counts and the layer-wise distillation weight are sound (checked before any work): one clear error
+    naming the flag."""
     o = options
     for flag, value in (("--epochs", o.epochs), ("--fill-epochs", o.fill_epochs), ("--teacher-epochs", o.teacher_epochs)):
         if value is not None and not value > 0:
@@ -143,6 +146,10 @@ def check_training_options(options: RunOptions) -> None:
                                ("--teacher-patience", o.teacher_patience, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise RunError(f"{flag} {value!r} must be a whole number >= {least}")
+    try:
+        check_layer_distill(o.layer_distill, "--layer-distill ")
+    except ValueError as err:
+        raise RunError(str(err)) from None
 
 
 def pruning_config(options: RunOptions, model_path: str) -> PruningConfig:

@@ -144,6 +144,7 @@ class Run:
             epochs=options.epochs, learning_rate=options.learning_rate, batch_size=options.batch_size,
             max_length=options.max_length, seed=options.seed, alpha=options.alpha, temperature=options.temperature,
             progress=options.progress, overrides=dict(options.training_args),
+            layer_distill=options.layer_distill,  # issue 35 item 3: the prune and fill stages' hidden-state term
         )
         check_overrides(self.settings.overrides)
         if options.min_pruning_steps < 0:
