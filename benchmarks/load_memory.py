@@ -37,6 +37,7 @@ from torch import nn
 
 from blockprune.atomic import write_text
 from blockprune.deploy.counts import block_linears
+from blockprune.deploy.devices import machine
 from blockprune.store.saving import save_pruned
 from blockprune.store.size import size_report
 from blockprune.tasks import embedded_model_path
@@ -48,7 +49,7 @@ import json, resource, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import torch, transformers
-from blockprune.store.saving import load_pruned
+from blockprune.saving import load_pruned  # the flat layout's path: --src may name an older checkout
 for name in json.loads((Path(sys.argv[2]) / "config.json").read_text())["architectures"]:
     getattr(transformers, name)  # import the modeling module before timing: transformers imports it lazily
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     record = {"tag": args.tag, "command": " ".join([Path(sys.executable).name, *sys.argv]), "src": str(args.src),
               "results": results, "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                                                "python": platform.python_version()},
-              "machine": platform.platform(), "load_average": os.getloadavg()}
+              "machine": machine(), "load_average": os.getloadavg()}
     file = RESULTS / "load_memory.json"
     previous = json.loads(file.read_text()) if file.is_file() else {}
     write_text(file, json.dumps({**previous, args.tag: record}, indent=1) + "\n")

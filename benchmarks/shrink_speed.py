@@ -33,6 +33,7 @@ from torch import nn
 
 from blockprune.atomic import write_text
 from blockprune.deploy.counts import count_params, ffn_per_layer, flops_per_token, heads_per_layer
+from blockprune.deploy.devices import machine
 from blockprune.deploy.measure import speedup
 from blockprune.surgery.arch import find_blocks, get_arch, get_path, head_dim, num_heads
 from blockprune.surgery.shrink import shrink
@@ -90,24 +91,6 @@ def command(argv: list[str] | None) -> str:
     return f"{env}python {Path(sys.argv[0]).as_posix() if argv is None else 'benchmarks/shrink_speed.py'} " + " ".join(args)
 
 
-def cpu_name() -> str:
-    """CPU model (``platform.processor()`` is often empty on Linux, so /proc/cpuinfo is read as a fallback)."""
-    if platform.processor():
-        return platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
-def machine() -> dict[str, Any]:
-    return {"processor": cpu_name(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
-
-
 def to_markdown(result: dict[str, Any]) -> str:
     s, m = result["speedup"], result["machine"]
     lines = [
@@ -130,11 +113,11 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"Medians of {result['repeats']} alternating runs after {result['warmup']} warm-up runs each; "
-        f"{s['threads']} torch thread(s) on {m['cpu_count']} CPUs ({m['processor']}, {m['platform']}); "
+        f"{s['threads']} torch thread(s) on {m['cpu_count']} CPUs ({m['cpu']}, {m['platform']}); "
         f"load average before/after: {result['loadavg_before']} / {result['loadavg_after']} "
         "(the machine is shared, so absolute times are noisy).",
         f"torch {result['torch_version']}, transformers {result['transformers_version']}, "
-        f"python {m['python']}; {result['date']}.",
+        f"python {platform.python_version()}; {result['date']}.",
         "",
     ]
     return "\n".join(lines)

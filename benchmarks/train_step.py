@@ -25,6 +25,7 @@ import transformers
 
 from blockprune import Pruner, PruningConfig, make_optimizer
 from blockprune.atomic import write_text
+from blockprune.deploy.devices import machine
 from blockprune.tasks import embedded_model_path
 
 RESULTS = Path(__file__).parent / "results"
@@ -96,7 +97,7 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
-        "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": __import__("os").cpu_count()},
+        "machine": machine(),
     }
     RESULTS.mkdir(exist_ok=True)
     write_text(RESULTS / "train_step.json", json.dumps(result, indent=1) + "\n")
