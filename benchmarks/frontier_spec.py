@@ -84,7 +84,7 @@ TASKS: dict[str, TaskSpec] = {
 
 # The pinned recipes: every field but DERIVED, written out so that no library default can change them.
 _COMMON = dict(threshold=0.1, regularization=1.0, score_lr=0.01, score_init=0.0, allocation="uniform", min_blocks=0,
-               ignored_layers=[], warmup=0.1, cooldown=0.1)
+               ignored_layers=[], warmup=0.1, cooldown=0.1, hidden_sparsity=0.0, hidden_method="topk")
 STRUCT = _COMMON | dict(attention_method="topk", attention_block="head", ffn_method="topk", ffn_block=[1, -1],
                         score_init_from="taylor", ffn_budget="fixed", head_pressure=0.0)
 """``struct`` as the frontier runs it: whole heads and FFN neurons, hard top-k, scores from the Taylor ranking."""

@@ -12,7 +12,9 @@ reached by emptying heads.
 Costs per token at ``seq_len`` tokens, for one unit (a head; GQA: a key/value head with its ``r`` query
 heads of size ``d``) of a layer of width ``hidden``: ``2·hidden·(2·r·d + 2·d)`` for its Q, K, V rows and O
 columns, plus ``4·seq_len·r·d`` for the two attention matmuls; one FFN neuron costs ``2·hidden`` per matrix
-it has a row or column in (up, gate, down). Nothing here imports the training loop.
+it has a row or column in (up, gate, down). With ``hidden_sparsity`` the residual is cut at the end, so every
+linear term is scaled by the kept share of the width (``width_scale``); the attention matmuls are not.
+Nothing here imports the training loop.
 """
 
 from __future__ import annotations
@@ -59,21 +61,22 @@ def _alive(layer: MaskedLinear, dim: int) -> torch.Tensor:
 class FreedHeads:
     """The FFN density that the heads emptied so far pay for (see the module docstring)."""
 
-    def __init__(self, seq_len: int) -> None:
+    def __init__(self, seq_len: int, width_scale: float = 1.0) -> None:
         self.seq_len = seq_len
+        self.width_scale = width_scale
         self.sites: list[_Site] = []
         self.ffn_flops = 0.0
 
     def add_attention(self, v: MaskedLinear, v_offset: int, o: MaskedLinear, units: int, ratio: int,
                       d: int) -> None:
         """Register one tile-masked attention of ``units`` units (``ratio`` query heads of size ``d`` each)."""
-        hidden = v.in_features
+        hidden = v.in_features * self.width_scale
         cost = 2 * hidden * (2 * ratio * d + 2 * d) + 4 * self.seq_len * ratio * d
         self.sites.append(_Site(v, v_offset, o, units, ratio, d, float(cost)))
 
     def add_ffn(self, hidden: int, width: int, matrices: int) -> None:
         """Register one neuron-masked FFN of ``width`` neurons, each with a row or column in ``matrices``."""
-        self.ffn_flops += 2.0 * hidden * matrices * width
+        self.ffn_flops += 2.0 * hidden * self.width_scale * matrices * width
 
     def freed_flops(self) -> float:
         """FLOPs per token of the units the current masks have emptied."""

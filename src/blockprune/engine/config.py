@@ -37,6 +37,7 @@ BlockSetting = tuple[int, int] | str
 SCORE_INITS = ("constant", "magnitude", "taylor")
 ALLOCATIONS = ("uniform", "global")
 FFN_BUDGETS = ("fixed", "flops")
+HIDDEN_METHODS = ("topk",)
 
 
 class ConfigError(ValueError):
@@ -125,6 +126,13 @@ class PruningConfig:
         "in that matrix (the V rows or O columns shrink needs empty to remove the head), so the tiles of a weak "
         "head go together; 0 ranks every tile on its own, 1 keeps or drops V and O head by head", 0.0)
     ignored_layers: tuple[int, ...] = _help("indices of transformer layers left dense (not patched)", ())
+    hidden_sparsity: float = _help(
+        "final fraction of the residual (hidden) dimensions removed, in [0, 1); 0 = off. One learned score per "
+        "dimension, shared by every layer, follows the same cubic schedule; the residual is cut at finalize "
+        "(blockprune.engine.hidden_scores). Encoders with a HiddenSpec only (BERT, RoBERTa, ELECTRA, DistilBERT, "
+        "MPNet)", 0.0)
+    hidden_method: str = _help("how the hidden dimensions are chosen: topk (the highest scores, exactly the "
+                               "scheduled count)", "topk")
     version: int = _help("format version of this config", CONFIG_VERSION)
 
     def __post_init__(self) -> None:
@@ -173,6 +181,12 @@ class PruningConfig:
                 isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
             raise ConfigError(f"ignored_layers={layers!r} must be a list of layer indices >= 0, e.g. [0, 5]")
         object.__setattr__(self, "ignored_layers", tuple(sorted(set(layers))))
+        hidden = self.hidden_sparsity
+        if isinstance(hidden, bool) or not isinstance(hidden, int | float) or not 0.0 <= hidden < 1.0:
+            raise ConfigError(f"hidden_sparsity={hidden!r} must be a number in [0, 1) (fraction of the residual "
+                              "dimensions removed; 0 = keep the full width)")
+        if self.hidden_method not in HIDDEN_METHODS:
+            raise ConfigError(f"hidden_method={self.hidden_method!r} is unknown; choose one of {list(HIDDEN_METHODS)}")
         if not 0 < self.threshold < 1:
             raise ConfigError(f"threshold={self.threshold} must be in (0, 1) (it is compared with a sigmoid)")
         if self.regularization < 0 or self.score_lr <= 0:

@@ -225,7 +225,8 @@ class HiddenMask:
         """Take the patches off and cut the removed dimensions out of the model (there is no exact full-width form).
 
         With ``inputs``, the masked model's output on them is computed first and the cut model must match it
-        within ``atol`` (:func:`blockprune.surgery.hidden.check_exact` raises :class:`ShrinkError` otherwise).
+        within ``atol`` (:func:`blockprune.surgery.hidden.check_exact` raises :class:`ShrinkError` otherwise; the
+        difference is the result's ``max_abs_diff``).
         The head/neuron masks of a :class:`~blockprune.engine.pruner.Pruner` must be baked in first
         (``Pruner.finalize``).
         """
@@ -234,7 +235,7 @@ class HiddenMask:
         self.remove()
         result = shrink_hidden(self.model, keep)
         if expected is not None and inputs is not None:
-            check_exact(expected, self.model, inputs, atol, kept=keep)
+            result.max_abs_diff = check_exact(expected, self.model, inputs, atol, kept=keep)
         return result
 
 

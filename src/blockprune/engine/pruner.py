@@ -9,6 +9,10 @@ The life of a pruning run (vocabulary after torch.ao.pruning: prepare → step �
    and adds ``pruner.regularization()`` to the loss;
 3. ``pruner.finalize()`` bakes the masks into plain ``nn.Linear`` weights and returns the stock model.
 
+With ``hidden_sparsity > 0`` one more score vector, over the residual width and shared by every layer, masks the
+residual stream (:mod:`blockprune.engine.hidden_scores`); its keep count follows the same schedule, and
+``finalize`` returns the model with its residual cut to the kept dimensions (there is no exact full-width form).
+
 In head mode each attention unit gets one score: a head, or with grouped-query attention one key/value
 head together with its query heads (see :mod:`blockprune.arch`). A model type with no table entry can
 still be masked with ``fallback=True``: every linear of the base model gets its own block scores (FFN
@@ -42,6 +46,7 @@ from torch import nn
 
 from blockprune.engine.budget import FreedHeads
 from blockprune.engine.config import HEAD, NEURON, PruningConfig
+from blockprune.engine.hidden_scores import HiddenPruning, check_hidden_supported
 from blockprune.engine.layers import Layout, MaskedLinear, ScoreGroup
 from blockprune.engine.masks import BlockShapeError, grid_shape
 from blockprune.engine.schedule import ramp_progress, sparsity_at
@@ -61,6 +66,7 @@ from blockprune.surgery.arch import (
     num_units,
     set_path,
 )
+from blockprune.surgery.hidden import HiddenResult
 
 STATE_NAME = "blockprune"
 UNDERSHOOT_TOLERANCE = 0.01
@@ -144,7 +150,8 @@ class Pruner:
 
     Raises:
         PatchError: the model is already patched, or the configuration patches no module.
-        UnsupportedModelError: the model type is not in the architecture table (and ``fallback`` is off).
+        UnsupportedModelError: the model type is not in the architecture table (and ``fallback`` is off), or
+            ``hidden_sparsity > 0`` for a model type (or task head) whose residual width cannot be cut.
         BlockShapeError: a block shape does not tile a matrix (the message names the module).
 
     Example:
@@ -159,6 +166,7 @@ class Pruner:
         self.model = model
         self.config = config
         self.controller_gain = controller_gain
+        check_hidden_supported(model, config.hidden_sparsity)  # before anything is patched (no fallback for it)
         self.spec: ArchSpec | None = None
         try:
             self.spec = get_arch(model)
@@ -170,7 +178,9 @@ class Pruner:
         self.state = PrunerState()
         self._lambda = 0.0
         self._target = {"attention": 1.0, "ffn": 1.0}
-        self._freed = FreedHeads(config.seq_len) if config.ffn_budget == "flops" else None
+        # linears on the residual cost (1 - hidden_sparsity) of their dense FLOPs once the residual is cut
+        self._freed = FreedHeads(config.seq_len, 1.0 - config.hidden_sparsity) if config.ffn_budget == "flops" \
+            else None
         self._ffn_bonus = 0.0
         if self.spec is None:
             self._patch_fallback()
@@ -178,6 +188,13 @@ class Pruner:
             self._patch()
         if not self.layers:
             raise PatchError(f"the configuration patched no module in {type(model).__name__}")
+        # after the linears are wrapped: the hidden mask's output hooks go on the modules that run
+        self.hidden: HiddenPruning | None = None
+        self.hidden_result: HiddenResult | None = None
+        self._hidden_target = 1.0
+        if config.hidden_sparsity:
+            self.hidden = HiddenPruning(model, self.state, config.hidden_sparsity, config.score_init)
+            self.hidden.init("magnitude")  # a constant start ranks nothing; taylor replaces this once it has grads
         if config.score_init_from == "magnitude":
             self.init_scores("magnitude")
         device = next(iter(self.layers.values())).weight.device
@@ -220,13 +237,16 @@ class Pruner:
         ``score_init_from="taylor"``). Movement scores starting at one constant carry no ranking until they
         have moved; starting from an importance ranking (normalised per matrix so that every layer starts on
         one scale, around 1) lets a short schedule prune by that ranking first and by movement as the scores
-        learn.
+        learn. The hidden scores (``hidden_sparsity > 0``) are set to their own ranking by the same criterion
+        (:meth:`blockprune.engine.hidden_scores.HiddenPruning.init`).
         """
         for group in self.state.groups:
             if group.method.learned:
                 values = group.importance(criterion)
                 mean = values.mean()
                 group.scores.add_(values / mean if float(mean) > 0 else values)
+        if self.hidden is not None:
+            self.hidden.init(criterion)
 
     def _patch_attention(self, index: int, block: nn.Module, attn: AttentionSpec) -> None:
         """One score per unit (head, or KV head with its query heads) in head mode; else block grids."""
@@ -361,6 +381,10 @@ class Pruner:
         for group, (density, threshold) in zip(self.state.groups, before, strict=True):
             if (group.density, group.threshold) != (density, threshold):
                 group.forget_last_mask()  # the mask of the last forward pass no longer follows the schedule
+        if self.hidden is not None:
+            hidden_sparsity = sparsity_at(step, total_steps, cfg.hidden_sparsity, cfg.warmup, cfg.cooldown)
+            self._hidden_target = 1.0 - hidden_sparsity
+            self.hidden.schedule(hidden_sparsity)
         progress = ramp_progress(step, total_steps, cfg.warmup, cfg.cooldown)
         if regularized and progress > 0.0:
             if step > int(self.state.last_step):  # each step updates the controller once, also after a resume
@@ -374,8 +398,10 @@ class Pruner:
         return self.log_values()
 
     def has_last_masks(self) -> bool:
-        """Whether every group recorded the mask of a training forward pass since its density last changed."""
-        return all(bool(g.has_last_mask) for g in self.state.groups)
+        """Whether every group (and the hidden mask) recorded the mask of a training forward pass since its
+        density last changed."""
+        hidden = self.hidden is None or bool(self.hidden.state.has_last_mask)
+        return hidden and all(bool(g.has_last_mask) for g in self.state.groups)
 
     def log_values(self) -> dict[str, float]:
         """Numbers worth logging: scheduled density per kind, λ, threshold, measured density per kind."""
@@ -388,6 +414,9 @@ class Pruner:
         }
         if self._freed is not None:
             out["prune/ffn_bonus"] = round(self._ffn_bonus, 4)
+        if self.hidden is not None:
+            out["prune/target_density_hidden"] = round(self._hidden_target, 4)
+            out["prune/density_hidden"] = round(stats["hidden"], 4)
         if self._regularized():
             out["prune/lambda"] = self._lambda
             out["prune/threshold"] = self.config.threshold
@@ -416,8 +445,9 @@ class Pruner:
         return self._lambda * expected
 
     def score_parameters(self) -> list[nn.Parameter]:
-        """The learned scores (empty for ``magnitude``)."""
-        return [g.scores for g in self.state.groups if isinstance(g.scores, nn.Parameter)]
+        """The learned scores (empty for ``magnitude``), the hidden scores last when ``hidden_sparsity > 0``."""
+        scores = [g.scores for g in self.state.groups if isinstance(g.scores, nn.Parameter)]
+        return scores + ([self.hidden.state.scores] if self.hidden is not None else [])
 
     def param_groups(
         self, lr: float, weight_decay: float = 0.0, score_lr: float | None = None
@@ -443,7 +473,8 @@ class Pruner:
     # ----------------------------------------------------------------------------------- reporting
     @torch.no_grad()
     def stats(self) -> dict[str, Any]:
-        """Density (fraction of weights kept) per patched module, per kind and overall."""
+        """Density (fraction of weights kept) per patched module, per kind and overall; with ``hidden_sparsity``
+        also ``hidden`` (fraction of the residual dimensions kept) and ``hidden_width`` (``[before, after]``)."""
         modules: dict[str, float] = {}
         kept = {"attention": 0.0, "ffn": 0.0}
         total = {"attention": 0, "ffn": 0}
@@ -456,20 +487,31 @@ class Pruner:
             kept[layer.group.kind] += k
             total[layer.group.kind] += n
         overall_total = sum(total.values())
+        hidden = {} if self.hidden is None else {
+            "hidden": self.hidden.density(),
+            "hidden_width": [self.hidden.width, int(self.hidden.final_mask().sum())],
+        }
         return {
             "modules": modules,
             "attention": kept["attention"] / total["attention"] if total["attention"] else 1.0,
             "ffn": kept["ffn"] / total["ffn"] if total["ffn"] else 1.0,
             "overall": sum(kept.values()) / overall_total if overall_total else 1.0,
+            **hidden,
         }
 
     # ----------------------------------------------------------------------------------- finalize
     @torch.no_grad()
-    def finalize(self) -> nn.Module:
+    def finalize(self, inputs: dict[str, torch.Tensor] | None = None, atol: float = 1e-4) -> nn.Module:
         """Bake the masks into the wrapped ``nn.Linear`` (or ``Conv1D``) weights, remove the scores; return the stock model.
 
         Under ``ffn_budget="flops"``, warns when the final masks land above the planned FLOPs (see
         :meth:`blockprune.engine.budget.FreedHeads.shortfall`: the message names the reachable target).
+
+        With ``hidden_sparsity > 0`` the returned model's residual is cut to the kept dimensions, in this order:
+        the hidden mask to keep is recorded, the block masks are baked in, and a fixed mask of those dimensions on
+        the plain model is cut out (:meth:`blockprune.engine.hidden_scores.HiddenPruning.cut`). With ``inputs``
+        (a batch without labels) the masked and the cut model must agree on them within ``atol`` in eval mode
+        (``ShrinkError`` otherwise); :attr:`hidden_result` holds what was kept and the difference.
         """
         if STATE_NAME not in dict(self.model.named_children()):
             raise PatchError("finalize() was already called on this pruner")
@@ -478,8 +520,11 @@ class Pruner:
             warnings.warn(shortfall, UserWarning, stacklevel=3)  # the caller of the no_grad wrapper
         # masks first: baking one member changes the magnitudes the next member's mask would see
         masks = {id(g): g.final_mask() for g in self.state.groups}
+        keep = self.hidden.final_mask() if self.hidden is not None else None
         for name, layer in self.layers.items():
             block, path = self._sites[name]
             set_path(block, path, layer.to_linear(masks[id(layer.group)]))
+        if self.hidden is not None and keep is not None:
+            self.hidden_result = self.hidden.cut(keep, inputs, atol)
         delattr(self.model, STATE_NAME)
         return self.model

@@ -214,12 +214,15 @@ class HiddenResult:
         width_before: residual width before.
         params_before: parameter count before.
         params_after: parameter count after.
+        max_abs_diff: the largest output difference between the masked and the cut model on the inputs the cut
+            was checked on (:func:`check_exact`), or ``None`` when it was not checked.
     """
 
     kept: list[int]
     width_before: int
     params_before: int
     params_after: int
+    max_abs_diff: float | None = None
 
     @property
     def width_after(self) -> int:
