@@ -16,6 +16,11 @@ read or allocated), and works out what shrink would leave of every layer:
   emptied is extra speed, or with ``ffn_budget="flops"`` FFN width: the FFN shown is then its least); a tiled FFN
   is shown as if its weight budget went into whole neurons.
 
+With ``hidden_sparsity = h`` the residual is cut to :func:`~blockprune.engine.hidden_scores.hidden_keep` dimensions
+first (:func:`narrowed`): every linear reading or writing the residual (all of Q/K/V/O, up, down) costs ``1 - h`` of
+its FLOPs, the attention matmuls are unchanged, and a speedup target is split: the cut gives its own factor, and
+heads and neurons are planned for the rest (:func:`planned_config`).
+
 The planned model (the dense model resized with :func:`~blockprune.surgery.shrink.apply_shapes`) gives parameters,
 FLOPs per token and the theoretical speedup through :mod:`blockprune.measure`; :func:`measure_plan` times a
 randomly initialised model of those shapes against the dense one on this machine (a measured preview).
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -44,8 +50,10 @@ from blockprune.deploy.counts import count_params, flops_per_token
 from blockprune.deploy.measure import speedup
 from blockprune.engine.budget import MIN_FFN_DENSITY
 from blockprune.engine.config import HEAD, NEURON, PRESETS, PruningConfig
+from blockprune.engine.hidden_scores import hidden_keep
 from blockprune.engine.masks import METHODS, kept_count
-from blockprune.surgery.arch import features, get_path, iter_blocks, num_heads, num_units
+from blockprune.surgery.arch import UnsupportedModelError, features, get_path, iter_blocks, num_heads, num_units
+from blockprune.surgery.hidden import hidden_width, resize_hidden
 from blockprune.surgery.shrink import ShrinkError, apply_shapes, check_ffn_multiple, must_keep_one, shape_record
 
 MAX_SPARSITY = 0.95
@@ -79,6 +87,39 @@ def flops_split(model_path: str, seq_len: int, trust_remote_code: bool = False) 
     """FLOPs per token of the attention part (Q/K/V/O + matmuls) and of the FFN part of a dense model."""
     flops = flops_per_token(dense_model(model_path, trust_remote_code), seq_len)
     return flops["total"] - flops["ffn_linear"], flops["ffn_linear"]
+
+
+def narrowed(model: nn.Module, hidden_sparsity: float) -> nn.Module:
+    """``model`` itself at ``hidden_sparsity`` 0, else a copy with its residual cut to :func:`hidden_keep` dimensions.
+
+    Raises:
+        PlanError: the model type cannot lose residual dimensions (the message names the supported ones).
+    """
+    if not hidden_sparsity:
+        return model
+    small = copy.deepcopy(model)
+    try:
+        resize_hidden(small, hidden_keep(hidden_width(small), hidden_sparsity))
+    except (UnsupportedModelError, ShrinkError) as err:
+        raise PlanError(f"--set hidden_sparsity={hidden_sparsity}: {err}") from None
+    return small
+
+
+def hidden_split(model_path: str, seq_len: int, hidden_sparsity: float,
+                 trust_remote_code: bool = False) -> tuple[int, int, float]:
+    """FLOPs per token of attention and of the FFN once the residual is cut, and the speedup that cut gives alone."""
+    dense = dense_model(model_path, trust_remote_code)
+    before = flops_per_token(dense, seq_len)["total"]
+    flops = flops_per_token(narrowed(dense, hidden_sparsity), seq_len)
+    return flops["total"] - flops["ffn_linear"], flops["ffn_linear"], before / flops["total"]
+
+
+def most_speedup(attention_flops: int, ffn_flops: int, head_pruning: bool, flops_budget: bool = False) -> float:
+    """The largest speedup :func:`sparsities_for_speedup` can plan for these FLOPs (at most MAX_SPARSITY removed)."""
+    keep = 1.0 - MAX_SPARSITY
+    if head_pruning or flops_budget:
+        return 1.0 / keep
+    return min(1.0 / keep, (attention_flops + ffn_flops) / (attention_flops + keep * ffn_flops))
 
 
 def sparsities_for_speedup(target: float, attention_flops: int, ffn_flops: int, head_pruning: bool,
@@ -164,11 +205,32 @@ def planned_config(preset: str, target_speedup: float | None = None, sparsity: f
         return config if sparsity is None else config.replace(sparsity=sparsity)
     source = model_source(model_path)
     split = flops_split(source, max_length, trust_remote_code)
+    remaining, hidden = target_speedup, config.hidden_sparsity
+    if hidden:  # the residual cut gives its own factor; heads and neurons plan the rest, on the narrowed FLOPs
+        attention, ffn, alone = hidden_split(source, max_length, hidden, trust_remote_code)
+        split = (attention, ffn)
+        remaining = target_speedup / alone
+        if remaining <= 1.0:
+            raise PlanError(f"--set hidden_sparsity={hidden} alone gives {alone:.2f}x, which meets --target-speedup "
+                            f"{target_speedup} without pruning a head or a neuron; lower hidden_sparsity or raise "
+                            "the target")
+    dense_share = 0.0
     if config.ignored_layers:
         layers = len(list(iter_blocks(dense_model(source, trust_remote_code))))
-        target_speedup = target_without_ignored(target_speedup, len(config.ignored_layers), layers)
-    sparsities = sparsities_for_speedup(target_speedup, *split, config.attention_block == HEAD,
-                                        config.ffn_budget == "flops")
+        dense_share = len(config.ignored_layers) / layers
+        remaining = target_without_ignored(remaining, len(config.ignored_layers), layers)
+    head_pruning, budget = config.attention_block == HEAD, config.ffn_budget == "flops"
+    try:
+        sparsities = sparsities_for_speedup(remaining, *split, head_pruning, budget)
+    except PlanError:
+        if not hidden:
+            raise
+        keep = 1.0 / most_speedup(*split, head_pruning, budget)
+        reachable = math.floor(100 * alone / (keep * (1.0 - dense_share) + dense_share)) / 100
+        raise PlanError(f"--target-speedup {target_speedup} cannot be reached with hidden_sparsity={hidden}: the "
+                        f"residual cut gives {alone:.2f}x and heads and neurons at most {1.0 / keep:.2f}x more "
+                        f"({MAX_SPARSITY:.0%} of their FLOPs removed); the reachable target is {reachable:.2f}x. "
+                        "Ask for at most that, or raise hidden_sparsity.") from None
     if config.attention_block != HEAD and "attention_sparsity" in overrides:
         sparsities.pop("attention_sparsity")  # tiles: the target does not depend on it, so the user's value stands
     return config.replace(**sparsities)
@@ -254,15 +316,23 @@ def make_plan(model_path: str | None, config: PruningConfig, *, preset: str | No
     Keys: ``model``, ``preset``, ``target``, ``seq_len``, ``ffn_multiple``, ``sparsity``,
     ``attention_sparsity``, ``ffn_budget``, the per-layer shapes of :func:`planned_shapes`, ``params`` and
     ``flops_per_token`` (``before``/``after``; base model without a task head), ``theoretical_speedup``
-    (FLOPs ratio of the transformer blocks) and ``notes`` (how far the shapes are known).
+    (FLOPs ratio of the transformer blocks) and ``notes`` (how far the shapes are known). With
+    ``hidden_sparsity``, ``hidden``: the residual width ``before``/``after``, the ``sparsity`` and the
+    ``speedup`` the cut gives alone (heads and neurons give ``theoretical_speedup / speedup``).
     """
     source = model_source(model_path)
     dense = dense_model(source, trust_remote_code)
-    shapes = planned_shapes(dense, config, ffn_multiple)
-    small = resized(dense, shapes)
+    base = narrowed(dense, config.hidden_sparsity)  # heads and neurons are planned on the cut residual
+    shapes = planned_shapes(base, config, ffn_multiple)
+    small = resized(base, shapes)
     params_before, flops_before = _sizes(dense, seq_len)
     params_after, flops_after = _sizes(small, seq_len)
-    return {
+    hidden = {}
+    if config.hidden_sparsity:
+        hidden = {"hidden": {"before": hidden_width(dense), "after": hidden_width(base),
+                             "sparsity": config.hidden_sparsity,
+                             "speedup": flops_before / flops_per_token(base, seq_len)["total"]}}
+    return hidden | {
         "model": source, "preset": preset, "target": target, "seq_len": seq_len, "ffn_multiple": ffn_multiple,
         "sparsity": config.sparsity, "attention_sparsity": config.final_attention_sparsity,
         "ffn_budget": config.ffn_budget, **shapes,
@@ -298,7 +368,7 @@ def measure_plan(plan: dict[str, Any], batch_sizes: tuple[int, ...] = (1, 32), r
     (``reference_ms``, ``model_ms``, ``measured`` per batch size).
     """
     dense = dense_model(plan["model"], trust_remote_code, device="cpu")
-    small = resized(dense, plan)
+    small = resized(narrowed(dense, (plan.get("hidden") or {}).get("sparsity", 0.0)), plan)
     return speedup(dense, small, seq_len=plan["seq_len"], batch_sizes=batch_sizes, repeats=repeats, device=device,
                    threads=threads)
 
@@ -339,6 +409,7 @@ def to_text(plan: dict[str, Any]) -> str:
              (f"sparsity: FLOPs of attention and FFN {plan['sparsity']:.1%} (the FFN keeps what the heads leave), "
               f"attention tiles {plan['attention_sparsity']:.1%}" if plan.get("ffn_budget") == "flops" else
               f"sparsity: FFN {plan['sparsity']:.1%}, attention {plan['attention_sparsity']:.1%}"),
+             *_hidden_lines(plan),
              f"shapes after shrink (attention {plan['kind']['attention']}, FFN {plan['kind']['ffn']}):",
              "  layer  heads  FFN neurons (padded to multiples of " + f"{plan['ffn_multiple']})"]
     for i, (h, ht, f, fk, ft) in enumerate(zip(plan["heads"], plan["heads_total"], plan["ffn"], plan["ffn_kept"],
@@ -359,6 +430,24 @@ def to_text(plan: dict[str, Any]) -> str:
                          "(random weights at the planned shapes)")
     lines += [f"note: {n}" for n in plan["notes"]]
     return "\n".join(lines)
+
+
+def _hidden_lines(plan: dict[str, Any]) -> list[str]:
+    """The residual cut and how the speedup splits between it and the heads and neurons (none without a cut)."""
+    hidden = plan.get("hidden")
+    if not hidden:
+        return []
+    alone, total = hidden["speedup"], plan["theoretical_speedup"]
+    lines = [f"hidden {hidden['before']} \u2192 {hidden['after']} ({hidden['sparsity']:.0%} of the residual dimensions "
+             "removed, in every layer)"]
+    target = plan.get("target") or {}
+    if target.get("kind") == "speedup" and target.get("value"):
+        value = float(target["value"])
+        lines.append(f"speedup split of the target {target['value']}x: the residual cut {alone:.2f}x \u00d7 heads and "
+                     f"neurons {value / alone:.2f}x (planned in whole units: {total / alone:.2f}x, {total:.2f}x in all)")
+    else:
+        lines.append(f"speedup: the residual cut {alone:.2f}x \u00d7 heads and neurons {total / alone:.2f}x = {total:.2f}x")
+    return lines
 
 
 def to_json(plan: dict[str, Any]) -> str:
