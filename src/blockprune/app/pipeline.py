@@ -12,7 +12,8 @@ Layout of a run directory ``D``::
     D/run_config.json        options of the run (checked on every re-run)
     D/teacher/model/         fine-tuned dense model (unless --teacher was given): without --teacher-epochs, the
                              best of D/teacher/epoch-K/ (one per epoch, until dev stops improving: app/teacher.py)
-    D/prune/model/           pruned model at full shapes, masks baked in (zeros)
+    D/prune/model/           pruned model at full shapes, masks baked in (zeros); with hidden_sparsity its residual
+                             is cut already (save_pruned format: a stock config cannot describe it)
     D/shrink/model/          the shrunk model (save_pruned format)
     D/fill/model/            the shrunk model fine-tuned again (--fill, or a preset in FILL_PRESETS)
     D/model/                 the final model: load it with ``blockprune.load_pruned``
@@ -65,7 +66,7 @@ from blockprune.deploy.plan import make_plan
 from blockprune.deploy.quantize import QuantizeError, check_scheme, quantized_linears, size_bytes
 from blockprune.engine.config import HEAD, NEURON
 from blockprune.engine.pruner import Pruner
-from blockprune.store.saving import load_pruned, save_pruned
+from blockprune.store.saving import SHAPES_FILE, load_pruned, save_pruned
 from blockprune.store.size import size_report
 from blockprune.surgery.shrink import shrink
 from blockprune.tasks import Task, embedded_model_path, load_task
@@ -285,23 +286,40 @@ class Run:
             trained = train(student, self.task, self.tokenizer, stage, settings, pruner=pruner,
                             teacher=self.load_hf(teacher_path))
             stats = pruner.stats()
-            pruner.finalize()
-            save_hf_model(student, stage / "model", self.tokenizer)
+            if pruner.hidden is None:
+                pruner.finalize()
+                save_hf_model(student, stage / "model", self.tokenizer)
+                hidden = {}
+            else:  # finalize cuts the residual (checked exact on a batch): only save_pruned describes that model
+                # the dense model's FLOPs, for the shrink stage's speedup (the saved model is narrower already)
+                hidden = {"flops_dense": flops_per_token(student, self.options.max_length)["total"]}
+                pruner.finalize(inputs=self.check_inputs())
+                if is_main_process():
+                    save_pruned(student, stage / "model", self.tokenizer, compact=self.compact_save())
+                hidden["hidden"] = pruner.hidden_result.to_dict() if pruner.hidden_result is not None else None
             return {"config": self.config.to_dict(), "density": stats, "steps": trained["steps"],
-                    "epochs": trained["epochs"]}
+                    "epochs": trained["epochs"], **hidden}
 
         return self.stage("prune", work)
 
+    def check_inputs(self) -> dict[str, torch.Tensor]:
+        """Up to 8 validation examples, without labels: the batch every cut (hidden, shrink) is checked exact on."""
+        features = self.task.eval_dataset(self.tokenizer, self.options.max_length)
+        batch = self.task.collate(self.tokenizer)([features[i] for i in range(min(8, len(features)))])
+        return {k: v for k, v in batch.items() if k != "labels"}
+
     def stage_shrink(self) -> dict[str, Any]:
         def work(stage: Path) -> dict[str, Any]:
-            model = self.load_hf(self.dir / "prune" / "model").eval()
-            features = self.task.eval_dataset(self.tokenizer, self.options.max_length)
-            batch = self.task.collate(self.tokenizer)([features[i] for i in range(min(8, len(features)))])
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            pruned = self.dir / "prune" / "model"
+            narrowed = (pruned / SHAPES_FILE).is_file()  # the prune stage cut the residual (hidden_sparsity)
+            model = (load_pruned(pruned, model_class=self.task.model_class()) if narrowed
+                     else self.load_hf(pruned)).eval()
+            inputs = self.check_inputs()
             with torch.inference_mode():
                 before = model(**inputs)
             length = self.options.max_length  # the length the target was solved at (the bench may time another)
-            flops_dense = flops_per_token(model, length)["total"]
+            pruning = read_done(self.dir / "prune") or {}
+            flops_dense = pruning["flops_dense"] if narrowed else flops_per_token(model, length)["total"]
             result = shrink(model, self.options.ffn_multiple)  # outside inference mode: new weights stay trainable
             with torch.inference_mode():
                 after = model(**inputs)
@@ -310,7 +328,10 @@ class Run:
             if diff > 1e-4:
                 raise RuntimeError(f"shrink changed the outputs by {diff:.2e} (> 1e-4); please report this as a bug")
             save_pruned(model, stage / "model", self.tokenizer, result=result, compact=self.compact_save())
-            return {"theoretical": flops_dense / flops_per_token(model, length)["total"], "seq_len": length,
+            cut = pruning.get("hidden") if narrowed else None
+            hidden = {"hidden": {"before": cut["width_before"], "after": cut["width_after"],
+                                 "max_abs_diff": cut.get("max_abs_diff")}} if cut else {}
+            return hidden | {"theoretical": flops_dense / flops_per_token(model, length)["total"], "seq_len": length,
                     "heads_kept": result.heads_per_layer, "ffn_width": result.ffn_per_layer,
                     "ffn_padding": result.ffn_padding, "params_before": result.params_before, "params_after": result.params_after, "max_abs_diff": diff}
 
@@ -320,7 +341,9 @@ class Run:
         def work(stage: Path) -> dict[str, Any]:
             student = load_pruned(self.dir / "shrink" / "model", model_class=self.task.model_class()).train()
             settings = TrainSettings(**{**asdict(self.settings), "epochs": self.options.fill_epochs})
-            train(student, self.task, self.tokenizer, stage, settings, teacher=self.load_hf(teacher_path))
+            cut = (read_done(self.dir / "prune") or {}).get("hidden")  # the teacher dims a narrowed student kept
+            train(student, self.task, self.tokenizer, stage, settings, teacher=self.load_hf(teacher_path),
+                  hidden_kept=cut["kept"] if cut else None)
             if is_main_process():
                 save_pruned(student, stage / "model", self.tokenizer)
             return {}
@@ -489,6 +512,7 @@ class Run:
             "heads_total": bench["heads_before"],
             "ffn_width": shrunk["ffn_width"],
             "ffn_total": bench["ffn_before"],
+            **({"hidden": shrunk["hidden"]} if "hidden" in shrunk else {}),
             "plan": self.plan,
             "size": size_report(self.final_model_dir(), self.load_final()),
             "stages": {name: {"seconds": round(s.get("seconds", 0.0), 1)} for name, s in stages.items()},
