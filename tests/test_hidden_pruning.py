@@ -316,6 +316,7 @@ def test_blockprune_prune_with_hidden_sparsity_end_to_end(tmp_path, capsys) -> N
     assert report["plan"]["hidden"]["after"] == KEEP
     assert report["heads_kept"] == [2, 2] and report["ffn_width"] == [32, 32]
     assert "hidden 32 \u2192 24" in (out / "report.md").read_text()
+    assert "hidden 32 \u2192 24" in (out / "model" / "README.md").read_text()  # the model card says so too
     prune = json.loads((out / "prune" / "done.json").read_text())
     assert len(prune["hidden"]["kept"]) == KEEP and prune["hidden"]["max_abs_diff"] <= TOL
     final = load_pruned(out / "model")
