@@ -32,6 +32,8 @@ from blockprune.surgery.shrink import shrink
 TOL = 1e-4
 KEEP = 24  # of HIDDEN = 32 at hidden_sparsity 0.25
 ENCODERS = ["bert", "roberta", "electra", "distilbert", "mpnet"]
+POS = ["great", "wonderful", "moving", "sharp", "funny", "brilliant"]
+NEG = ["dull", "boring", "messy", "flat", "tedious", "awful"]
 
 
 def _config(**changes) -> PruningConfig:
@@ -116,6 +118,33 @@ def test_a_resumed_run_keeps_the_hidden_scores_and_masks() -> None:
     assert torch.equal(resumed.hidden.final_mask(), pruner.hidden.final_mask())
     resumed.step(10, 10)
     assert resumed.hidden.mask.kept().tolist() == pruner.hidden.mask.kept().tolist()
+
+
+def test_a_run_resumed_by_the_trainer_keeps_the_trained_hidden_scores(tmp_path) -> None:
+    from blockprune.app.finetune import TrainSettings, train
+    from blockprune.tasks import load_task
+
+    model_dir = save_tiny_bert(tmp_path / "tinybert")
+    data = write_review_csvs(tmp_path / "data", {"train.csv": 32}, POS, NEG)
+    task = load_task(train_file=data / "train.csv", text_column="review", label_column="sentiment", seed=0,
+                     max_length=16)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+
+    def run() -> Pruner:
+        student = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir)
+        pruner = Pruner(student, _config(score_init_from="taylor", score_lr=0.1))
+        settings = TrainSettings(epochs=1, batch_size=8, max_length=16, seed=0, save_steps=3, progress=False,
+                                 overrides={"use_cpu": True, "max_steps": 3})
+        train(student, task, tokenizer, tmp_path / "prune", settings, pruner=pruner)
+        return pruner
+
+    first = run()
+    trained = first.hidden.state.scores.detach().clone()
+    started = Pruner(transformers.AutoModelForSequenceClassification.from_pretrained(model_dir), _config())
+    assert not torch.allclose(trained, started.hidden.state.scores.detach())  # training moved them
+    second = run()  # finished: resumes from checkpoint-3, the hidden scores come from there
+    assert torch.equal(second.hidden.state.scores.detach(), trained)
+    assert second.hidden.final_mask().sum() == first.hidden.final_mask().sum() == KEEP
 
 
 def test_the_schedule_reaches_exactly_the_target_keep_count() -> None:
@@ -291,10 +320,6 @@ def test_blockprune_plan_says_how_the_target_splits(bert_config_dir, capsys) -> 
 
 
 # ------------------------------------------------------------------------------------------ the run
-POS = ["great", "wonderful", "moving", "sharp", "funny", "brilliant"]
-NEG = ["dull", "boring", "messy", "flat", "tedious", "awful"]
-
-
 @pytest.mark.slow
 def test_blockprune_prune_with_hidden_sparsity_end_to_end(tmp_path, capsys) -> None:
     model_dir = save_tiny_bert(tmp_path / "tinybert")
