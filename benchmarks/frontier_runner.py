@@ -42,6 +42,8 @@ def blockprune_command(point: Point, out: Path, teacher: Path, epochs: float, se
              "--seed", str(seed), "--teacher", str(teacher), *(data_flags or [])]
     if point.fill:
         flags += ["--fill-epochs", str(epochs / 2)]
+    if point.layer_distill:
+        flags += ["--layer-distill", str(point.layer_distill)]
     return ["blockprune", "prune", *flags, *common, "--output-dir", str(out)]
 
 

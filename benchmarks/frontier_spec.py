@@ -96,6 +96,15 @@ MAGNITUDE = STRUCT | dict(attention_method="magnitude", ffn_method="magnitude")
 """The magnitude baselines: struct's shapes, ranked by |W|."""
 
 
+HIGH = 4.0
+"""From this target on, the frontier also runs the candidate parts of a high-compression recipe."""
+HIGH_VARIANTS: dict[str, tuple[str, dict[str, Any], float]] = {  # name: (label, settings changed, layer_distill)
+    "hidden25": ("25% of the residual width removed", {"hidden_sparsity": 0.25}, 0.0),
+    "ld1": ("layer-wise distillation (weight 1)", {}, 1.0),
+    "hidden25-ld1": ("25% of the residual width removed, layer-wise distillation", {"hidden_sparsity": 0.25}, 1.0),
+}
+
+
 @dataclass(frozen=True)
 class Point:
     """One point of the frontier (run once per seed): what it is, on which task, and everything that defines it."""
@@ -114,6 +123,7 @@ class Point:
     seeded: bool = True  # False: deterministic from the reference (int8-dense), run for the first seed only
     fill: bool = False  # the budget is split half pruning, half fill (hybrid-filled)
     variant: str = ""  # what the point changes against its recipe ("" = the recipe itself)
+    layer_distill: float = 0.0  # blockprune: weight of layer-wise distillation (--layer-distill), 0 = off
     priority: int = 3  # issue 34's budget order: 1 first (see TaskSpec.priority_targets)
 
     @property
@@ -163,6 +173,10 @@ def _task_points(task: TaskSpec) -> list[Point]:
             Point(f"magnitude-oneshot-{target}", t, "magnitude-oneshot", target,
                   "one-shot magnitude + distillation", settings=dict(MAGNITUDE), priority=prio(target, False)),
         ]
+        if target >= HIGH:  # the parts of a >=4x recipe, each against struct alone, chosen on dev (issue 35)
+            out += [Point(f"bp-struct-{name}-{target}", t, "blockprune", target, f"blockprune struct, {label}",
+                          preset="struct", settings=dict(STRUCT) | changes, variant=name, layer_distill=weight)
+                    for name, (label, changes, weight) in HIGH_VARIANTS.items()]
     return out
 
 

@@ -160,6 +160,21 @@ def test_every_point_that_prunes_pins_every_setting_and_the_planner_keeps_them()
     assert spec.resolved_config(struct) == planned_config("struct", target_speedup=4.0)  # today: the preset as it is
 
 
+def test_the_high_compression_parts_run_from_4x_each_against_struct_alone(tmp_path):
+    import frontier_runner as runner
+
+    for task in spec.TASKS.values():
+        high = spec.select(spec.points(task.name), method="blockprune", preset="struct")
+        variants = {(p.variant, p.target) for p in high if p.variant}
+        assert variants == {(v, t) for v in spec.HIGH_VARIANTS for t in task.targets if t >= spec.HIGH}
+    point = spec.by_name(spec.points("rotten-tomatoes"))["bp-struct-hidden25-ld1-8.0"]
+    assert spec.resolved_config(point).hidden_sparsity == 0.25 and spec.unreachable(point) is None
+    command = runner.blockprune_command(point, tmp_path / "out", tmp_path / "teacher", 2.0, 42, [])
+    assert command[command.index("--layer-distill") + 1] == "1.0" and "hidden_sparsity=0.25" in command
+    plain = spec.by_name(spec.points("rotten-tomatoes"))["bp-struct-8.0"]
+    assert "--layer-distill" not in runner.blockprune_command(plain, tmp_path, tmp_path, 2.0, 42, [])
+
+
 def test_a_changed_preset_default_cannot_change_a_declared_point(monkeypatch):
     from blockprune.engine import config
 
