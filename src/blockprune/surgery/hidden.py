@@ -55,7 +55,7 @@ from blockprune.surgery.arch import (
     model_type_of,
     set_path,
 )
-from blockprune.surgery.shrink import ShrinkError, slice_linear
+from blockprune.surgery.slicing import ShrinkError, slice_linear
 
 Part = tuple[nn.Module, str]
 """A module given by its owner and a dotted path under it (so that it can be replaced)."""

@@ -41,14 +41,12 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from blockprune.surgery.arch import (
     AttentionSpec,
@@ -67,15 +65,13 @@ from blockprune.surgery.arch import (
     weight_out_in,
 )
 from blockprune.surgery.headbias import select_heads, selected_heads
+from blockprune.surgery.hidden import hidden_width, narrowed_width, resize_hidden
+from blockprune.surgery.slicing import ShrinkError, slice_linear
 
 RECORD_FORMAT = "blockprune-shapes"
 RECORD_VERSION = 2
 """Version 2 added the optional ``"hidden"`` field (a narrowed residual width); records without it are still
 written as version 1, so older readers keep reading every record that they can apply."""
-
-
-class ShrinkError(ValueError):
-    """The model cannot be shrunk, or a shape record does not fit it."""
 
 
 @dataclass
@@ -133,39 +129,6 @@ def _linear(block: nn.Module, path: str, layer: int) -> nn.Module:
             "into the weights (Pruner.finalize) before shrinking."
         )
     return module
-
-
-def slice_linear(linear: nn.Module, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Module:
-    """Return a new linear keeping output ``rows`` and input ``cols`` (index tensors; ``None`` keeps all).
-
-    Works on ``nn.Linear`` and transformers' ``Conv1D`` (the copy has the same type). The copy has the same
-    dtype, device and ``requires_grad`` as the original.
-
-    Example:
-        >>> slice_linear(nn.Linear(4, 3), rows=torch.tensor([0, 2])).weight.shape
-        torch.Size([2, 4])
-    """
-    weight = weight_out_in(linear).detach()
-    bias = None if linear.bias is None else linear.bias.detach()
-    if rows is not None:
-        weight = weight.index_select(0, rows.to(weight.device))
-        bias = None if bias is None else bias.index_select(0, rows.to(bias.device))
-    if cols is not None:
-        weight = weight.index_select(1, cols.to(weight.device))
-    out_features, in_features = weight.shape
-    with warnings.catch_warnings():  # a 0-feature Linear warns that initializing it is a no-op: it is
-        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        if isinstance(linear, Conv1D):
-            with torch.device("meta"):
-                new = Conv1D(out_features, in_features)
-            weight = weight.t()
-        else:
-            new = nn.Linear(in_features, out_features, bias=bias is not None, device="meta", dtype=weight.dtype)
-    new.weight = nn.Parameter(weight.contiguous().clone(), requires_grad=linear.weight.requires_grad)
-    if bias is not None:
-        new.bias = nn.Parameter(bias.contiguous().clone(), requires_grad=linear.bias.requires_grad)
-    new.train(linear.training)
-    return new
 
 
 def _index(values: Sequence[int]) -> torch.Tensor:
@@ -487,7 +450,6 @@ def shape_record(model: nn.Module, result: ShrinkResult | None = None) -> dict[s
             lay["kept_heads"] = [list(g) for g in heads]
             lay["kept_neurons"] = list(neurons)  # any zero neurons of ffn_multiple come after these
     record = {"format": RECORD_FORMAT, "version": 1, "model_type": model_type_of(model), "layers": layers}
-    from blockprune.surgery.hidden import narrowed_width  # here: hidden.py builds on this module
 
     hidden = narrowed_width(model)
     if hidden is not None:
@@ -532,7 +494,6 @@ def check_record(record: object, model: nn.Module) -> list[dict[str, Any]]:
             raise ShrinkError(f"shape record layer {i} asks for {want['heads']} heads and {ffn} FFN neurons, "
                               f"more than the model has ({full['heads']}, {full['ffn']}).")
     if "hidden" in record:
-        from blockprune.surgery.hidden import hidden_width  # here: hidden.py builds on this module
 
         hidden, width = record["hidden"], hidden_width(model)
         if not _is_count(hidden) or not 1 <= hidden <= width:
@@ -562,7 +523,6 @@ def apply_shapes(model: nn.Module, record: dict[str, Any]) -> nn.Module:
                     _apply_heads(block, attn, n, layer)
             _keep_neurons(block, stack.ffn, range(want["ffn"]), layer)
         if "hidden" in record:
-            from blockprune.surgery.hidden import resize_hidden  # here: hidden.py builds on this module
 
             resize_hidden(model, record["hidden"])
     return model
