@@ -23,7 +23,7 @@ from torch import nn
 from blockprune import saving
 from blockprune.deploy.counts import block_linears
 from blockprune.report.doc import Note
-from blockprune.report.sections import _summary
+from blockprune.report.sections import summary_section
 from blockprune.store.compact import (
     AUTO_MIN_SAVING,
     METADATA_KEY,
@@ -218,10 +218,10 @@ def test_size_report_counts_the_file_and_the_linears(pruned90: nn.Module, saved9
 def test_the_report_summary_shows_weights_on_disk() -> None:
     size = {"dense_bytes": 90_900_000, "saved_bytes": 48_100_000, "linear_dense_bytes": 42_500_000,
             "linear_saved_bytes": 5_570_000}
-    rows = dict(_summary({"size": size}, Note("")).parts[0].rows)
+    rows = dict(summary_section({"size": size}, Note("")).parts[0].rows)
     assert rows["Weights on disk"] == "90.9 MB as dense fp32 \u2192 48.1 MB saved (52.9%)"
     assert rows["Pruned linears on disk"] == "42.5 MB as dense fp32 \u2192 5.6 MB saved (13.1%)"
-    assert "Weights on disk" not in dict(_summary({"task": "x"}, Note("")).parts[0].rows)
+    assert "Weights on disk" not in dict(summary_section({"task": "x"}, Note("")).parts[0].rows)
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from blockprune.deploy.measure import _progress, _summary, _vocab_size
+from blockprune.deploy.measure import progress_bar, summarize_times, vocab_size_of
 
 __all__ = ["MissingOnnxError", "OnnxExportError", "OnnxMismatchError", "check_onnx", "export_onnx",
            "measure_onnx_latency", "onnx_input_names"]
@@ -60,7 +60,7 @@ class OnnxMismatchError(ValueError):
     """ONNX Runtime and PyTorch disagree by more than the tolerance."""
 
 
-def _require(name: str) -> ModuleType:
+def require_module(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError as exc:
@@ -97,12 +97,12 @@ class _Positional(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)[0]
 
 
-def _example_inputs(
+def example_inputs(
     model: nn.Module, names: list[str], batch_size: int, seq_len: int, seed: int, pad: bool = True
 ) -> dict[str, torch.Tensor]:
     """Random ids below the vocabulary size; the mask pads the tail of the first row (when long enough)."""
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, _vocab_size(model), (batch_size, seq_len), generator=gen)
+    ids = torch.randint(0, vocab_size_of(model), (batch_size, seq_len), generator=gen)
     mask = torch.ones_like(ids)
     if pad and seq_len > 2:
         mask[0, -max(1, seq_len // 4):] = 0
@@ -118,7 +118,7 @@ def _output_name(model: nn.Module, inputs: dict[str, torch.Tensor]) -> str:
 
 
 @contextlib.contextmanager
-def _temp_beside(path: Path) -> Iterator[Path]:
+def temp_beside(path: Path) -> Iterator[Path]:
     """A temporary file path in ``path``'s folder, renamed onto ``path`` on success, removed on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -141,7 +141,7 @@ def _export_graph(wrapper: nn.Module, args: tuple[torch.Tensor, ...], names: lis
         warnings.filterwarnings("ignore", message=r".*axis name: .* will not be used")  # harmless renaming note
         warnings.filterwarnings("ignore", message=r"Exporting aten::index operator")  # parity is checked instead
         if dynamo:
-            _require("onnxscript")
+            require_module("onnxscript")
             batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
             program = torch.onnx.export(
                 wrapper, args, dynamo=True, opset_version=opset, input_names=names, output_names=[output],
@@ -187,7 +187,7 @@ def export_onnx(
         >>> export_onnx(shrunk, "out/shrunk.onnx")          # doctest: +SKIP
         PosixPath('out/shrunk.onnx')
     """
-    onnx = _require("onnx")
+    onnx = require_module("onnx")
     if batch_size < 2 or seq_len < 2:
         raise ValueError(f"export_onnx needs batch_size >= 2 and seq_len >= 2 to keep axes dynamic, got "
                          f"{batch_size} and {seq_len}")
@@ -197,10 +197,10 @@ def export_onnx(
     device = next(model.parameters()).device
     model.eval()
     try:
-        inputs = {k: v.to(device) for k, v in _example_inputs(model, names, batch_size, seq_len, seed=0).items()}
+        inputs = {k: v.to(device) for k, v in example_inputs(model, names, batch_size, seq_len, seed=0).items()}
         output = _output_name(model, inputs)
         wrapper = _Positional(model).eval()
-        with _temp_beside(path) as tmp:
+        with temp_beside(path) as tmp:
             try:
                 _export_graph(wrapper, tuple(inputs.values()), names, output, tmp, opset, dynamo)
             except Exception as exc:  # the exporters raise many unrelated types
@@ -219,7 +219,7 @@ def _stamp(onnx: ModuleType, file: Path, model: nn.Module, output: str) -> None:
     """Add ``blockprune.*`` metadata (vocab sizes, output name) to the ONNX file in place."""
     proto = onnx.load(str(file))
     config = getattr(model, "config", None)
-    meta = {"vocab_size": _vocab_size(model), "type_vocab_size": getattr(config, "type_vocab_size", 1) or 1,
+    meta = {"vocab_size": vocab_size_of(model), "type_vocab_size": getattr(config, "type_vocab_size", 1) or 1,
             "output": output, "model_type": getattr(config, "model_type", "")}
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -227,8 +227,8 @@ def _stamp(onnx: ModuleType, file: Path, model: nn.Module, output: str) -> None:
     onnx.save(proto, str(file))
 
 
-def _session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
-    ort = _require("onnxruntime")
+def ort_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
+    ort = require_module("onnxruntime")
     if not Path(path).is_file():
         raise FileNotFoundError(f"no ONNX file at {path}; create it with export_onnx(model, path)")
     options = ort.SessionOptions()
@@ -257,9 +257,9 @@ def check_onnx(
         >>> check_onnx(model, "out/model.onnx", atol=1e-4)     # doctest: +SKIP
         2.9e-07
     """
-    session = _session(path)
+    session = ort_session(path)
     names = [i.name for i in session.get_inputs()]
-    inputs = _example_inputs(model, names, batch_size, seq_len, seed)
+    inputs = example_inputs(model, names, batch_size, seq_len, seed)
     got = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
     was_training = model.training
     device = next(model.parameters()).device
@@ -308,7 +308,7 @@ def measure_onnx_latency(
     if repeats < 1 or warmup < 0 or batch_size < 1 or seq_len < 1:
         raise ValueError("measure_onnx_latency needs repeats, batch_size, seq_len >= 1 and warmup >= 0")
     threads = torch.get_num_threads() if threads is None else threads
-    session = _session(path, threads)
+    session = ort_session(path, threads)
     meta = session.get_modelmeta().custom_metadata_map
     vocab = int(meta.get(_META_PREFIX + "vocab_size", 2))
     rng = np.random.default_rng(0)
@@ -327,6 +327,6 @@ def measure_onnx_latency(
 
     for _ in range(warmup):
         run()
-    times = [run() for _ in _progress(range(repeats), progress, f"onnx b{batch_size}")]
+    times = [run() for _ in progress_bar(range(repeats), progress, f"onnx b{batch_size}")]
     return {"batch_size": batch_size, "seq_len": seq_len, "threads": threads, "warmup": warmup,
-            "repeats": repeats, "provider": session.get_providers()[0], **_summary(times)}
+            "repeats": repeats, "provider": session.get_providers()[0], **summarize_times(times)}

@@ -59,7 +59,7 @@ from torch import nn
 
 from blockprune.atomic import write_text
 from blockprune.deploy.devices import check_bench_settings, device_name, dtype_name, pass_timer
-from blockprune.deploy.measure import _num_threads, random_inputs
+from blockprune.deploy.measure import pinned_threads, random_inputs
 from blockprune.surgery.arch import features, find_blocks, get_path, iter_blocks, num_heads, num_units
 from blockprune.surgery.hidden import hidden_dims_supported, resize_hidden
 from blockprune.surgery.shrink import apply_shapes, must_keep_one, shape_record
@@ -282,7 +282,7 @@ def measure_table(model: str | transformers.PretrainedConfig | nn.Module, settin
     dev, dtype = check_bench_settings(setting.device, setting.dtype, setting.threads)
     timer = timer or _DeviceTimer(config, dims, setting, dev, dtype)
     start, widths, model_ms = time.perf_counter(), [], math.nan
-    with _num_threads(setting.threads), torch.inference_mode():
+    with pinned_threads(setting.threads), torch.inference_mode():
         for width in grid.hidden:
             probes = _probes(grid, width)
             run = timer(probes)

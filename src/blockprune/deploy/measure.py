@@ -58,7 +58,7 @@ def _model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _vocab_size(model: nn.Module) -> int:
+def vocab_size_of(model: nn.Module) -> int:
     get_emb = getattr(model, "get_input_embeddings", None)
     emb = get_emb() if callable(get_emb) else None
     if isinstance(emb, nn.Embedding):
@@ -87,7 +87,7 @@ def random_inputs(
         size = config.image_size if isinstance(config.image_size, (tuple, list)) else (config.image_size,) * 2
         pixels = torch.randn(batch_size, config.num_channels, *size, generator=gen)
         return {"pixel_values": pixels.to(device=device, dtype=dtype)}
-    ids = torch.randint(0, _vocab_size(model), (batch_size, seq_len), generator=gen).to(device)
+    ids = torch.randint(0, vocab_size_of(model), (batch_size, seq_len), generator=gen).to(device)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         inputs["decoder_input_ids"] = ids
@@ -99,7 +99,7 @@ def _is_vision(model: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def _num_threads(threads: int | None) -> Iterator[int]:
+def pinned_threads(threads: int | None) -> Iterator[int]:
     """Set torch's intra-op thread count for the duration (``None``: leave it), yielding the count in use."""
     old = torch.get_num_threads()
     if threads is not None:
@@ -118,7 +118,7 @@ def _iqr(values: Sequence[float]) -> float:
     return float(q3 - q1)
 
 
-def _summary(times_ms: Sequence[float]) -> dict[str, float]:
+def summarize_times(times_ms: Sequence[float]) -> dict[str, float]:
     arr = np.asarray(times_ms, dtype=float)
     return {
         "median_ms": float(np.median(arr)),
@@ -128,7 +128,7 @@ def _summary(times_ms: Sequence[float]) -> dict[str, float]:
     }
 
 
-def _progress(iterable: range, enabled: bool, desc: str) -> Any:
+def progress_bar(iterable: range, enabled: bool, desc: str) -> Any:
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
@@ -227,14 +227,14 @@ def measure_latency(
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     dev, dt = _resolve(model, device, dtype, threads)
     inputs = random_inputs(model, batch_size, seq_len, dev, dtype=dt)
-    with (_placed(model, dev, dt) as timed, _num_threads(threads) as used, torch.inference_mode(),
+    with (_placed(model, dev, dt) as timed, pinned_threads(threads) as used, torch.inference_mode(),
           _timing_errors(dev, dt, batch_size, seq_len)):
         run = pass_timer(timed, inputs, dev)
         for _ in range(warmup):
             run()
-        times = [run() for _ in _progress(range(repeats), progress, f"latency b{batch_size}")]
+        times = [run() for _ in progress_bar(range(repeats), progress, f"latency b{batch_size}")]
     return {"batch_size": batch_size, "seq_len": seq_len, "device": str(dev), "device_name": device_name(dev),
-            "dtype": dtype_name(dt), "threads": used, "warmup": warmup, "repeats": repeats, **_summary(times),
+            "dtype": dtype_name(dt), "threads": used, "warmup": warmup, "repeats": repeats, **summarize_times(times),
             "iqr_ms": _iqr(times)}
 
 
@@ -410,7 +410,7 @@ def _interleaved(
         run_model()
     ref_times: list[float] = []
     model_times: list[float] = []
-    for i in _progress(range(repeats), progress, f"speedup b{batch_size}"):
+    for i in progress_bar(range(repeats), progress, f"speedup b{batch_size}"):
         if i % 2 == 0:
             ref_times.append(run_ref())
             model_times.append(run_model())
@@ -474,12 +474,12 @@ def speedup(
     }
     if not latency:
         return result
-    if not _is_vision(reference) and _vocab_size(reference) != _vocab_size(model):
+    if not _is_vision(reference) and vocab_size_of(reference) != vocab_size_of(model):
         raise ValueError("speedup needs two models with the same vocabulary (they are fed the same token ids)")
     dev, dt = _resolve(reference, device, dtype, threads)
     result |= {"device": str(dev), "device_name": device_name(dev), "dtype": dtype_name(dt)}
     with (_placed(reference, dev, dt) as timed_ref, _placed(model, dev, dt) as timed_model,
-          _num_threads(threads) as used, torch.inference_mode()):
+          pinned_threads(threads) as used, torch.inference_mode()):
         result["threads"] = used
         for b in batch_sizes:
             with _timing_errors(dev, dt, b, seq_len):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from blockprune.deploy.export import _example_inputs, _require, _session, _temp_beside
+from blockprune.deploy.export import example_inputs, ort_session, require_module, temp_beside
 from blockprune.deploy.quantize import vnni_cpu
 
 __all__ = ["compare_onnx", "quantize_onnx"]
@@ -58,8 +58,8 @@ def quantize_onnx(source: str | os.PathLike[str], path: str | os.PathLike[str]) 
     Returns:
         ``path`` and ``quantized_matmuls`` (how many MatMuls became int8).
     """
-    onnx = _require("onnx")
-    _require("onnxruntime")
+    onnx = require_module("onnx")
+    require_module("onnxruntime")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source, path = Path(source), Path(path)
@@ -69,7 +69,7 @@ def quantize_onnx(source: str | os.PathLike[str], path: str | os.PathLike[str]) 
     nodes = _weight_matmuls(model.graph)
     if not nodes:
         raise ValueError(f"{source} has no MatMul with a constant weight to quantize; export it with export_onnx")
-    with _temp_beside(path) as tmp, warnings.catch_warnings():
+    with temp_beside(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, reduce_range=_pairs_saturate())
@@ -88,9 +88,9 @@ def compare_onnx(model: nn.Module, path: str | os.PathLike[str], batch_size: int
     Raises:
         ValueError: the outputs' shapes differ (the file comes from another model).
     """
-    session = _session(path)
+    session = ort_session(path)
     names = [i.name for i in session.get_inputs()]
-    inputs = _example_inputs(model, names, batch_size, seq_len, seed)
+    inputs = example_inputs(model, names, batch_size, seq_len, seed)
     got = session.run(None, {k: v.numpy() for k, v in inputs.items()})[0].astype(np.float64)
     was_training = model.training
     model.eval()

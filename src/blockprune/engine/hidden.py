@@ -42,7 +42,7 @@ from blockprune.surgery.arch import get_path
 from blockprune.surgery.hidden import HiddenResult, check_exact, model_output, residual_parts, shrink_hidden
 from blockprune.surgery.shrink import ShrinkError
 
-_MARK = "_blockprune_hidden_mask"
+HIDDEN_MARK = "_blockprune_hidden_mask"
 
 
 def masked_layer_norm(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -87,7 +87,7 @@ class HiddenMask:
 
     def __init__(self, model: nn.Module, mask: torch.Tensor | None = None, *, scores: torch.Tensor | None = None,
                  keep_count: int | None = None, method: str = "topk", threshold: float = 0.5) -> None:
-        if getattr(model, _MARK, None) is not None:
+        if getattr(model, HIDDEN_MARK, None) is not None:
             raise ShrinkError(f"{type(model).__name__} already has a HiddenMask; remove() it first.")
         if (mask is None) == (scores is None):
             raise ShrinkError("give a HiddenMask either a fixed mask or scores (with keep_count), not both or neither.")
@@ -183,7 +183,7 @@ class HiddenMask:
     # ---------------------------------------------------------------------------------------- patching
 
     def _patch(self, parts: Any) -> None:
-        object.__setattr__(self.model, _MARK, self)
+        object.__setattr__(self.model, HIDDEN_MARK, self)
         model = self.model
         self._handles.append(model.register_forward_pre_hook(self._start))
         self._handles.append(model.register_forward_hook(self._end))
@@ -218,8 +218,8 @@ class HiddenMask:
             norm.__dict__.pop("forward", None)
         self._norms.clear()
         self._current = None
-        if getattr(self.model, _MARK, None) is self:
-            object.__delattr__(self.model, _MARK)
+        if getattr(self.model, HIDDEN_MARK, None) is self:
+            object.__delattr__(self.model, HIDDEN_MARK)
 
     def bake(self, inputs: dict[str, torch.Tensor] | None = None, atol: float = 1e-4) -> HiddenResult:
         """Take the patches off and cut the removed dimensions out of the model (there is no exact full-width form).

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blockprune.engine.hidden import _MARK  # the attribute a HiddenMask sets on the model it patches
+from blockprune.engine.hidden import HIDDEN_MARK  # the attribute a HiddenMask sets on the model it patches
 from blockprune.surgery.arch import UnsupportedModelError
 from blockprune.surgery.hidden import hidden_dims_supported, hidden_width
 from blockprune.surgery.shrink import ShrinkError
@@ -128,7 +128,7 @@ def active_hidden_mask(model: nn.Module) -> torch.Tensor | None:
     """The current {0, 1} mask of a :class:`~blockprune.engine.hidden.HiddenMask` patched on ``model`` (or on its
     ``base_model``), without gradient; ``None`` when there is none."""
     for module in (model, getattr(model, "base_model", None)):
-        hidden = getattr(module, _MARK, None) if module is not None else None
+        hidden = getattr(module, HIDDEN_MARK, None) if module is not None else None
         if hidden is not None:
             return hidden.hard_mask()
     return None

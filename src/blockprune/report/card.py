@@ -33,15 +33,15 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from blockprune import __version__, atomic
 from blockprune.report.doc import Code, Document, Figure, Note, Section, Table, to_markdown
 from blockprune.report.sections import (
-    _density_table,
-    _environment,
-    _latency,
-    _structure,
-    _subline,
-    _summary,
+    density_table,
     dig,
+    environment_section,
     headline,
+    latency_section,
     number,
+    structure_section,
+    subline,
+    summary_section,
 )
 
 CARD_FILE = "README.md"
@@ -161,18 +161,18 @@ def run_card(report: dict[str, Any], folder: str | os.PathLike[str], name: str |
              "of the emptied heads and FFN neurons into a smaller dense model.")
     sections = [
         Section("About", [intro]),
-        _structure(report, figure("heads_per_layer.png", "attention heads kept per layer"),
+        structure_section(report, figure("heads_per_layer.png", "attention heads kept per layer"),
                    figure("ffn_width.png", "FFN width kept per layer")),
-        _summary(report, figure("tradeoff.png", "metric versus speedup of this model and the dense teacher")),
-        _latency(report),
+        summary_section(report, figure("tradeoff.png", "metric versus speedup of this model and the dense teacher")),
+        latency_section(report),
         Section("Where the weights went", [
             "Fraction of weights still non-zero in each pruning block before shrink (dark = kept, white = pruned).",
-            *_density_table(report), figure("density_maps.png", "block density of every pruned matrix")]),
+            *density_table(report), figure("density_maps.png", "block density of every pruned matrix")]),
         _load_section(folder, repo_id),
         Section("How it was made", [Code(str(report.get("command") or "blockprune.run(RunOptions(...))"))]),
-        _environment(report),
+        environment_section(report),
     ]
-    body = to_markdown(Document(name, headline(report), _subline(report), sections))
+    body = to_markdown(Document(name, headline(report), subline(report), sections))
     data = card_data(report, name)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
@@ -190,7 +190,7 @@ def shrink_card(folder: str | os.PathLike[str], heads: list[int], heads_total: l
         parts.append(f"FFN widths are padded with zero neurons (outputs unchanged): {ffn_padding} per layer.")
     figure = _figures(folder)
     sections = [Section("About", parts),
-                _structure(report, figure("heads_per_layer.png", "heads"), figure("ffn_width.png", "FFN width")),
+                structure_section(report, figure("heads_per_layer.png", "heads"), figure("ffn_width.png", "FFN width")),
                 _load_section(folder, repo_id),
                 Section("Versions", [Table(["Item", "Value"], [["blockprune", __version__]], compact=True)])]
     name = repo_id or folder.resolve().name

@@ -196,7 +196,7 @@ def _present(mapping: Any) -> dict[str, Any]:
     return {str(k): v for k, v in mapping.items() if v is not None and v != ""}
 
 
-def _subline(report: dict[str, Any]) -> str:
+def subline(report: dict[str, Any]) -> str:
     what = " \u00b7 ".join(str(report[k]) for k in ("preset", "model", "task") if report.get(k))
     where = _present(dig(report, "speedup"))
     batch = _measured_batch(report)
@@ -221,26 +221,26 @@ def build_document(report: dict[str, Any], name: str, figures: dict[str, bytes],
         return Figure(file, alt) if file in figures else Note(f"Figure skipped: {skipped.get(file, 'not drawn')}.")
 
     sections = [
-        _summary(report, figure("tradeoff.png", "metric versus speedup of this run and the dense teacher")),
-        _latency(report),
-        _structure(report, figure("heads_per_layer.png", "attention heads kept per layer"),
+        summary_section(report, figure("tradeoff.png", "metric versus speedup of this run and the dense teacher")),
+        latency_section(report),
+        structure_section(report, figure("heads_per_layer.png", "attention heads kept per layer"),
                    figure("ffn_width.png", "FFN width kept per layer")),
         Section("Where the weights went", [
             "Fraction of weights still non-zero in each pruning block of the masked model, before shrink "
             "(dark = kept, white = pruned).",
-            *_density_table(report),
+            *density_table(report),
             figure("density_maps.png", "block density of every pruned matrix, layer by layer"),
         ]),
         _mapping_section("Pruning configuration", dig(report, "pruning", "config"), "pruning.config"),
         _stages(report),
         Section("Command", [Code(str(report["command"]))] if report.get("command") else
                 [Note("report.json has no 'command'.")]),
-        _environment(report),
+        environment_section(report),
     ]
-    return Document(f"Pruning report: {name}", headline(report), _subline(report), sections)
+    return Document(f"Pruning report: {name}", headline(report), subline(report), sections)
 
 
-def _summary(report: dict[str, Any], tradeoff: Figure | Note) -> Section:
+def summary_section(report: dict[str, Any], tradeoff: Figure | Note) -> Section:
     teacher, final, scale = metrics(report)
     metric = str(report.get("metric_name", "metric"))
     rows: list[list[str]] = []
@@ -359,7 +359,7 @@ def _target_text(target: Any, key: str) -> str | None:
     return f"{kind} {value:.4g}"
 
 
-def _latency(report: dict[str, Any]) -> Section:
+def latency_section(report: dict[str, Any]) -> Section:
     teacher = dict(_batches(dig(report, "teacher", "latency_ms")))
     final = dict(_batches(dig(report, "final", "latency_ms")))
     speed = dict(_batches(dig(report, "speedup", "measured_by_batch")))
@@ -375,7 +375,7 @@ def _latency(report: dict[str, Any]) -> Section:
     return Section("Latency", [*text, Table(["Batch", "Teacher (ms)", "Final (ms)", "Speedup"], rows)])
 
 
-def _structure(report: dict[str, Any], heads_fig: Figure | Note, ffn_fig: Figure | Note) -> Section:
+def structure_section(report: dict[str, Any], heads_fig: Figure | Note, ffn_fig: Figure | Note) -> Section:
     parts: list[Any] = ["What shrink kept of every layer (heads removed exactly, FFN neurons cut out)."]
     hidden = report.get("hidden")
     if isinstance(hidden, dict) and number(hidden.get("before")) and number(hidden.get("after")) is not None:
@@ -394,7 +394,7 @@ def _structure(report: dict[str, Any], heads_fig: Figure | Note, ffn_fig: Figure
     return Section("Structure after shrink", parts)
 
 
-def _density_table(report: dict[str, Any]) -> list[Table]:
+def density_table(report: dict[str, Any]) -> list[Table]:
     density = dig(report, "pruning", "density")
     if not isinstance(density, dict):
         return []
@@ -427,7 +427,7 @@ def _stages(report: dict[str, Any]) -> Section:
     return Section("Stage timings", [Table(["Stage", "Seconds", "Wall time", "Share"], rows, compact=True)])
 
 
-def _environment(report: dict[str, Any]) -> Section:
+def environment_section(report: dict[str, Any]) -> Section:
     rows = []
     for key in ("versions", "machine"):
         value = report.get(key)
