@@ -47,6 +47,17 @@ def _randomize(pruner: Pruner, seed: int = 0) -> None:
             scores.copy_(torch.randn(scores.shape, generator=generator))
 
 
+def _trained_at_target(model_type: str, seed: int) -> tuple[torch.nn.Module, Pruner]:
+    """A pruner at its final sparsity whose last training forward pass recorded its masks."""
+    model = tiny_model(model_type)
+    pruner = Pruner(model, _config())
+    _randomize(pruner, seed=seed)
+    pruner.step(10, 10)
+    model.train()
+    model(**tiny_batch(model_type)).loss.backward()
+    return model, pruner
+
+
 # ------------------------------------------------------------------------------------------ config
 @pytest.mark.parametrize("value", [-0.1, 1.0, 1.5, "0.25", True, math.nan, None])
 def test_a_bad_hidden_sparsity_is_one_config_error_naming_the_field(value) -> None:
@@ -102,12 +113,7 @@ def test_the_hidden_scores_learn_with_the_optimizer_and_ride_in_the_checkpoint()
 
 
 def test_a_resumed_run_keeps_the_hidden_scores_and_masks() -> None:
-    model = tiny_model("bert")
-    pruner = Pruner(model, _config())
-    _randomize(pruner, seed=3)
-    pruner.step(10, 10)
-    model.train()
-    model(**tiny_batch("bert")).loss.backward()  # records the training masks
+    model, pruner = _trained_at_target("bert", seed=3)  # the training masks are recorded
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     fresh = tiny_model("bert", seed=1)
     resumed = Pruner(fresh, _config())
@@ -227,12 +233,7 @@ def test_finalize_cuts_the_residual_and_shrink_removes_heads_and_neurons_exactly
 
 
 def test_finalize_cuts_the_dimensions_training_ran_with_not_the_moved_scores() -> None:
-    model = tiny_model("distilbert")
-    pruner = Pruner(model, _config())
-    _randomize(pruner, seed=2)
-    pruner.step(10, 10)
-    model.train()
-    model(**tiny_batch("distilbert")).loss.backward()  # the last training forward pass records its mask
+    model, pruner = _trained_at_target("distilbert", seed=2)  # the last training forward pass records its mask
     trained_with = pruner.hidden.mask.kept().tolist()
     with torch.no_grad():  # the optimizer step after it moves the scores once more: here, to the reverse ranking
         pruner.hidden.state.scores.neg_()
