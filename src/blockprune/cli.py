@@ -232,16 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--model", help="local model folder or hub name (default: the embedded MiniLM-L6)")
     plan.add_argument("--preset", default="struct", choices=sorted(PRESETS), help=PRESET_HELP)
     plan_target = plan.add_mutually_exclusive_group()
-    plan_target.add_argument("--target-speedup", type=float, help="theoretical FLOPs speedup (default 2.0)")
+    plan_target.add_argument("--target-speedup", type=float, help="speedup in FLOPs or as --speed-model says (default 2)")
     plan_target.add_argument("--sparsity", type=float, help="fraction of the pruned linears' weights removed")
     plan.add_argument("--max-length", type=int, default=128, help="tokens per sequence of the FLOPs count")
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a PruningConfig field")
     plan.add_argument("--ffn-multiple", type=int, default=16, help=FFN_MULTIPLE_HELP)
     plan.add_argument("--measure", action="store_true",
                       help="also time a random model of the planned shapes against the dense one on this machine")
-    plan.add_argument("--batch-sizes", default="1,32", help="batch sizes of --measure (comma-separated)")
+    plan.add_argument("--speed-model", default="flops", choices=["flops", "measured"], help="what --target-speedup "
+                      "counts: FLOPs, or latency predicted by this device's table (timed once per setting, cached)")
+    plan.add_argument("--latency-cache", metavar="DIR", help="folder of latency tables (default: the user cache dir)")
+    plan.add_argument("--batch-sizes", default="1,32", help="batch sizes of --measure; the table times the largest")
     plan.add_argument("--repeats", type=int, default=10, help="timed passes of --measure")
-    plan.add_argument("--device", default="cpu", help="device of --measure")
+    plan.add_argument("--device", default="cpu", help="device of --measure and of the latency table")
+    plan.add_argument("--threads", type=int, help="torch threads of --measure and the latency table (default: torch's)")
+    plan.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="dtype of both timings")
     plan.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     plan.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -373,19 +378,12 @@ def _load_task(args: argparse.Namespace) -> Any:
                      max_length=args.max_length)
 
 
-def _batch_sizes(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(b) for b in text.split(","))
-    except ValueError:
-        raise SystemExit(f"blockprune: error: --batch-sizes takes comma-separated integers, got {text!r}") from None
-
-
 def cmd_quantize(args: argparse.Namespace) -> int:
     from blockprune.deploy.quantize import check_scheme, quantized_linears, size_bytes
     from blockprune.store.saving import save_pruned
 
     check_scheme(args.scheme, "--scheme ")  # before loading anything
-    batch_sizes = _batch_sizes(args.batch_sizes)
+    batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")
     if Path(args.output).resolve() == Path(args.model).resolve():
         raise ValueError(f"OUTPUT {args.output} is the input model folder; write the int8 model to another folder")
     evaluate = args.evaluate or any((args.dataset, args.train_file, args.validation_file))
@@ -537,17 +535,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from blockprune.deploy.latency_model import Setting
     from blockprune.deploy.plan import measure_plan, plan, to_json, to_text
 
-    try:
-        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-    except ValueError:
-        raise ValueError(f"--batch-sizes takes comma-separated integers, got {args.batch_sizes!r}") from None
+    batch_sizes = _int_list(args.batch_sizes, "--batch-sizes")
+    setting = Setting(args.device, args.dtype, args.threads, args.max_length, max(batch_sizes))
     result = plan(args.model, args.preset, args.target_speedup, args.sparsity, args.max_length,
-                  _key_values(args.set, "--set"), args.ffn_multiple, args.trust_remote_code)
+                  _key_values(args.set, "--set"), args.ffn_multiple, args.trust_remote_code,
+                  speed_model=args.speed_model, setting=setting, latency_cache=args.latency_cache)
     if args.measure:
-        result["measured"] = measure_plan(result, batch_sizes, args.repeats, args.device,
-                                          trust_remote_code=args.trust_remote_code)
+        result["measured"] = measure_plan(result, batch_sizes, args.repeats, args.device, args.threads,
+                                          args.trust_remote_code, args.dtype)
     print(to_json(result) if args.json else to_text(result), end="" if args.json else "\n")
     return 0
 

@@ -26,6 +26,11 @@ FLOPs per token and the theoretical speedup through :mod:`blockprune.measure`; :
 randomly initialised model of those shapes against the dense one on this machine (a measured preview).
 Nothing here imports the training side.
 
+``speed_model="measured"`` (:func:`measured_config`) spends a measured latency budget instead of FLOPs: the
+device's latency table (:mod:`blockprune.deploy.latency_model`) picks the uniform shape whose predicted speedup
+meets the target, in the FLOPs planner's shape family (FFN kept at the heads' fraction), so the two speed models
+differ only in what they count. The plan then shows the predicted and the FLOPs speedup of the same shapes.
+
 Example:
     >>> p = make_plan(None, planned_config("struct", target_speedup=2.0))      # doctest: +SKIP
     >>> p["heads"], p["ffn"], round(p["theoretical_speedup"], 2)              # doctest: +SKIP
@@ -35,9 +40,12 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -47,9 +55,11 @@ import transformers
 from torch import nn
 
 from blockprune.deploy.counts import count_params, flops_per_token
+from blockprune.deploy.devices import check_bench_settings
+from blockprune.deploy.latency_model import LatencyModelError, Setting, Timer, cache_path, latency_table, uniform_budget
 from blockprune.deploy.measure import speedup
 from blockprune.engine.budget import MIN_FFN_DENSITY
-from blockprune.engine.config import HEAD, NEURON, PRESETS, PruningConfig
+from blockprune.engine.config import HEAD, NEURON, PRESETS, ConfigError, PruningConfig
 from blockprune.engine.hidden_scores import hidden_keep
 from blockprune.engine.masks import METHODS, kept_count
 from blockprune.surgery.arch import UnsupportedModelError, features, get_path, iter_blocks, num_heads, num_units
@@ -58,6 +68,7 @@ from blockprune.surgery.shrink import ShrinkError, apply_shapes, check_ffn_multi
 
 MAX_SPARSITY = 0.95
 EXACT, BUDGET, UPPER_BOUND = "exact", "budget", "upper bound"
+SPEED_MODELS = ("flops", "measured")
 
 
 class PlanError(ValueError):
@@ -361,7 +372,8 @@ def _notes(kind: dict[str, str], flops_budget: bool = False) -> list[str]:
 
 
 def measure_plan(plan: dict[str, Any], batch_sizes: tuple[int, ...] = (1, 32), repeats: int = 10,
-                 device: str = "cpu", threads: int | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
+                 device: str = "cpu", threads: int | None = None, trust_remote_code: bool = False,
+                 dtype: str | None = None) -> dict[str, Any]:
     """Time a randomly initialised model of the planned shapes against the dense one (:func:`measure.speedup`).
 
     Returns the ``speedup`` dict: ``theoretical``, ``device``, ``threads``, ``seq_len`` and ``batches``
@@ -370,27 +382,106 @@ def measure_plan(plan: dict[str, Any], batch_sizes: tuple[int, ...] = (1, 32), r
     dense = dense_model(plan["model"], trust_remote_code, device="cpu")
     small = resized(narrowed(dense, (plan.get("hidden") or {}).get("sparsity", 0.0)), plan)
     return speedup(dense, small, seq_len=plan["seq_len"], batch_sizes=batch_sizes, repeats=repeats, device=device,
-                   threads=threads)
+                   threads=threads, dtype=dtype)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def measured_config(preset: str, target_speedup: float, overrides: dict[str, Any] | None, ffn_multiple: int,
+                    source: str, setting: Setting, *, folder: str | os.PathLike[str] | None = None,
+                    timer: Timer | None = None, log: Callable[[str], None] = _stderr,
+                    trust_remote_code: bool = False) -> tuple[PruningConfig, dict[str, Any], dict[str, Any]]:
+    """The config, latency table and budget of a ``target_speedup`` planned on measured latency (``setting``).
+
+    The budget is :func:`~blockprune.deploy.latency_model.uniform_budget` with ``even=True``: ``h`` of ``H`` heads
+    and ``f`` of ``F`` neurons in every layer, ``f`` the heads' fraction of ``F`` rounded to ``ffn_multiple``. They
+    become ``attention_sparsity = 1 - h/H`` and ``sparsity = 1 - f/F``, checked to round back (the Pruner keeps
+    :func:`~blockprune.engine.masks.kept_count` units of a density) to exactly ``h`` and ``f``.
+
+    Raises:
+        PlanError: tiles (only whole heads and neurons are planned on latency), a residual cut or dense layers (not
+            covered yet), a model the table cannot cover, or a target beyond the table.
+    """
+    flag = "--speed-model measured"
+    config = planned_config(preset, None, None, overrides, ffn_multiple, source, setting.seq_len, trust_remote_code)
+    if config.attention_block != HEAD or config.ffn_block != NEURON:
+        raise PlanError(f"{flag} plans whole heads and neurons (--preset struct); --preset {preset} prunes tiles "
+                        f"(attention_block={config.attention_block!r}, ffn_block={config.ffn_block!r}), whose "
+                        "shapes are not known before training: use --speed-model flops")
+    if config.hidden_sparsity or config.ignored_layers:
+        raise PlanError(f"{flag} does not plan hidden_sparsity or ignored_layers yet; drop them or use "
+                        "--speed-model flops")
+    try:
+        table = latency_table(source, setting, folder=folder, timer=timer, log=log,
+                              trust_remote_code=trust_remote_code)
+        budget = uniform_budget(table, target_speedup, ffn_multiple=ffn_multiple, even=True)
+    except LatencyModelError as err:
+        raise PlanError(f"{flag}: {err}") from None
+    dims = table["key"]["dims"]
+    heads, ffn = budget["heads"][0], budget["ffn"][0]
+    try:
+        config = config.replace(attention_sparsity=1.0 - heads / dims["heads"], sparsity=1.0 - ffn / dims["ffn"])
+    except ConfigError as err:
+        raise PlanError(f"{flag}: {heads} heads and {ffn} FFN neurons per layer cannot be trained to ({err}); "
+                        "ask for less") from None
+    units = dims["heads"] // dims["head_step"]
+    kept = (kept_count(units, 1.0 - config.final_attention_sparsity) * dims["head_step"],
+            kept_count(dims["ffn"], 1.0 - config.sparsity))
+    if kept != (heads, ffn):  # the sparsities must name the shapes the table priced, not their neighbours
+        raise PlanError(f"{flag}: sparsities round to {kept}, not the planned ({heads}, {ffn}) heads and neurons")
+    return config, table, budget
+
+
+def table_summary(table: dict[str, Any], folder: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """What a plan records of its latency table: the cache file, the dense ms, the calibration and the setting."""
+    key = table["key"]
+    return {"cache": str(cache_path(key, folder)), "model_ms": table["model_ms"], "calibration": table["calibration"],
+            **{k: key[k] for k in ("device", "device_name", "dtype", "threads", "seq_len", "batch_size")}}
 
 
 def plan(model: str | None = None, preset: str = "struct", target_speedup: float | None = None,
          sparsity: float | None = None, max_length: int = 128, overrides: dict[str, Any] | None = None,
-         ffn_multiple: int = 16, trust_remote_code: bool = False) -> dict[str, Any]:
+         ffn_multiple: int = 16, trust_remote_code: bool = False, *, speed_model: str = "flops",
+         setting: Setting | None = None, latency_cache: str | os.PathLike[str] | None = None,
+         timer: Timer | None = None, log: Callable[[str], None] = _stderr) -> dict[str, Any]:
     """Plan a run like ``blockprune prune`` would make it (default target: a 2x theoretical speedup).
+
+    ``speed_model="measured"`` plans the speedup target on the latency table of ``setting`` (its ``seq_len`` is
+    ``max_length``; the table is measured once and cached in ``latency_cache``; ``timer`` replaces the device in
+    tests) with :func:`measured_config`; the plan adds ``predicted_speedup`` and ``latency_table``.
 
     Example:
         >>> plan(preset="struct", target_speedup=2.0)["heads"]     # doctest: +SKIP
         [6, 6, 6, 6, 6, 6]
     """
+    if speed_model not in SPEED_MODELS:
+        raise PlanError(f"--speed-model {speed_model!r} is unknown; choose one of {list(SPEED_MODELS)}")
     if target_speedup is None and sparsity is None:
         target_speedup = 2.0
     source = model_source(model)
-    config = planned_config(preset, target_speedup, sparsity, overrides, ffn_multiple, source, max_length,
-                            trust_remote_code)
     target = {"kind": "speedup", "value": target_speedup} if target_speedup is not None else \
         {"kind": "sparsity", "value": sparsity}
-    return make_plan(source, config, preset=preset, target=target, seq_len=max_length, ffn_multiple=ffn_multiple,
-                     trust_remote_code=trust_remote_code)
+    if speed_model == "flops":
+        config = planned_config(preset, target_speedup, sparsity, overrides, ffn_multiple, source, max_length,
+                                trust_remote_code)
+        return make_plan(source, config, preset=preset, target=target, seq_len=max_length, ffn_multiple=ffn_multiple,
+                         trust_remote_code=trust_remote_code) | {"speed_model": speed_model}
+    if target_speedup is None:
+        raise PlanError("--speed-model measured plans a --target-speedup, not a --sparsity")
+    setting = dataclasses.replace(setting or Setting(), seq_len=max_length)
+    check_bench_settings(setting.device, setting.dtype, setting.threads, flags=("--device", "--dtype", "--threads"))
+    config, table, budget = measured_config(preset, target_speedup, overrides, ffn_multiple, source, setting,
+                                            folder=latency_cache, timer=timer, log=log,
+                                            trust_remote_code=trust_remote_code)
+    result = make_plan(source, config, preset=preset, target=target, seq_len=max_length, ffn_multiple=ffn_multiple,
+                       trust_remote_code=trust_remote_code)
+    if (result["heads"], result["ffn"]) != (budget["heads"], budget["ffn"]):
+        raise PlanError(f"--speed-model measured: the planned shapes {result['heads']}, {result['ffn']} are not the "
+                        f"budget's {budget['heads']}, {budget['ffn']}")
+    return result | {"speed_model": speed_model, "predicted_speedup": budget["predicted_speedup"],
+                     "predicted_ms": budget["predicted_ms"], "latency_table": table_summary(table, latency_cache)}
 
 
 # ------------------------------------------------------------------------------------------ text
@@ -422,6 +513,7 @@ def to_text(plan: dict[str, Any]) -> str:
     flops = plan["flops_per_token"]
     lines.append(f"FLOPs per token: {_human(flops['before'])} -> {_human(flops['after'])}; "
                  f"theoretical speedup {plan['theoretical_speedup']:.2f}x")
+    lines += _speed_lines(plan)
     measured = plan.get("measured")
     if measured:
         for b in measured["batches"]:
@@ -430,6 +522,21 @@ def to_text(plan: dict[str, Any]) -> str:
                          "(random weights at the planned shapes)")
     lines += [f"note: {n}" for n in plan["notes"]]
     return "\n".join(lines)
+
+
+def _speed_lines(plan: dict[str, Any]) -> list[str]:
+    """Target, predicted (measured table), theoretical (FLOPs) and, with ``--measure``, measured: side by side."""
+    table = plan.get("latency_table")
+    if plan.get("speed_model") != "measured" or not table:
+        return []
+    batch = table["batch_size"]
+    line = (f"target {plan['target']['value']}x | predicted {plan['predicted_speedup']:.2f}x (measured table, b "
+            f"{batch}, {table['threads']} threads) | theoretical (FLOPs) {plan['theoretical_speedup']:.2f}x")
+    timed = [b for b in (plan.get("measured") or {}).get("batches", []) if b["batch_size"] == batch]
+    if timed:
+        line += f" | measured {timed[0]['measured']:.2f}x (b {batch})"
+    return [line, f"latency table: {table['cache']} (dense {table['model_ms']:.2f} ms on {table['device_name']}, "
+                  f"{table['dtype']}, calibration {table['calibration']:.3f})"]
 
 
 def _hidden_lines(plan: dict[str, Any]) -> list[str]:

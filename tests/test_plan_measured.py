@@ -1,0 +1,171 @@
+"""`blockprune plan --speed-model measured`: a speedup target planned on a latency table (issue 35 item 4).
+
+No test times a model for its table: a fake timer gives every probe a known cost in which attention heads and a
+fixed per-layer cost weigh far more than their FLOPs, so the measured plan must cut deeper than the FLOPs plan.
+Only ``--measure`` in the CLI test times anything (a tiny model, no speed assertions).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+from tiny import tiny_config
+
+from blockprune import Pruner
+from blockprune.cli import main
+from blockprune.deploy import latency_model as lm
+from blockprune.deploy.counts import ffn_per_layer, heads_per_layer
+from blockprune.deploy.plan import PlanError, plan
+from blockprune.engine.config import PruningConfig
+from blockprune.engine.masks import kept_count
+from blockprune.surgery.shrink import shrink
+
+LAYERS, HEADS, FFN = 3, 8, 256
+
+
+def config():
+    """A BERT with interior grid points: 3 layers, 8 heads of 8 dims, FFN 256, 64 positions."""
+    return tiny_config("bert", hidden_size=64, num_attention_heads=HEADS, intermediate_size=FFN,
+                       num_hidden_layers=LAYERS)
+
+
+def layer_ms(heads: float, ffn: float, hidden: float) -> float:
+    """The fake device: a large fixed cost, a head costs 0.2 ms (far above its FLOPs share), a neuron 0.0005 ms."""
+    return (0.3 + 0.2 * heads + 0.0005 * ffn) * hidden / 64
+
+
+def stem_ms(hidden: float) -> float:
+    return 0.2 * hidden / 64
+
+
+def model_ms(heads: int, ffn: int) -> float:
+    return stem_ms(64) + LAYERS * layer_ms(heads, ffn, 64)
+
+
+class FakeTimer:
+    """A :data:`lm.Timer` costing every probe by :func:`layer_ms` and :func:`stem_ms`; counts the passes timed."""
+
+    def __init__(self):
+        self.passes = 0
+
+    def cost(self, probe: lm.Probe) -> float:
+        if probe.kind == "layer":
+            return layer_ms(probe.heads, probe.ffn, probe.hidden)
+        if probe.kind == "stem":
+            return stem_ms(probe.hidden) + layer_ms(0, 0, probe.hidden)
+        return model_ms(HEADS, FFN)
+
+    def __call__(self, probes):
+        def run(i: int) -> float:
+            self.passes += 1
+            return self.cost(probes[i])
+
+        return run
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    path = tmp_path / "bert"
+    config().save_pretrained(path)
+    return str(path)
+
+
+def measured(model_dir, tmp_path, target=2.0, timer=None, **kwargs):
+    return plan(model_dir, "struct", target, max_length=16, speed_model="measured", setting=lm.Setting(batch_size=2),
+                latency_cache=tmp_path / "cache", timer=timer or FakeTimer(), log=lambda line: None, **kwargs)
+
+
+def test_measured_plan_meets_the_target_where_the_flops_plan_falls_short(model_dir, tmp_path):
+    flops = plan(model_dir, "struct", 2.0, max_length=16)
+    result = measured(model_dir, tmp_path)
+    assert flops["speed_model"] == "flops" and flops["heads"] == [4] * 3 and flops["ffn"] == [128] * 3
+    assert result["speed_model"] == "measured"
+    h, f = result["heads"][0], result["ffn"][0]
+    assert result["heads"] == [h] * 3 and result["ffn"] == [f] * 3 and f == 16 * round(FFN * h / HEADS / 16)
+    truth = model_ms(HEADS, FFN) / model_ms(h, f)
+    assert result["predicted_speedup"] >= 2.0 and result["predicted_speedup"] == pytest.approx(truth, rel=1e-6)
+    assert model_ms(HEADS, FFN) / model_ms(4, 128) < 2.0  # on this device the FLOPs shapes miss 2x ...
+    assert h < 4 and result["theoretical_speedup"] > flops["theoretical_speedup"]  # ... so it cuts deeper
+    assert model_ms(HEADS, FFN) / model_ms(h + 1, 16 * round(FFN * (h + 1) / HEADS / 16)) < 2.0  # and no deeper
+    assert result["attention_sparsity"] == pytest.approx(1 - h / HEADS)
+    assert result["sparsity"] == pytest.approx(1 - f / FFN)
+    table = result["latency_table"]
+    assert table["batch_size"] == 2 and table["seq_len"] == 16 and table["calibration"] == pytest.approx(1.0)
+    assert table["model_ms"] == pytest.approx(model_ms(HEADS, FFN)) and table["cache"].endswith(".json")
+
+
+def test_the_sparsities_round_trip_to_the_planned_shapes_through_the_pruner(model_dir, tmp_path):
+    result = measured(model_dir, tmp_path)
+    pruning = PruningConfig.preset("struct", sparsity=result["sparsity"], attention_sparsity=result["attention_sparsity"])
+    model = transformers.AutoModel.from_config(config()).eval()
+    pruner = Pruner(model, pruning)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for group in pruner.groups:
+            group.scores.copy_(torch.randn(group.scores.shape, generator=generator))
+    pruner.step(10, 10)
+    pruner.finalize()
+    shrink(model, 16)
+    assert heads_per_layer(model) == result["heads"] and ffn_per_layer(model) == result["ffn"]
+
+
+@pytest.mark.parametrize("heads", [4, 8, 12, 16, 32])
+@pytest.mark.parametrize("ffn", [64, 256, 1536, 3072, 4096, 11008])
+def test_every_even_shape_round_trips_through_kept_count(heads, ffn):
+    for h in range(1, heads + 1):
+        f = min(ffn, 16 * round(ffn * h / heads / 16))
+        assert kept_count(heads, 1.0 - (1.0 - h / heads)) == h
+        assert kept_count(ffn, 1.0 - (1.0 - f / ffn)) == f
+
+
+def test_tiled_presets_and_sparsity_targets_are_refused(model_dir, tmp_path):
+    for preset in ("hybrid", "block"):
+        with pytest.raises(PlanError, match=f"whole heads and neurons .*--preset {preset} prunes tiles"):
+            plan(model_dir, preset, 2.0, max_length=16, speed_model="measured", latency_cache=tmp_path,
+                 timer=FakeTimer(), log=lambda line: None)
+    with pytest.raises(PlanError, match="plans a --target-speedup, not a --sparsity"):
+        plan(model_dir, "struct", None, 0.5, speed_model="measured", timer=FakeTimer())
+    with pytest.raises(PlanError, match="--speed-model 'latency' is unknown"):
+        plan(model_dir, "struct", 2.0, speed_model="latency")
+    with pytest.raises(PlanError, match="beyond the table"):
+        measured(model_dir, tmp_path, target=50.0)
+
+
+def test_cli_prints_the_three_numbers_and_reuses_the_cache(model_dir, tmp_path, monkeypatch, capsys):
+    fakes = []
+
+    def device_timer(*args):
+        fakes.append(FakeTimer())
+        return fakes[-1]
+
+    monkeypatch.setattr(lm, "_DeviceTimer", device_timer)
+    argv = ["plan", "--model", model_dir, "--target-speedup", "2", "--max-length", "16", "--speed-model", "measured",
+            "--latency-cache", str(tmp_path / "cache"), "--batch-sizes", "1,2", "--threads", "1"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert fakes[0].passes and "cached in" in err
+    line = next(x for x in out.splitlines() if x.startswith("target 2.0x"))
+    assert "| predicted " in line and "(measured table, b 2, 1 threads)" in line and "| theoretical (FLOPs) " in line
+    assert main([*argv, "--measure", "--repeats", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert len(fakes) == 1 and err == ""  # the second call reads the cached table: nothing timed for it
+    line = next(x for x in out.splitlines() if x.startswith("target 2.0x"))
+    assert "| measured " in line and line.endswith("(b 2)")
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["speed_model"] == "measured" and result["predicted_speedup"] >= 2.0
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--threads", "0"], "--threads 0 must be a whole number"),
+    (["--preset", "hybrid"], "--speed-model measured plans whole heads and neurons"),
+    (["--sparsity", "0.5"], "plans a --target-speedup"),
+])
+def test_cli_errors_are_one_line(model_dir, tmp_path, capsys, args, needle):
+    argv = ["plan", "--model", model_dir, "--speed-model", "measured", "--latency-cache", str(tmp_path), *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("blockprune plan: error: ") and needle in err and "\n" not in err
