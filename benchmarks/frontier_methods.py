@@ -28,7 +28,7 @@ from torch import nn
 from blockprune import Pruner, load_pruned, save_pruned
 from blockprune.app.finetune import TrainSettings, train
 from blockprune.app.options import RunOptions, pruning_config
-from blockprune.app.pipeline import save_hf_model
+from blockprune.app.stagefiles import read_done, save_hf_model, write_done  # the pipeline's own stage files
 from blockprune.atomic import write_text
 from blockprune.store.saving import file_sha256
 from blockprune.surgery.shrink import shrink
@@ -38,16 +38,6 @@ FFN_MULTIPLE = 16
 MAX_REFERENCE_EPOCHS = 5
 PIN = Path(__file__).resolve().parent / "reference"
 """The pinned reference: ``model.safetensors`` (fp16), ``config.json`` and ``pinned.json`` (sha256, history)."""
-
-
-def read_done(folder: Path) -> dict[str, Any] | None:
-    done = folder / "done.json"
-    return json.loads(done.read_text()) if done.is_file() else None
-
-
-def write_done(folder: Path, data: dict[str, Any]) -> dict[str, Any]:
-    write_text(folder / "done.json", json.dumps(data, indent=1, sort_keys=True) + "\n")
-    return data
 
 
 def tasks(max_train_samples: int | None = None, data: Path | None = None, max_length: int = 128) -> tuple[Task, Task]:
@@ -115,7 +105,8 @@ def pin_reference(done: dict[str, Any], pin: Path = PIN) -> str:
     """Store a finished reference as the pinned teacher (weights in fp16); returns the file's sha256."""
     from safetensors.torch import save_file
 
-    from blockprune.app.pipeline import machine, versions
+    from blockprune.app.pipeline import versions
+    from blockprune.deploy.devices import machine
 
     model = load_classifier(Path(done["model"]))
     pin.mkdir(parents=True, exist_ok=True)
