@@ -73,11 +73,11 @@ def teacher_epochs(setting: str) -> float:
 def resolved(setting: str) -> dict:
     """What a setting's command runs, through the CLI's own parser and planner (no training): the claimed keys,
     the pruning epochs, the training subset and the planned sparsity."""
-    from blockprune.cli import _key_values, build_parser
+    from blockprune.cli import key_values, build_parser
     from blockprune.deploy.plan import planned_config
 
     args = build_parser().parse_args(command(setting, 0, Path("unused"))[1:])
-    config = planned_config(args.preset, target_speedup=args.target_speedup, overrides=_key_values(args.set, "--set"),
+    config = planned_config(args.preset, target_speedup=args.target_speedup, overrides=key_values(args.set, "--set"),
                             max_length=args.max_length)
     return {"teacher_epochs": args.teacher_epochs, "min_pruning_steps": args.min_pruning_steps,
             "score_init_from": config.score_init_from, "epochs": args.epochs, "samples": args.max_train_samples,

@@ -187,13 +187,13 @@ def test_a_changed_preset_default_cannot_change_a_declared_point(monkeypatch):
 
 
 def test_each_point_runs_its_pinned_settings_through_the_cli_and_its_task_data():
-    from blockprune.cli import _key_values, build_parser
+    from blockprune.cli import key_values, build_parser
 
     point = next(p for p in spec.points("20newsgroups") if p.name == "bp-hybrid-filled-4.0")
     data = spec.TASKS["20newsgroups"].cli_flags(Path("data/20ng"))
     command = runner.blockprune_command(point, Path("out"), Path("teacher"), 2.0, 42, [], data)
     args = build_parser().parse_args(command[1:])
-    assert _key_values(args.set, "--set") == point.settings  # every pinned field, as it is declared
+    assert key_values(args.set, "--set") == point.settings  # every pinned field, as it is declared
     assert args.preset == "hybrid-filled" and args.target_speedup == 4.0
     assert args.epochs == 1.0 and args.fill_epochs == 1.0  # the same 2-epoch budget, half fill
     assert args.dataset == "data/20ng" and args.test_split == "test" and args.max_length == 128
