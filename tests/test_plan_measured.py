@@ -169,3 +169,71 @@ def test_cli_errors_are_one_line(model_dir, tmp_path, capsys, args, needle):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("blockprune plan: error: ") and needle in err and "\n" not in err
+
+
+@pytest.fixture
+def classifier_dir(tmp_path):
+    """:func:`config`'s BERT as a classifier with the embedded tokenizer: what ``prune`` fine-tunes."""
+    from blockprune.tasks import embedded_model_path
+
+    path = tmp_path / "classifier"
+    torch.manual_seed(0)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(embedded_model_path())
+    bert = config()
+    bert.vocab_size = len(tokenizer)
+    transformers.BertForSequenceClassification(bert).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def prune_argv(model, tmp_path, out, *extra):
+    from tiny import write_review_csvs
+
+    data = write_review_csvs(tmp_path / "data", {"train.csv": 48, "dev.csv": 16}, ["great", "sharp"], ["dull", "flat"])
+    return ["prune", "--model", str(model), "--train-file", str(data / "train.csv"), "--validation-file",
+            str(data / "dev.csv"), "--text-column", "review", "--label-column", "sentiment", "--epochs", "1",
+            "--teacher-epochs", "1", "--batch-size", "16", "--max-length", "16", "--bench-seq-len", "16",
+            "--bench-batch-sizes", "1,2", "--bench-repeats", "2", "--bench-threads", "1", "--no-progress",
+            "--speed-model", "measured", "--latency-cache", str(tmp_path / "cache"), "--output-dir", str(out), *extra]
+
+
+def test_prune_trains_to_the_shapes_the_latency_table_priced_and_reports_all_three(classifier_dir, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """``prune --speed-model measured``: the run's sparsities are the measured plan's (at the bench's batch and
+    length), the shrunk model has exactly its shapes, and report.json/.md and the closing line put the target,
+    the prediction and the measurement side by side."""
+    monkeypatch.setattr(lm, "_DeviceTimer", lambda *args: FakeTimer())
+    expected = plan(str(classifier_dir), "struct", 2.0, max_length=16, speed_model="measured",
+                    setting=lm.Setting(threads=1, batch_size=2), latency_cache=tmp_path / "cache", timer=FakeTimer(),
+                    log=lambda line: None)
+    assert expected["heads"][0] < HEADS // 2  # deeper than the FLOPs plan (4 of 8): the table decided
+    out = tmp_path / "run"
+    assert main(prune_argv(classifier_dir, tmp_path, out, "--target-speedup", "2")) == 0
+    closing = capsys.readouterr().out
+    assert f"target 2x, predicted {expected['predicted_speedup']:.2f}x by the latency table" in closing
+    report = json.loads((out / "report.json").read_text())
+    target = report["target"]
+    assert target["speed_model"] == "measured" and target["value"] == 2.0 and target["batch_size"] == 2
+    assert target["predicted"] == pytest.approx(expected["predicted_speedup"])
+    assert target["achieved"] == report["speedup"]["measured_by_batch"]["2"]  # measured at the table's batch
+    assert report["pruning"]["config"]["attention_sparsity"] == pytest.approx(expected["attention_sparsity"])
+    assert report["heads_kept"] == expected["heads"] and report["ffn_width"] == expected["ffn"]
+    assert report["plan"]["latency_table"]["threads"] == 1
+    text = (out / "report.md").read_text()
+    assert "Predicted (latency table)" in text and "measured latency, batch 2, 16 tokens" in text
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--sparsity", "0.5"], "--speed-model measured spends a --target-speedup"),
+    (["--target-speedup", "2", "--preset", "hybrid"], "plans whole heads and neurons"),
+    (["--target-speedup", "50"], "beyond the table"),
+])
+def test_prune_refuses_what_the_latency_table_cannot_plan_before_any_training(classifier_dir, tmp_path, monkeypatch,
+                                                                              capsys, extra, needle):
+    monkeypatch.setattr(lm, "_DeviceTimer", lambda *args: FakeTimer())
+    out = tmp_path / "run"
+    assert main(prune_argv(classifier_dir, tmp_path, out, *extra)) == 2
+    *progress, error = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("blockprune prune: error: ") and needle in error
+    assert all(line.startswith("latency table") for line in progress)  # the one-off table measurement, if any
+    assert not (out / "teacher").exists()  # refused before the teacher stage started

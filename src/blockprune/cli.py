@@ -53,7 +53,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         train_file=args.train_file, test_file=args.test_file,
         validation_file=args.validation_file, text_column=args.text_column, text_pair_column=args.text_pair_column,
         label_column=args.label_column, preset=args.preset, ffn_multiple=args.ffn_multiple, target_speedup=args.target_speedup,
-        sparsity=args.sparsity, teacher=args.teacher, epochs=args.epochs, min_pruning_steps=args.min_pruning_steps,
+        sparsity=args.sparsity, speed_model=args.speed_model, latency_cache=args.latency_cache, teacher=args.teacher, epochs=args.epochs, min_pruning_steps=args.min_pruning_steps,
         teacher_epochs=args.teacher_epochs, teacher_max_epochs=args.teacher_max_epochs,
         teacher_patience=args.teacher_patience,
         fill=args.fill, fill_epochs=args.fill_epochs, max_train_samples=args.max_train_samples,
@@ -102,9 +102,11 @@ def closing_line(report: dict[str, Any], output_dir: str) -> str:
         return f"{split}: teacher {teacher:.4f} → final {final:.4f} ({delta})"
 
     parts = [text for text in (change("test", "test_metrics"), change("dev", "metric")) if text]
-    speed = report["speedup"]
+    speed, target = report["speedup"], report.get("target") or {}
+    aimed = (f"target {target['value']:g}x, predicted {target['predicted']:.2f}x by the latency table; "
+             if target.get("speed_model") == "measured" else "")
     return (
-        f"\n{report['metric_name']} on {'; on '.join(parts)}; speedup measured {speed['measured']:.2f}x on "
+        f"\n{report['metric_name']} on {'; on '.join(parts)}; {aimed}speedup measured {speed['measured']:.2f}x on "
         f"{speed['device']}, {speed['dtype']}, {speed['threads']} thread(s) (theoretical {speed['theoretical']:.2f}x)\n"
         f"model: {Path(output_dir) / 'model'}   report: {Path(output_dir) / 'report.html'}"
     )

@@ -16,7 +16,8 @@ from typing import Any
 import transformers
 
 from blockprune.deploy.devices import check_bench_settings
-from blockprune.deploy.plan import PlanError, planned_config
+from blockprune.deploy.latency_model import Setting
+from blockprune.deploy.plan import SPEED_MODELS, PlanError, measured_plan, planned_config
 from blockprune.engine.config import FILL_PRESETS, PruningConfig
 from blockprune.engine.layerwise import check_layer_distill
 
@@ -58,6 +59,8 @@ class RunOptions:
     ffn_multiple: int = 16  # shrink pads FFN widths to a multiple of this with zero neurons (exact; faster kernels)
     target_speedup: float | None = None
     sparsity: float | None = None
+    speed_model: str = "flops"  # "measured": target_speedup is spent on the bench device's latency table
+    latency_cache: str | None = None  # folder of latency tables (None: the user cache dir); where, not what
     teacher: str | None = None
     epochs: float | None = None  # pruning epochs; None: the frontier's budget (see default_epochs)
     min_pruning_steps: int = 0  # the pruning stage takes at least this many optimizer steps (more epochs if needed)
@@ -98,7 +101,7 @@ class RunOptions:
     def result_shaping(self) -> dict[str, Any]:
         """The options that change the result (what ``run_config.json`` pins); the bench options do not, nor do
         the teacher's training options when a ``teacher`` is given (:meth:`unused`)."""
-        skip = {"output_dir", "progress", "command", *BENCH_OPTIONS, *self.unused()}
+        skip = {"output_dir", "progress", "command", "latency_cache", *BENCH_OPTIONS, *self.unused()}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
     def unused(self) -> tuple[str, ...]:
@@ -157,6 +160,28 @@ def pruning_config(options: RunOptions, model_path: str) -> PruningConfig:
     try:
         return planned_config(options.preset, options.target_speedup, options.sparsity, options.pruning,
                               options.ffn_multiple, model_path, options.max_length, options.trust_remote_code)
+    except PlanError as err:
+        raise RunError(str(err)) from err
+
+
+def latency_setting(options: RunOptions) -> Setting:
+    """Where ``--speed-model measured`` prices shapes: the bench stage's device, dtype, threads and sequence length,
+    at its largest batch (the speedup the report then measures beside the prediction)."""
+    o = options
+    return Setting(o.bench_device, o.bench_dtype, o.bench_threads, o.bench_seq_len, max(o.bench_batch_sizes))
+
+
+def measured_run_plan(options: RunOptions, model_path: str) -> tuple[PruningConfig, dict[str, Any]]:
+    """The config and plan of a ``--speed-model measured`` run (:func:`blockprune.deploy.plan.measured_plan`; the
+    latency table is measured once on this device and cached)."""
+    o = options
+    if o.speed_model not in SPEED_MODELS:
+        raise RunError(f"--speed-model {o.speed_model!r} is unknown; choose one of {list(SPEED_MODELS)}")
+    if o.target_speedup is None:
+        raise RunError("--speed-model measured spends a --target-speedup, not a --sparsity; give --target-speedup X")
+    try:
+        return measured_plan(model_path, o.preset, o.target_speedup, o.pruning, o.ffn_multiple, latency_setting(o),
+                             latency_cache=o.latency_cache, trust_remote_code=o.trust_remote_code)
     except PlanError as err:
         raise RunError(str(err)) from err
 

@@ -53,6 +53,7 @@ from blockprune.app.options import (
     check_training_options,
     default_epochs,
     default_target,
+    measured_run_plan,
     pruning_config,
     pruning_epochs,
 )
@@ -136,8 +137,11 @@ class Run:
         self.dir = Path(options.output_dir)
         self.model_path = self._model_path()
         check_bench_length(options, self.model_path)
-        self.config = pruning_config(options, self.model_path)
-        self.plan = self._plan()
+        if options.speed_model == "flops":
+            self.config = pruning_config(options, self.model_path)
+            self.plan = self._plan()
+        else:  # the target spent on this device's measured latency table (measured once, cached)
+            self.config, self.plan = measured_run_plan(options, self.model_path)
         self.task = self._load_task()
         # a tokenizer, or an image processor for image tasks: the task decides (Task.load_processor)
         self.tokenizer = self.task.load_processor(self.teacher_source(), trust_remote_code=options.trust_remote_code)
@@ -462,6 +466,17 @@ class Run:
         barrier()
         return report
 
+    def measured_target(self, by_batch: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """A ``--speed-model measured`` target: the speedup the latency table predicted and the one measured at the
+        table's batch size, side by side (``achieved`` is the measured one); nothing for a FLOPs target."""
+        if self.plan.get("speed_model") != "measured":
+            return {}
+        table = self.plan["latency_table"]
+        timed = by_batch.get(str(table["batch_size"]), {})
+        return {"speed_model": "measured", "predicted": self.plan["predicted_speedup"],
+                "achieved": timed.get("measured"), "batch_size": table["batch_size"], "seq_len": table["seq_len"],
+                "latency_table": table}
+
     def build_report(self, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Assemble ``report.json`` from the stages' results."""
         o, task = self.options, self.task
@@ -486,7 +501,7 @@ class Run:
             "model": self.model_path if o.model is None else o.model,
             "preset": o.preset,
             "target": {"kind": target_kind, "value": o.target_speedup or o.sparsity, "achieved": achieved,
-                       "seq_len": shrunk.get("seq_len", o.bench_seq_len)},
+                       "seq_len": shrunk.get("seq_len", o.bench_seq_len)} | self.measured_target(by_batch),
             "pruning": {"config": stages["prune"]["config"], "density": stages["prune"]["density"],
                         "steps": stages["prune"].get("steps"), "epochs": stages["prune"].get("epochs")},
             "teacher": {"metric": stages["teacher"]["metrics"][task.metric_name],

@@ -472,16 +472,29 @@ def plan(model: str | None = None, preset: str = "struct", target_speedup: float
         raise PlanError("--speed-model measured plans a --target-speedup, not a --sparsity")
     setting = dataclasses.replace(setting or Setting(), seq_len=max_length)
     check_bench_settings(setting.device, setting.dtype, setting.threads, flags=("--device", "--dtype", "--threads"))
+    return measured_plan(source, preset, target_speedup, overrides, ffn_multiple, setting, latency_cache=latency_cache,
+                         timer=timer, log=log, trust_remote_code=trust_remote_code)[1]
+
+
+def measured_plan(source: str, preset: str, target_speedup: float, overrides: dict[str, Any] | None,
+                  ffn_multiple: int, setting: Setting, *, latency_cache: str | os.PathLike[str] | None = None,
+                  timer: Timer | None = None, log: Callable[[str], None] = _stderr,
+                  trust_remote_code: bool = False) -> tuple[PruningConfig, dict[str, Any]]:
+    """The config and the plan of ``target_speedup`` spent on the measured latency of ``setting`` (its sequence
+    length and batch size are the table's and the FLOPs count's): what ``plan(speed_model="measured")`` shows and
+    what ``blockprune prune --speed-model measured`` trains to. The plan adds ``predicted_speedup``,
+    ``predicted_ms`` and ``latency_table`` (:func:`table_summary`)."""
     config, table, budget = measured_config(preset, target_speedup, overrides, ffn_multiple, source, setting,
                                             folder=latency_cache, timer=timer, log=log,
                                             trust_remote_code=trust_remote_code)
-    result = make_plan(source, config, preset=preset, target=target, seq_len=max_length, ffn_multiple=ffn_multiple,
-                       trust_remote_code=trust_remote_code)
+    result = make_plan(source, config, preset=preset, target={"kind": "speedup", "value": target_speedup},
+                       seq_len=setting.seq_len, ffn_multiple=ffn_multiple, trust_remote_code=trust_remote_code)
     if (result["heads"], result["ffn"]) != (budget["heads"], budget["ffn"]):
         raise PlanError(f"--speed-model measured: the planned shapes {result['heads']}, {result['ffn']} are not the "
                         f"budget's {budget['heads']}, {budget['ffn']}")
-    return result | {"speed_model": speed_model, "predicted_speedup": budget["predicted_speedup"],
-                     "predicted_ms": budget["predicted_ms"], "latency_table": table_summary(table, latency_cache)}
+    return config, result | {"speed_model": "measured", "predicted_speedup": budget["predicted_speedup"],
+                             "predicted_ms": budget["predicted_ms"],
+                             "latency_table": table_summary(table, latency_cache)}
 
 
 # ------------------------------------------------------------------------------------------ text
