@@ -132,3 +132,41 @@ def test_plan_on_the_embedded_minilm_is_quick_and_exact(capsys):
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit() and "/" in line]
     assert [row[1:3] for row in rows] == [["6/12", "768/1536"]] * 6
     assert "theoretical speedup 2.00x" in out
+
+
+@pytest.fixture(scope="module")
+def minilm_shaped(tmp_path_factory):
+    """A config folder with the embedded model's shapes (6 layers, 12 heads of 32, FFN 1536): no weights needed."""
+    import transformers
+
+    path = tmp_path_factory.mktemp("minilm-shaped")
+    transformers.BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
+                            vocab_size=30522).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("target", [2.0, 2.5, 4.0, 5.0, 8.0, 10.0])
+def test_a_speedup_target_is_met_in_whole_heads_and_padded_neurons(minilm_shaped, target):
+    """Heads round to the nearest whole one (8x: 2 of 12, not 1.5) and FFN widths pad to 16; the FFN gives back
+    what rounding took, so the plan meets the target with the widest FFN that does (16 more would miss it)."""
+    config = planned_config("struct", target_speedup=target, model_path=minilm_shaped)
+    result = make_plan(minilm_shaped, config, seq_len=128, ffn_multiple=16)
+    assert result["theoretical_speedup"] >= target * (1 - 1e-9)
+    heads, width = result["heads"][0], result["ffn"][0]
+    assert result["heads"] == [heads] * 6 and result["ffn"] == [width] * 6 and width % 16 == 0
+    assert heads == max(1, round(12 / target))  # the nearest whole head count
+    if result["ffn_kept"][0] != round(1536 / target):  # the FFN was narrowed for the rounding: by no more than needed
+        wider = make_plan(minilm_shaped, config.replace(sparsity=1.0 - (width + 16) / 1536), ffn_multiple=16)
+        assert wider["theoretical_speedup"] < target
+    if target == 8.0:
+        assert (heads, width) == (2, 144)  # fractions gave 2 heads and 192 neurons: 7.12x
+
+
+def test_one_head_fewer_when_no_ffn_width_can_pay_for_the_rounding(model_dirs):
+    """A tiny BERT (4 heads, FFN 64) at 2.5x with 16-neuron padding: 2 heads (1.6 rounded) leave no FFN width that
+    reaches it, so the plan keeps 1 head and the widest FFN that does; the pruner and shrink agree."""
+    config = planned_config("struct", target_speedup=2.5, ffn_multiple=16, model_path=str(model_dirs["bert"]))
+    planned = make_plan(str(model_dirs["bert"]), config, ffn_multiple=16)
+    assert planned["heads"] == [1, 1] and planned["theoretical_speedup"] >= 2.5
+    _, small = pruned_and_shrunk("bert", config, 16)
+    assert heads_per_layer(small) == planned["heads"] and ffn_per_layer(small) == planned["ffn"]

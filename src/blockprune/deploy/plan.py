@@ -19,7 +19,8 @@ read or allocated), and works out what shrink would leave of every layer:
 With ``hidden_sparsity = h`` the residual is cut to :func:`~blockprune.engine.hidden_scores.hidden_keep` dimensions
 first (:func:`narrowed`): every linear reading or writing the residual (all of Q/K/V/O, up, down) costs ``1 - h`` of
 its FLOPs, the attention matmuls are unchanged, and a speedup target is split: the cut gives its own factor, and
-heads and neurons are planned for the rest (:func:`planned_config`).
+heads and neurons are planned for the rest (:func:`planned_config`). Exact shapes meet a speedup target in whole
+units (:func:`met_in_whole_units`): heads round to the nearest count, FFN widths pad, and the FFN gives it back.
 
 The planned model (the dense model resized with :func:`~blockprune.surgery.shrink.apply_shapes`) gives parameters,
 FLOPs per token and the theoretical speedup through :mod:`blockprune.measure`; :func:`measure_plan` times a
@@ -244,7 +245,72 @@ def planned_config(preset: str, target_speedup: float | None = None, sparsity: f
                         "Ask for at most that, or raise hidden_sparsity.") from None
     if config.attention_block != HEAD and "attention_sparsity" in overrides:
         sparsities.pop("attention_sparsity")  # tiles: the target does not depend on it, so the user's value stands
-    return config.replace(**sparsities)
+    return met_in_whole_units(config.replace(**sparsities), source, target_speedup, max_length, ffn_multiple,
+                              trust_remote_code)
+
+
+def met_in_whole_units(config: PruningConfig, source: str, target: float, seq_len: int, ffn_multiple: int,
+                       trust_remote_code: bool = False) -> PruningConfig:
+    """``config`` with exact shapes that meet ``target``: whole units round.
+
+    Every layer keeps the nearest whole number of heads (8x on MiniLM's 12: 2, not 1.5) and shrink pads each FFN
+    to a multiple of ``ffn_multiple``, so sparsities solved on fractions can leave the shapes short of the target
+    (7.12x for 8x). The FFN then gives the difference back: it keeps the widest multiple of ``ffn_multiple`` whose
+    plan meets the target; where no width can, one head (unit) fewer per layer, and the widest FFN again. Only for
+    exact shapes (uniform top-k heads and neurons); the others are decided in training and counted in FLOPs there.
+    """
+    def planned(candidate: PruningConfig) -> dict[str, Any]:
+        return make_plan(source, candidate, seq_len=seq_len, ffn_multiple=ffn_multiple,
+                         trust_remote_code=trust_remote_code)
+
+    first = planned(config)
+    met = target * (1 - 1e-9)
+    if first["kind"] != {"attention": EXACT, "ffn": EXACT} or first["theoretical_speedup"] >= met:
+        return config
+    pruned = next(i for i in range(len(first["ffn_total"])) if i not in set(config.ignored_layers))
+    total, step, before = first["ffn_total"][pruned], max(1, ffn_multiple), first["flops_per_token"]["before"]
+    widths = list(range(step, total + 1, step)) or [total]
+    closest = first
+
+    def widest(candidate: PruningConfig) -> PruningConfig | None:
+        """The widest FFN meeting the target with ``candidate``'s heads (FLOPs are linear in the width: the two
+        extreme widths give the line, up to three plans around its answer check it), else None."""
+        nonlocal closest
+        at: dict[int, dict[str, Any]] = {}
+
+        def after(width: int) -> dict[str, Any]:
+            if width not in at:
+                at[width] = planned(candidate.replace(sparsity=1.0 - width / total))
+            return at[width]
+
+        low, high = widths[0], widths[-1]
+        slope = (after(high)["flops_per_token"]["after"] - after(low)["flops_per_token"]["after"]) / max(1, high - low)
+        guess = low + (before / target - after(low)["flops_per_token"]["after"]) / slope if slope > 0 else low
+        for width in sorted((w for w in widths if w <= guess + step), reverse=True)[:3]:
+            if after(width)["theoretical_speedup"] >= met:
+                return candidate.replace(sparsity=1.0 - width / total)
+        closest = after(low)
+        return None
+
+    for candidate in (config, _one_unit_fewer(config, source, trust_remote_code)):
+        fitted = widest(candidate) if candidate is not None else None
+        if fitted is not None:
+            return fitted
+    raise PlanError(f"--target-speedup {target} cannot be reached in whole units: {closest['heads'][pruned]} heads and "
+                    f"{closest['ffn'][pruned]} FFN neurons per layer give {closest['theoretical_speedup']:.2f}x; ask "
+                    "for at most that")
+
+
+def _one_unit_fewer(config: PruningConfig, source: str, trust_remote_code: bool) -> PruningConfig | None:
+    """``config`` keeping one attention unit (head; GQA: key/value head) fewer per layer; None when none is left."""
+    model = narrowed(dense_model(source, trust_remote_code), config.hidden_sparsity)
+    for index, (stack, block) in enumerate(iter_blocks(model)):
+        if index in config.ignored_layers or not stack.attention:
+            continue
+        units = num_units(block, stack.attention[0])
+        kept = kept_count(units, 1.0 - config.final_attention_sparsity)
+        return config.replace(attention_sparsity=1.0 - (kept - 1) / units) if kept > 1 else None
+    return None
 
 
 # ------------------------------------------------------------------------------------------ shapes
