@@ -237,3 +237,17 @@ def test_prune_refuses_what_the_latency_table_cannot_plan_before_any_training(cl
     assert error.startswith("blockprune prune: error: ") and needle in error
     assert all(line.startswith("latency table") for line in progress)  # the one-off table measurement, if any
     assert not (out / "teacher").exists()  # refused before the teacher stage started
+
+
+def test_a_residual_cut_is_planned_at_the_width_the_table_timed(model_dir, tmp_path):
+    """hidden_sparsity 0.25 keeps 48 of 64 dimensions, a width the table timed: every layer and the stem cost 3/4
+    there (the fake device), so 2x keeps more heads than at full width; a width the table did not time is refused."""
+    full = measured(model_dir, tmp_path)
+    cut = measured(model_dir, tmp_path, overrides={"hidden_sparsity": 0.25})
+    assert cut["hidden"]["after"] == 48 and cut["heads"][0] > full["heads"][0]
+    h, f = cut["heads"][0], cut["ffn"][0]
+    truth = model_ms(HEADS, FFN) / (0.75 * model_ms(h, f))
+    assert cut["predicted_speedup"] >= 2.0 and cut["predicted_speedup"] == pytest.approx(truth, rel=1e-6)
+    with pytest.raises(PlanError, match=r"keeps 58 residual dimensions, a width the latency table did not time .*"
+                                        r"choose hidden_sparsity among \[0.25, 0.5, 0.75\]"):
+        measured(model_dir, tmp_path, overrides={"hidden_sparsity": 0.1})

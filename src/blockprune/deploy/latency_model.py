@@ -502,13 +502,14 @@ def _ffn_steps(full: int, multiple: int) -> list[int]:
     return sorted({*range(0, full, multiple), full})
 
 
-def uniform_budget(table: dict[str, Any], target: float, *, hidden: bool = False, ffn_multiple: int = 16,
+def uniform_budget(table: dict[str, Any], target: float, *, hidden: bool | int = False, ffn_multiple: int = 16,
                    min_heads: int = 1, even: bool = False) -> dict[str, Any]:
     """The same shape in every layer whose predicted speedup meets ``target`` with the most layer parameters kept.
 
     Searches every head count from ``min_heads`` (in whole units; by default every layer keeps some attention, as
     heads often cost more per parameter than neurons and a model without any mixes no tokens), every FFN width in
-    multiples of ``ffn_multiple`` and, with ``hidden``, every residual width the table timed. Returns heads, ffn,
+    multiples of ``ffn_multiple`` and, with ``hidden=True``, every residual width the table timed (an int: that one
+    width, which the table must have timed; False: the full width). Returns heads, ffn,
     hidden, predicted ms and speedup, parameters kept. ``even`` keeps the FFN at the fraction the heads keep (the
     FLOPs planner's shape family, rounded to ``ffn_multiple``): a drop-in whose only change is the speed model.
 
@@ -518,7 +519,7 @@ def uniform_budget(table: dict[str, Any], target: float, *, hidden: bool = False
     check_table(table)
     _check_target(target)
     dims = table["key"]["dims"]
-    widths = [w["hidden"] for w in table["widths"]] if hidden else [dims["hidden"]]
+    widths = [w["hidden"] for w in table["widths"]] if hidden is True else [_at_width(table, hidden or dims["hidden"])["hidden"]]
     best, fastest = None, math.inf
     for width in widths:
         entry = _at_width(table, width)
@@ -536,7 +537,7 @@ def uniform_budget(table: dict[str, Any], target: float, *, hidden: bool = False
                     best = ((params, -ms), h, f, width)
     if best is None:
         raise LatencyModelError(f"target speedup {target}x is beyond the table: uniform shapes reach at most "
-                                f"{table['model_ms'] / fastest:.2f}x" + ("" if hidden else " at full width (try hidden)"))
+                                f"{table['model_ms'] / fastest:.2f}x at residual width {', '.join(map(str, widths))}")
     _, h, f, width = best
     return _budget(table, "uniform", target, [h] * dims["layers"], [f] * dims["layers"], width)
 

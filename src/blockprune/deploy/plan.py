@@ -461,13 +461,14 @@ def measured_config(preset: str, target_speedup: float, overrides: dict[str, Any
                     trust_remote_code: bool = False) -> tuple[PruningConfig, dict[str, Any], dict[str, Any]]:
     """The config, latency table and budget of a ``target_speedup`` planned on measured latency (``setting``).
 
-    The budget is :func:`~blockprune.deploy.latency_model.uniform_budget` with ``even=True``: ``h`` of ``H`` heads
+    The budget is :func:`~blockprune.deploy.latency_model.uniform_budget` with ``even=True`` at the residual width
+    ``hidden_sparsity`` keeps (one the table timed: 3/4, 1/2 or 1/4 of it; full without a cut): ``h`` of ``H`` heads
     and ``f`` of ``F`` neurons in every layer, ``f`` the heads' fraction of ``F`` rounded to ``ffn_multiple``. They
     become ``attention_sparsity = 1 - h/H`` and ``sparsity = 1 - f/F``, checked to round back (the Pruner keeps
     :func:`~blockprune.engine.masks.kept_count` units of a density) to exactly ``h`` and ``f``.
 
     Raises:
-        PlanError: tiles (only whole heads and neurons are planned on latency), a residual cut or dense layers (not
+        PlanError: tiles (only whole heads and neurons are planned on latency), dense layers (not
             covered yet), a model the table cannot cover, or a target beyond the table.
     """
     flag = "--speed-model measured"
@@ -476,16 +477,21 @@ def measured_config(preset: str, target_speedup: float, overrides: dict[str, Any
         raise PlanError(f"{flag} plans whole heads and neurons (--preset struct); --preset {preset} prunes tiles "
                         f"(attention_block={config.attention_block!r}, ffn_block={config.ffn_block!r}), whose "
                         "shapes are not known before training: use --speed-model flops")
-    if config.hidden_sparsity or config.ignored_layers:
-        raise PlanError(f"{flag} does not plan hidden_sparsity or ignored_layers yet; drop them or use "
-                        "--speed-model flops")
+    if config.ignored_layers:
+        raise PlanError(f"{flag} does not plan ignored_layers yet; drop them or use --speed-model flops")
     try:
         table = latency_table(source, setting, folder=folder, timer=timer, log=log,
                               trust_remote_code=trust_remote_code)
-        budget = uniform_budget(table, target_speedup, ffn_multiple=ffn_multiple, even=True)
+        dims = table["key"]["dims"]
+        width = hidden_keep(dims["hidden"], config.hidden_sparsity) if config.hidden_sparsity else dims["hidden"]
+        timed = [w["hidden"] for w in table["widths"]]
+        if width not in timed:
+            raise PlanError(f"{flag}: hidden_sparsity={config.hidden_sparsity} keeps {width} residual dimensions, a "
+                            f"width the latency table did not time ({timed}); choose hidden_sparsity among "
+                            f"{sorted({round(1 - w / dims['hidden'], 4) for w in timed} - {0.0})}")
+        budget = uniform_budget(table, target_speedup, hidden=width, ffn_multiple=ffn_multiple, even=True)
     except LatencyModelError as err:
         raise PlanError(f"{flag}: {err}") from None
-    dims = table["key"]["dims"]
     heads, ffn = budget["heads"][0], budget["ffn"][0]
     try:
         config = config.replace(attention_sparsity=1.0 - heads / dims["heads"], sparsity=1.0 - ffn / dims["ffn"])
