@@ -113,7 +113,7 @@ TASK = "rotten-tomatoes"
 def _point(name: str, method: str, target: float, label: str, preset: str = "struct", extra: list[str] | None = None,
            kind: str = "speedup", variant: str = "", **more: Any) -> Point:
     """A v2 point: its ``--set`` flags as its settings (partial: v2 left the rest to the defaults of its time)."""
-    from blockprune.cli import key_values
+    from blockprune.cli_parser import key_values
 
     flags = list(extra or [])
     settings = key_values([flags[i + 1] for i in range(len(flags) - 1) if flags[i] == "--set"], "--set")
@@ -164,7 +164,7 @@ def hybrid_name(variant: str, target: float = HYBRID[0]) -> str:
 def preset_variant(preset: str, variants: dict[str, tuple[str, list[str]]], **target: float) -> str:
     """The suffix of ``variants`` whose ``--set`` flags leave ``preset`` as it runs at ``target`` (``sparsity=`` or
     ``target_speedup=``; planned as the CLI plans it, so a speedup target's FLOPs budget counts)."""
-    from blockprune.cli import key_values
+    from blockprune.cli_parser import key_values
     from blockprune.deploy.plan import planned_config
 
     default = planned_config(preset, **target)

@@ -73,7 +73,7 @@ def teacher_epochs(setting: str) -> float:
 def resolved(setting: str) -> dict:
     """What a setting's command runs, through the CLI's own parser and planner (no training): the claimed keys,
     the pruning epochs, the training subset and the planned sparsity."""
-    from blockprune.cli import key_values, build_parser
+    from blockprune.cli_parser import build_parser, key_values
     from blockprune.deploy.plan import planned_config
 
     args = build_parser().parse_args(command(setting, 0, Path("unused"))[1:])

@@ -187,7 +187,7 @@ def test_a_changed_preset_default_cannot_change_a_declared_point(monkeypatch):
 
 
 def test_each_point_runs_its_pinned_settings_through_the_cli_and_its_task_data():
-    from blockprune.cli import key_values, build_parser
+    from blockprune.cli_parser import build_parser, key_values
 
     point = next(p for p in spec.points("20newsgroups") if p.name == "bp-hybrid-filled-4.0")
     data = spec.TASKS["20newsgroups"].cli_flags(Path("data/20ng"))
