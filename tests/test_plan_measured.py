@@ -18,7 +18,7 @@ from blockprune import Pruner
 from blockprune.cli import main
 from blockprune.deploy import latency_model as lm
 from blockprune.deploy.counts import ffn_per_layer, heads_per_layer
-from blockprune.deploy.plan import PlanError, plan
+from blockprune.deploy.plan import PlanError, plan, to_text
 from blockprune.engine.config import PruningConfig
 from blockprune.engine.masks import kept_count
 from blockprune.surgery.shrink import shrink
@@ -248,6 +248,8 @@ def test_a_residual_cut_is_planned_at_the_width_the_table_timed(model_dir, tmp_p
     h, f = cut["heads"][0], cut["ffn"][0]
     truth = model_ms(HEADS, FFN) / (0.75 * model_ms(h, f))
     assert cut["predicted_speedup"] >= 2.0 and cut["predicted_speedup"] == pytest.approx(truth, rel=1e-6)
+    text = to_text(cut)
+    assert "hidden 64 \u2192 48" in text and "speedup split" not in text  # the FLOPs split would not be the table's
     with pytest.raises(PlanError, match=r"keeps 58 residual dimensions, a width the latency table did not time .*"
                                         r"choose hidden_sparsity among \[0.25, 0.5, 0.75\]"):
         measured(model_dir, tmp_path, overrides={"hidden_sparsity": 0.1})

@@ -70,6 +70,8 @@ def _hidden_lines(plan: dict[str, Any]) -> list[str]:
     lines = [f"hidden {hidden['before']} \u2192 {hidden['after']} ({hidden['sparsity']:.0%} of the residual dimensions "
              "removed, in every layer)"]
     target = plan.get("target") or {}
+    if plan.get("speed_model") == "measured":  # the table prices width, heads and neurons together: no FLOPs split
+        return lines
     if target.get("kind") == "speedup" and target.get("value"):
         value = float(target["value"])
         lines.append(f"speedup split of the target {target['value']}x: the residual cut {alone:.2f}x \u00d7 heads and "
