@@ -131,7 +131,8 @@ def data_context(task: spec.TaskSpec, runs_root: Path, quick: bool, epochs: floa
 
 
 def time_task(runs: Path, finished: list[tuple[spec.Point, int]], carried: list[dict[str, Any]],
-              ref: dict[str, Any], ctx: dict[str, Any], force: bool, test_repeats: int) -> None:
+              ref: dict[str, Any], ctx: dict[str, Any], force: bool, test_repeats: int,
+              test_batches: int | None = None) -> None:
     """One timing pass over every finished run of the task (and the carried records' shapes)."""
     import frontier_methods as fm
     import frontier_timing as ft
@@ -149,8 +150,9 @@ def time_task(runs: Path, finished: list[tuple[spec.Point, int]], carried: list[
         (run_dir(runs, point, seed) / "shape_key.txt").write_text(key + "\n")
     for key in dict.fromkeys(r["shape"] for r in carried if r.get("shape")):
         shapes.setdefault(key, lambda key=key: fm.model_of_shape(reference, key))
-    ft.timing_pass(runs / "timing.json", shapes, reference, ft.test_set_batches(ctx["tokenizer"], ctx["test"]),
-                   machine()["cpu"], force=force, test_repeats=test_repeats)
+    batches = ft.test_set_batches(ctx["tokenizer"], ctx["test"], limit=test_batches)
+    ft.timing_pass(runs / "timing.json", shapes, reference, batches, machine()["cpu"], force=force,
+                   test_repeats=test_repeats)
 
 
 def archive_v2(args: argparse.Namespace) -> None:
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     results_file = report.RESULTS / f"frontier{'_quick' if args.quick else ''}.json"
     carried = report.carried_records(results_file, ref, done, {p.name: p.label for p in every}, task.name)
     if args.time or args.retime:
-        time_task(runs, finished(), carried, ref, ctx, args.retime, args.test_repeats)
+        time_task(runs, finished(), carried, ref, ctx, args.retime, args.test_repeats, task.timing_test_batches)
     records, stale = task_records(runs, finished(), carried, ref, ctx, args.budget_epochs)
     missing = [f"{p.name} (seeds {[s for s in seeds_of(p) if (p.name, s) not in done]})" for p in every
                if p.name not in unreachable and any((p.name, s) not in done for s in seeds_of(p))]

@@ -52,6 +52,7 @@ class TaskSpec:
     data: str = "embedded"  # "embedded" or "newsgroups" (benchmarks/assets/newsgroups.py)
     priority_targets: tuple[float, ...] = ()  # issue 34's budget order: these run first (see ``priority``)
     first: bool = False  # this task's priority targets come before every other task's
+    timing_test_batches: int | None = None  # the timing pass's test-set workload: at most this many batches
 
     def data_folder(self, root: Path) -> Path | None:
         """The dataset folder the CLI reads (prepared once under ``root``), or None for the embedded data."""
@@ -79,7 +80,7 @@ TASKS: dict[str, TaskSpec] = {
         targets=(2.0, 4.0, 6.0, 8.0), layer_drop=((3, 2.0), (2, 3.0), (1, 6.0)),
         epoch_minutes=12.8, estimate_note="measured: a distillation step (MiniLM-L6 student + teacher forward, "
         "batch 32 x 128 tokens) took 2.41 s (median of 14) on a quiet 2-core Xeon, 318 steps an epoch", pin=BENCH / "reference-20newsgroups",
-        data="newsgroups", priority_targets=(2.0, 4.0, 8.0), first=True),
+        data="newsgroups", priority_targets=(2.0, 4.0, 8.0), first=True, timing_test_batches=32),
 }
 
 # The pinned recipes: every field but DERIVED, written out so that no library default can change them.
