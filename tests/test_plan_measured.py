@@ -222,6 +222,20 @@ def test_prune_trains_to_the_shapes_the_latency_table_priced_and_reports_all_thr
     text = (out / "report.md").read_text()
     assert "Predicted (latency table)" in text and "measured latency, batch 2, 16 tokens" in text
 
+    # resumed without its latency cache (cleared, or another machine): the pinned plan, nothing timed again
+    import shutil
+
+    shutil.rmtree(tmp_path / "cache")
+
+    def no_timing(*args):
+        raise AssertionError("a resumed run must not measure a latency table")
+
+    monkeypatch.setattr(lm, "_DeviceTimer", no_timing)
+    done = {p: p.stat().st_mtime_ns for p in out.glob("*/done.json")}
+    assert main(prune_argv(classifier_dir, tmp_path, out, "--target-speedup", "2")) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/done.json")} == done
+    assert json.loads((out / "report.json").read_text())["target"]["predicted"] == target["predicted"]
+
 
 @pytest.mark.parametrize(("extra", "needle"), [
     (["--sparsity", "0.5"], "--speed-model measured spends a --target-speedup"),

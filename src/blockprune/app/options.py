@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import transformers
 
+from blockprune import atomic
 from blockprune.deploy.devices import check_bench_settings
 from blockprune.deploy.latency_model import Setting
 from blockprune.deploy.plan import SPEED_MODELS, PlanError, measured_plan, planned_config
@@ -171,19 +173,36 @@ def latency_setting(options: RunOptions) -> Setting:
     return Setting(o.bench_device, o.bench_dtype, o.bench_threads, o.bench_seq_len, max(o.bench_batch_sizes))
 
 
+MEASURED_PLAN = "measured_plan.json"
+"""Where a ``--speed-model measured`` run keeps its plan: a resumed run trains to the shapes it was planned for,
+even if the latency cache was cleared or the run moved to another machine."""
+
+
 def measured_run_plan(options: RunOptions, model_path: str) -> tuple[PruningConfig, dict[str, Any]]:
     """The config and plan of a ``--speed-model measured`` run (:func:`blockprune.deploy.plan.measured_plan`; the
-    latency table is measured once on this device and cached)."""
+    latency table is measured once on this device and cached). The first call writes them to the run folder
+    (:data:`MEASURED_PLAN`); a resumed run of the same target reads them back instead of planning again."""
     o = options
     if o.speed_model not in SPEED_MODELS:
         raise RunError(f"--speed-model {o.speed_model!r} is unknown; choose one of {list(SPEED_MODELS)}")
     if o.target_speedup is None:
         raise RunError("--speed-model measured spends a --target-speedup, not a --sparsity; give --target-speedup X")
+    pinned = Path(o.output_dir) / MEASURED_PLAN
+    asked = {"preset": o.preset, "target_speedup": o.target_speedup, "pruning": o.pruning,
+             "ffn_multiple": o.ffn_multiple, "setting": asdict(latency_setting(o))}
+    saved = json.loads(pinned.read_text()) if pinned.is_file() else None
+    if saved is not None and saved["asked"] == json.loads(json.dumps(asked)):
+        return PruningConfig.from_dict(saved["config"]), saved["plan"]
     try:
-        return measured_plan(model_path, o.preset, o.target_speedup, o.pruning, o.ffn_multiple, latency_setting(o),
-                             latency_cache=o.latency_cache, trust_remote_code=o.trust_remote_code)
+        config, plan = measured_plan(model_path, o.preset, o.target_speedup, o.pruning, o.ffn_multiple,
+                                     latency_setting(o), latency_cache=o.latency_cache,
+                                     trust_remote_code=o.trust_remote_code)
     except PlanError as err:
         raise RunError(str(err)) from err
+    if saved is None:  # another target's plan stays: the run folder's pinned options then refuse this run
+        atomic.write_text(pinned, json.dumps({"asked": asked, "config": config.to_dict(), "plan": plan}, indent=1,
+                                             sort_keys=True) + "\n")
+    return config, plan
 
 
 def check_bench_options(options: RunOptions) -> None:
