@@ -293,13 +293,16 @@ def model_of_shape(reference: nn.Module, key: str) -> nn.Module:
     from frontier_timing import parse_shape_key, shape_key
 
     from blockprune.deploy.quantize import quantize_model
+    from blockprune.surgery.hidden import resize_hidden
     from blockprune.surgery.shrink import apply_shapes, shape_record
 
-    heads, ffn, quantize = parse_shape_key(key)
+    heads, ffn, quantize, hidden = parse_shape_key(key)
     model = drop_layers(copy.deepcopy(reference), list(range(len(heads))))
     record = shape_record(model)
     record["layers"] = [{"heads": [h], "ffn": f} for h, f in zip(heads, ffn, strict=True)]
     apply_shapes(model, record)
+    if hidden:
+        resize_hidden(model, hidden)
     rebuilt = shape_key(model, quantize)
     if rebuilt != key:
         raise ValueError(f"could not rebuild the shapes of {key!r} (got {rebuilt!r})")

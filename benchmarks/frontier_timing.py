@@ -29,24 +29,30 @@ from torch import nn
 
 from blockprune.deploy.counts import ffn_per_layer, flops_per_token, heads_per_layer
 from blockprune.deploy.measure import random_inputs
+from blockprune.surgery.hidden import narrowed_width
 
 
 def shape_key(model: nn.Module, quantize: str | None = None) -> str:
-    """Identical for models that run the same dense kernels (``;<quantize>`` appended for a quantized model)."""
-    return f"heads={heads_per_layer(model)};ffn={ffn_per_layer(model)}" + (f";{quantize}" if quantize else "")
+    """Identical for models that run the same dense kernels: heads and FFN widths per layer, ``;hidden=<width>``
+    for a model whose residual was cut, ``;<quantize>`` for a quantized one."""
+    width = narrowed_width(model)
+    return (f"heads={heads_per_layer(model)};ffn={ffn_per_layer(model)}" + (f";hidden={width}" if width else "")
+            + (f";{quantize}" if quantize else ""))
 
 
-def parse_shape_key(key: str) -> tuple[list[int], list[int], str | None]:
-    """The inverse of :func:`shape_key`: heads and FFN widths per layer, and the quantize scheme (or None)."""
+def parse_shape_key(key: str) -> tuple[list[int], list[int], str | None, int | None]:
+    """The inverse of :func:`shape_key`: heads and FFN widths per layer, the quantize scheme and the cut residual
+    width (None where there is none)."""
     parts = key.split(";")
+    hidden = int(parts.pop(2).removeprefix("hidden=")) if len(parts) > 2 and parts[2].startswith("hidden=") else None
     fields = dict(part.split("=", 1) for part in parts[:2])
     if set(fields) != {"heads", "ffn"} or len(parts) > 3:
-        raise ValueError(f"not a frontier shape key: {key!r}; expected 'heads=[..];ffn=[..]' and an optional "
-                         "';<quantize>'")
+        raise ValueError(f"not a frontier shape key: {key!r}; expected 'heads=[..];ffn=[..]', an optional "
+                         "';hidden=<width>' and an optional ';<quantize>'")
     heads, ffn = (json.loads(fields[name]) for name in ("heads", "ffn"))
     if len(heads) != len(ffn):
         raise ValueError(f"shape key {key!r} has {len(heads)} layers of heads but {len(ffn)} of FFN widths")
-    return heads, ffn, parts[2] if len(parts) == 3 else None
+    return heads, ffn, parts[2] if len(parts) == 3 else None, hidden
 
 
 def _forward(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:

@@ -544,7 +544,7 @@ def test_a_shape_key_rebuilds_a_model_that_runs_the_same_shapes_as_the_one_it_ca
     record = shape_record(pruned)
     record["layers"] = [{"heads": [HEADS - 1], "ffn": FFN // 2}, {"heads": [0], "ffn": 3}]  # uneven, one empty
     key = ft.shape_key(apply_shapes(pruned, record))
-    assert ft.parse_shape_key(key) == ([HEADS - 1, 0], [FFN // 2, 3], None)
+    assert ft.parse_shape_key(key) == ([HEADS - 1, 0], [FFN // 2, 3], None, None)
     rebuilt = fm.model_of_shape(reference, key)
     assert ft.shape_key(rebuilt) == key
     assert flops_per_token(rebuilt, 16)["total"] == flops_per_token(pruned, 16)["total"]
@@ -553,6 +553,13 @@ def test_a_shape_key_rebuilds_a_model_that_runs_the_same_shapes_as_the_one_it_ca
     assert ft.shape_key(reference) != key  # the reference itself is left as it was
     quantized = fm.model_of_shape(reference, key + ";int8")
     assert not isinstance(quantized.bert.encoder.layer[0].intermediate.dense, torch.nn.Linear)
+    # a cut residual is part of the shape: same heads and neurons at another width run other kernels
+    from blockprune.surgery.hidden import resize_hidden
+
+    narrow = resize_hidden(apply_shapes(fm.load_classifier(tmp_path / "m"), record), HIDDEN // 2)
+    assert ft.shape_key(narrow) == key + f";hidden={HIDDEN // 2}"
+    assert ft.parse_shape_key(ft.shape_key(narrow) + ";int8")[2:] == ("int8", HIDDEN // 2)
+    assert ft.shape_key(fm.model_of_shape(reference, ft.shape_key(narrow))) == ft.shape_key(narrow)
     for bad in ("heads=[1, 2];ffn=[3]", "ffn=[3]", "heads=[1];ffn=[3];int8;x"):
         with pytest.raises(ValueError, match="shape key"):
             ft.parse_shape_key(bad)
