@@ -178,6 +178,9 @@ def _task_points(task: TaskSpec) -> list[Point]:
             out += [Point(f"bp-struct-{name}-{target}", t, "blockprune", target, f"blockprune struct, {label}",
                           preset="struct", settings=dict(STRUCT) | changes, variant=name, layer_distill=weight)
                     for name, (label, changes, weight) in HIGH_VARIANTS.items()]
+            out.append(Point(f"torch-pruning-hidden25-{target}", t, "torch-pruning", target,  # the peer, same cut
+                             "torch-pruning (Taylor, global) + 25% of the residual width + distillation",
+                             settings=dict(STRUCT) | {"hidden_sparsity": 0.25}, variant="hidden25"))
     return out
 
 

@@ -64,6 +64,37 @@ def test_torch_pruning_removes_whole_heads_and_neurons_to_the_totals_and_saves_e
         assert torch.equal(reloaded(**batch).logits, expected)
 
 
+@pytest.mark.real  # the embedded reviews give the Taylor gradients
+def test_torch_pruning_cuts_the_residual_then_heads_and_neurons_and_saves_exactly(tmp_path):
+    from blockprune.tasks import load_task
+
+    folder = save_tiny_bert(tmp_path / "m")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
+    task = load_task(max_train_samples=64)
+    width = frontier_tp.cut_hidden(model, tokenizer, task, 0.25, seed=0)
+    assert width == HIDDEN * 3 // 4 and all(p.grad is None for p in model.parameters())
+    frontier_tp.prune_like_struct(model, tokenizer, task, head_ratio=0.5, ffn_ratio=0.5, seed=0)
+    for layer in model.bert.encoder.layer:  # every reader and writer of the residual is narrower; heads keep d
+        assert layer.attention.self.query.in_features == layer.intermediate.dense.in_features == width
+        assert layer.output.dense.out_features == layer.output.LayerNorm.weight.numel() == width
+        assert layer.attention.self.query.out_features == layer.attention.self.num_attention_heads * (HIDDEN // HEADS)
+    batch = tokenizer(["a fine film", "dull"], return_tensors="pt", padding=True)
+    model.eval()
+    with torch.no_grad():
+        expected = model(**batch).logits
+        reloaded = load_pruned(save_pruned(model, tmp_path / "pruned", tokenizer)).eval()
+        assert torch.equal(reloaded(**batch).logits, expected)
+
+
+def test_the_torch_pruning_peer_cuts_the_residual_where_blockprune_s_variant_does():
+    for task in spec.TASKS:
+        peers = {p.target: p for p in spec.select(spec.points(task), method="torch-pruning", variant="hidden25")}
+        ours = {p.target for p in spec.select(spec.points(task), method="blockprune", variant="hidden25")}
+        assert set(peers) == ours and ours and min(ours) >= spec.HIGH
+        assert all(p.settings == spec.STRUCT | {"hidden_sparsity": 0.25} for p in peers.values())
+
+
 def test_earlier_records_are_carried_only_for_the_same_reference_task_and_missing_runs(tmp_path):
     import json
 
