@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--sparsity", type=float, help="fraction of the pruned linears' weights removed")
     prune.add_argument("--speed-model", default="flops", choices=["flops", "measured"], help="what --target-speedup "
                        "counts: FLOPs, or latency measured once on the --bench-* device and cached (whole heads and "
-                       "neurons; the report shows target, predicted and measured side by side)")
+                       "neurons, hidden_sparsity 0.25/0.5/0.75; the report shows target, predicted and measured "
+                       "side by side)")
     prune.add_argument("--latency-cache", metavar="DIR", help="folder of latency tables (default: the user cache dir)")
     prune.add_argument("--teacher", help="a fine-tuned model folder to distill from (default: fine-tune --model)")
     prune.add_argument("--epochs", type=float,
