@@ -236,6 +236,18 @@ def test_prune_trains_to_the_shapes_the_latency_table_priced_and_reports_all_thr
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/done.json")} == done
     assert json.loads((out / "report.json").read_text())["target"]["predicted"] == target["predicted"]
 
+    # another target in this folder: refused (its options differ), and the folder's plan stays as it was
+    monkeypatch.setattr(lm, "_DeviceTimer", lambda *args: FakeTimer())
+    pinned = (out / "measured_plan.json").read_text()
+    assert json.loads(pinned)["asked"]["target_speedup"] == 2.0
+    assert main(prune_argv(classifier_dir, tmp_path, out, "--target-speedup", "1.5")) == 2
+    assert "target_speedup" in capsys.readouterr().err and (out / "measured_plan.json").read_text() == pinned
+    other = tmp_path / "flops-run"  # nor is a plan written into a folder made by a run of other options
+    other.mkdir()
+    (other / "run_config.json").write_text(json.dumps({"preset": "hybrid"}))
+    assert main(prune_argv(classifier_dir, tmp_path, other, "--target-speedup", "2")) == 2
+    assert not (other / "measured_plan.json").exists()
+
 
 @pytest.mark.parametrize(("extra", "needle"), [
     (["--sparsity", "0.5"], "--speed-model measured spends a --target-speedup"),

@@ -180,29 +180,37 @@ even if the latency cache was cleared or the run moved to another machine."""
 
 def measured_run_plan(options: RunOptions, model_path: str) -> tuple[PruningConfig, dict[str, Any]]:
     """The config and plan of a ``--speed-model measured`` run (:func:`blockprune.deploy.plan.measured_plan`; the
-    latency table is measured once on this device and cached). The first call writes them to the run folder
-    (:data:`MEASURED_PLAN`); a resumed run of the same target reads them back instead of planning again."""
+    latency table is measured once on this device and cached). A run folder that holds them for the same request
+    (:func:`pin_measured_plan`) gives them back instead: a resumed run does not plan again."""
     o = options
     if o.speed_model not in SPEED_MODELS:
         raise RunError(f"--speed-model {o.speed_model!r} is unknown; choose one of {list(SPEED_MODELS)}")
     if o.target_speedup is None:
         raise RunError("--speed-model measured spends a --target-speedup, not a --sparsity; give --target-speedup X")
     pinned = Path(o.output_dir) / MEASURED_PLAN
-    asked = {"preset": o.preset, "target_speedup": o.target_speedup, "pruning": o.pruning,
-             "ffn_multiple": o.ffn_multiple, "setting": asdict(latency_setting(o))}
     saved = json.loads(pinned.read_text()) if pinned.is_file() else None
-    if saved is not None and saved["asked"] == json.loads(json.dumps(asked)):
+    if saved is not None and saved["asked"] == _measured_request(o):
         return PruningConfig.from_dict(saved["config"]), saved["plan"]
     try:
-        config, plan = measured_plan(model_path, o.preset, o.target_speedup, o.pruning, o.ffn_multiple,
-                                     latency_setting(o), latency_cache=o.latency_cache,
-                                     trust_remote_code=o.trust_remote_code)
+        return measured_plan(model_path, o.preset, o.target_speedup, o.pruning, o.ffn_multiple, latency_setting(o),
+                             latency_cache=o.latency_cache, trust_remote_code=o.trust_remote_code)
     except PlanError as err:
         raise RunError(str(err)) from err
-    if saved is None:  # another target's plan stays: the run folder's pinned options then refuse this run
-        atomic.write_text(pinned, json.dumps({"asked": asked, "config": config.to_dict(), "plan": plan}, indent=1,
-                                             sort_keys=True) + "\n")
-    return config, plan
+
+
+def _measured_request(options: RunOptions) -> dict[str, Any]:
+    o = options
+    return json.loads(json.dumps({"preset": o.preset, "target_speedup": o.target_speedup, "pruning": o.pruning,
+                                  "ffn_multiple": o.ffn_multiple, "setting": asdict(latency_setting(o))}))
+
+
+def pin_measured_plan(options: RunOptions, config: PruningConfig, plan: dict[str, Any]) -> None:
+    """Keep a measured run's plan in its folder (:data:`MEASURED_PLAN`), once the folder is known to be this run's;
+    a plan already there is left as it is."""
+    pinned = Path(options.output_dir) / MEASURED_PLAN
+    if not pinned.is_file():
+        atomic.write_text(pinned, json.dumps({"asked": _measured_request(options), "config": config.to_dict(),
+                                              "plan": plan}, indent=1, sort_keys=True) + "\n")
 
 
 def check_bench_options(options: RunOptions) -> None:

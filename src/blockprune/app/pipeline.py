@@ -54,6 +54,7 @@ from blockprune.app.options import (
     default_epochs,
     default_target,
     measured_run_plan,
+    pin_measured_plan,
     pruning_config,
     pruning_epochs,
 )
@@ -434,6 +435,8 @@ class Run:
         benchmarks (so the timings are not disturbed by the other ranks) and writes the files.
         """
         self.check_run_dir()
+        if self.plan.get("speed_model") == "measured" and is_main_process():  # the folder is this run's: keep its plan
+            pin_measured_plan(self.options, self.config, self.plan)
         teacher = self.stage_teacher()
         barrier()
         prune = self.stage_prune(teacher["model"])
