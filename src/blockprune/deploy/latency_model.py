@@ -519,7 +519,7 @@ def uniform_budget(table: dict[str, Any], target: float, *, hidden: bool | int =
     check_table(table)
     _check_target(target)
     dims = table["key"]["dims"]
-    widths = [w["hidden"] for w in table["widths"]] if hidden is True else [_at_width(table, hidden or dims["hidden"])["hidden"]]
+    widths = [w["hidden"] for w in table["widths"]] if hidden is True else [hidden or dims["hidden"]]
     best, fastest = None, math.inf
     for width in widths:
         entry = _at_width(table, width)
