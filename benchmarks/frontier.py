@@ -85,9 +85,9 @@ def plan_text(task: spec.TaskSpec, todo: list[tuple[spec.Point, int]], unreachab
              "declared cost (frontier_spec.METHOD_COST); CPU-hours = wall hours × cores."]
     total = 0.0
     if reference_needed:
-        minutes = spec.REFERENCE_EPOCHS * task.epoch_minutes * 0.5  # fine-tuning alone: no teacher forward
+        minutes = task.reference_epochs * task.epoch_minutes * 0.5  # fine-tuning alone: no teacher forward
         total += minutes
-        lines.append(f"  reference (up to {spec.REFERENCE_EPOCHS} epochs)  ~{minutes * THREADS / 60:.2f} CPU-h")
+        lines.append(f"  reference (up to {task.reference_epochs} epochs)  ~{minutes * THREADS / 60:.2f} CPU-h")
     for point, seed in todo:
         minutes = spec.estimated_minutes(point, task, epochs)
         total += minutes
@@ -105,7 +105,7 @@ def load_reference(args: argparse.Namespace, task: spec.TaskSpec, runs: Path, ct
     root = runs / ("reference-pinned" if pinned else "reference")
     tokenizer, dev, test = ctx["tokenizer"], ctx["dev"], ctx["test"]
     ref = (fm.pinned_reference(root, tokenizer, dev, test, pin=task.pin) if pinned
-           else fm.reference(root, tokenizer, dev, test))
+           else fm.reference(root, tokenizer, dev, test, max_epochs=task.reference_epochs))
     return fm.with_test_correct(root, ref, tokenizer, test) | {"task": task.name}
 
 

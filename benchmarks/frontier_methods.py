@@ -144,18 +144,21 @@ def pinned_reference(root: Path, tokenizer: Any, dev: Task, test: Task, pin: Pat
                              "pinned": digest, **evaluate(model, tokenizer, dev, test)})
 
 
-def reference(root: Path, tokenizer: Any, dev: Task, test: Task, log: Any = print) -> dict[str, Any]:
+def reference(root: Path, tokenizer: Any, dev: Task, test: Task, log: Any = print,
+              max_epochs: int = MAX_REFERENCE_EPOCHS) -> dict[str, Any]:
     """Fine-tune the dense model one epoch at a time (lr 5e-5, warm-up and linear decay each epoch) until dev
-    accuracy stops improving; keep the best epoch. Returns ``{"model", "epoch", "dev", "test", "history"}``."""
+    accuracy stops improving, at most ``max_epochs``; keep the best epoch. Returns ``{"model", "epoch", "dev",
+    "test", "history", "stopped"}``. A reference that stopped at a lower cap while dev still rose goes on from its
+    last epoch when ``max_epochs`` is raised (the epochs already trained are read back, not trained again)."""
     done = read_done(root)
-    if done is not None:
+    if done is not None and not _cut_short(done, max_epochs):
         return done
     from transformers import AutoModelForSequenceClassification
 
     base = embedded_model_path()
     model = AutoModelForSequenceClassification.from_pretrained(base, **dev.model_kwargs())
     history: list[dict[str, Any]] = []
-    for epoch in range(1, MAX_REFERENCE_EPOCHS + 1):
+    for epoch in range(1, max_epochs + 1):
         folder = root / f"epoch-{epoch}"
         finished = read_done(folder)
         if finished is None:
@@ -170,8 +173,15 @@ def reference(root: Path, tokenizer: Any, dev: Task, test: Task, log: Any = prin
         if len(history) >= 2 and history[-1]["dev"] <= max(h["dev"] for h in history[:-1]):
             break
     best = max(history, key=lambda h: h["dev"])
+    stopped = "cap" if len(history) == max_epochs and history[-1] is best else "dev stopped improving"
     return write_done(root, {"model": str(root / f"epoch-{best['epoch']}" / "model"), "epoch": best["epoch"],
-                             "dev": best["dev"], "test": best["test"], "history": history})
+                             "dev": best["dev"], "test": best["test"], "history": history, "stopped": stopped})
+
+
+def _cut_short(done: dict[str, Any], max_epochs: int) -> bool:
+    """A finished reference whose last epoch was still its best, below ``max_epochs``: it can go on."""
+    history = done.get("history") or []
+    return bool(history) and len(history) < max_epochs and history[-1]["dev"] >= max(h["dev"] for h in history)
 
 
 def distil(student: nn.Module, teacher_dir: Path, folder: Path, tokenizer: Any, dev: Task, test: Task,

@@ -612,3 +612,10 @@ def test_the_test_set_workload_can_be_capped_to_evenly_strided_batches():
     assert len(every) == 10 and all("labels" not in b for b in every)
     assert [int(b["input_ids"][0, 0]) for b in capped] == [0, 30, 60, 90]  # every third batch: 4 of 10
     assert spec.TASKS["20newsgroups"].timing_test_batches == 32 and spec.TASKS["rotten-tomatoes"].timing_test_batches is None
+
+
+def test_a_reference_cut_short_by_its_cap_goes_on_when_the_cap_is_raised():
+    rising = {"history": [{"dev": 0.71}, {"dev": 0.81}, {"dev": 0.89}]}
+    assert fm._cut_short(rising, 10) and not fm._cut_short(rising, 3)
+    assert not fm._cut_short({"history": [{"dev": 0.71}, {"dev": 0.81}, {"dev": 0.80}]}, 10)  # dev stopped: done
+    assert spec.TASKS["20newsgroups"].reference_epochs == 10 and spec.TASKS["rotten-tomatoes"].reference_epochs == 5
