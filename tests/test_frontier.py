@@ -265,6 +265,9 @@ def test_an_unreachable_target_is_said_so_never_left_out(monkeypatch, tmp_path):
 def test_plan_prints_the_runs_still_to_do_with_an_estimate(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(spec, "unreachable", lambda point, max_length=128: (
         "PlanError: cannot" if point.name == "bp-hybrid-filled-8.0" else None))
+    import dataclasses  # a task with no pinned reference yet, whatever the checkout holds
+
+    monkeypatch.setitem(spec.TASKS, "20newsgroups", dataclasses.replace(spec.TASKS["20newsgroups"], pin=tmp_path / "pin"))
     done = tmp_path / "v3" / "20newsgroups" / "layer-drop-3-s42" / "frontier-result"
     done.mkdir(parents=True)
     (done / "done.json").write_text("{}")
@@ -276,7 +279,7 @@ def test_plan_prints_the_runs_still_to_do_with_an_estimate(tmp_path, monkeypatch
     assert "bp-hybrid-filled-8.0-s42" not in out
     lines = [line for line in out.splitlines() if line.startswith("  p")]
     assert lines[0].startswith("  p1") and lines[-1].startswith("  p3")  # issue 34's budget order
-    assert "reference (up to 5 epochs)" in out  # 20 Newsgroups has no pinned reference yet
+    assert "reference (up to 10 epochs)" in out  # no pinned reference: it trains one first, at most its cap
 
 
 def test_records_carry_their_task_host_config_and_timing_pass(tmp_path):
