@@ -39,14 +39,29 @@ def test_drop_layers_keeps_the_chosen_layers_and_the_config_follows(tmp_path):
     assert logits.shape == (1, 2)
 
 
-@pytest.mark.real  # the embedded reviews give the Taylor gradients
-def test_torch_pruning_removes_whole_heads_and_neurons_to_the_totals_and_saves_exactly(tmp_path):
+def tiny_classifier_and_reviews(tmp_path):
+    """The tiny BERT classifier, its tokenizer, and 64 embedded reviews (for Taylor gradients)."""
     from blockprune.tasks import load_task
 
     folder = save_tiny_bert(tmp_path / "m")
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
-    task = load_task(max_train_samples=64)
+    return tokenizer, transformers.AutoModelForSequenceClassification.from_pretrained(folder), \
+        load_task(max_train_samples=64)
+
+
+def assert_saved_exactly(model, tokenizer, tmp_path):
+    """save_pruned + load_pruned give back the same logits, bit for bit."""
+    batch = tokenizer(["a fine film", "dull"], return_tensors="pt", padding=True)
+    model.eval()
+    with torch.no_grad():
+        expected = model(**batch).logits
+        reloaded = load_pruned(save_pruned(model, tmp_path / "pruned", tokenizer)).eval()
+        assert torch.equal(reloaded(**batch).logits, expected)
+
+
+@pytest.mark.real  # the embedded reviews give the Taylor gradients
+def test_torch_pruning_removes_whole_heads_and_neurons_to_the_totals_and_saves_exactly(tmp_path):
+    tokenizer, model, task = tiny_classifier_and_reviews(tmp_path)
     shapes = frontier_tp.prune_like_struct(model, tokenizer, task, head_ratio=0.5, ffn_ratio=0.5, seed=0)["shapes"]
     assert sum(s["heads"] for s in shapes) == LAYERS * HEADS // 2  # global: layers may differ, the total may not
     assert 0 < sum(s["ffn"] for s in shapes) <= LAYERS * FFN // 2 + LAYERS
@@ -56,22 +71,12 @@ def test_torch_pruning_removes_whole_heads_and_neurons_to_the_totals_and_saves_e
         assert attention.query.out_features == attention.key.out_features == attention.value.out_features \
             == shape["heads"] * (HIDDEN // HEADS) == layer.attention.output.dense.in_features
         assert layer.output.dense.out_features == HIDDEN  # the residual stream is left alone
-    batch = tokenizer(["a fine film", "dull"], return_tensors="pt", padding=True)
-    model.eval()
-    with torch.no_grad():
-        expected = model(**batch).logits
-        reloaded = load_pruned(save_pruned(model, tmp_path / "pruned", tokenizer)).eval()
-        assert torch.equal(reloaded(**batch).logits, expected)
+    assert_saved_exactly(model, tokenizer, tmp_path)
 
 
 @pytest.mark.real  # the embedded reviews give the Taylor gradients
 def test_torch_pruning_cuts_the_residual_then_heads_and_neurons_and_saves_exactly(tmp_path):
-    from blockprune.tasks import load_task
-
-    folder = save_tiny_bert(tmp_path / "m")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
-    task = load_task(max_train_samples=64)
+    tokenizer, model, task = tiny_classifier_and_reviews(tmp_path)
     width = frontier_tp.cut_hidden(model, tokenizer, task, 0.25, seed=0)
     assert width == HIDDEN * 3 // 4 and all(p.grad is None for p in model.parameters())
     frontier_tp.prune_like_struct(model, tokenizer, task, head_ratio=0.5, ffn_ratio=0.5, seed=0)
@@ -79,12 +84,7 @@ def test_torch_pruning_cuts_the_residual_then_heads_and_neurons_and_saves_exactl
         assert layer.attention.self.query.in_features == layer.intermediate.dense.in_features == width
         assert layer.output.dense.out_features == layer.output.LayerNorm.weight.numel() == width
         assert layer.attention.self.query.out_features == layer.attention.self.num_attention_heads * (HIDDEN // HEADS)
-    batch = tokenizer(["a fine film", "dull"], return_tensors="pt", padding=True)
-    model.eval()
-    with torch.no_grad():
-        expected = model(**batch).logits
-        reloaded = load_pruned(save_pruned(model, tmp_path / "pruned", tokenizer)).eval()
-        assert torch.equal(reloaded(**batch).logits, expected)
+    assert_saved_exactly(model, tokenizer, tmp_path)
 
 
 def test_the_torch_pruning_peer_cuts_the_residual_where_blockprune_s_variant_does():
