@@ -41,15 +41,18 @@ def test_latency_targets_records_plan_prediction_and_measurement(bert_dir, tmp_p
     assert latency_targets.main(argv) == 0
     record = json.loads((tmp_path / "out" / "latency_targets.json").read_text())
     rows = {(r["target"], r["hidden_sparsity"], r["speed_model"]): r for r in record["rows"]}
-    assert len(rows) == 8 and record["threads"] == 1 and record["machine"]["cpu"]
-    hit = rows[(2.0, 0.0, "measured")]
+    assert len(rows) == 12 and record["threads"] == 1 and record["machine"]["cpu"]
+    hit = rows[(2.0, 0.0, "table")]
     assert hit["predicted"] >= 2.0 and hit["heads"] < HEADS // 2  # the table's plan, not the FLOPs one
     assert rows[(2.0, 0.0, "flops")]["heads"] == HEADS // 2 and rows[(2.0, 0.0, "flops")]["predicted"] is None
     assert hit["error_b32"] == pytest.approx(hit["measured_b32"] / 2.0 - 1.0)
-    assert rows[(2.0, 0.25, "measured")]["hidden"] == 48
-    assert "beyond the table" in rows[(50.0, 0.0, "measured")]["error"]  # recorded, the run went on
+    assert rows[(2.0, 0.25, "table")]["hidden"] == 48 and "fit_steps" not in rows[(2.0, 0.25, "table")]
+    fitted = rows[(2.0, 0.0, "fitted")]  # the fit times the tiny model for real: its steps, not their speed
+    assert fitted["fit_steps"][0]["heads"] == hit["heads"] and 1 <= len(fitted["fit_steps"]) <= 6
+    assert (fitted["heads"], fitted["ffn"]) in {(s["heads"], s["ffn"]) for s in fitted["fit_steps"]}
+    assert "beyond the table" in rows[(50.0, 0.0, "table")]["error"]  # recorded, the run went on
     text = (tmp_path / "out" / "latency_targets.md").read_text()
-    assert "| 2.0x | 25% | measured |" in text and "beyond the table" in text
+    assert "| 2.0x | 25% | table |" in text and "| 2.0x | 0% | fitted |" in text and "beyond the table" in text
 
 
 def test_train_large_plan_plans_each_cut_in_flops_and_on_the_table(bert_dir, tmp_path):

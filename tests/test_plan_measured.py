@@ -17,13 +17,16 @@ from tiny import tiny_config
 from blockprune import Pruner
 from blockprune.cli import main
 from blockprune.deploy import latency_model as lm
+from blockprune.deploy import plan as plan_module
 from blockprune.deploy.counts import ffn_per_layer, heads_per_layer
+from blockprune.deploy.latency_fit import MAX_STEPS, fit_budget
 from blockprune.deploy.plan import PlanError, plan, to_text
 from blockprune.engine.config import PruningConfig
 from blockprune.engine.masks import kept_count
 from blockprune.surgery.shrink import shrink
 
 LAYERS, HEADS, FFN = 3, 8, 256
+REAL_SHAPE_TIMER = plan_module.device_shape_timer  # the autouse fixture below replaces it in every test
 
 
 def config():
@@ -73,9 +76,25 @@ def model_dir(tmp_path):
     return str(path)
 
 
-def measured(model_dir, tmp_path, target=2.0, timer=None, **kwargs):
+def device_speedup(bias: float = 1.0):
+    """A fake :data:`~blockprune.deploy.latency_fit.ShapeTimer`: the fake device's true speedup of a uniform shape
+    (every layer and the stem scale with the residual width), times ``bias`` (below 1: slower than the table)."""
+    def timed(heads: int, ffn: int, width: int) -> float:
+        return bias * model_ms(HEADS, FFN) / (model_ms(heads, ffn) * width / 64)
+
+    return timed
+
+
+@pytest.fixture(autouse=True)
+def no_shape_timing(monkeypatch):
+    """The fit's device: the fake one, exact (tests that want another bias patch their own)."""
+    monkeypatch.setattr(plan_module, "device_shape_timer", lambda *args, **kwargs: device_speedup())
+
+
+def measured(model_dir, tmp_path, target=2.0, timer=None, fit=False, **kwargs):
+    """The plan on the table alone (``fit=False``, what the table tests check) unless ``fit`` is asked for."""
     return plan(model_dir, "struct", target, max_length=16, speed_model="measured", setting=lm.Setting(batch_size=2),
-                latency_cache=tmp_path / "cache", timer=timer or FakeTimer(), log=lambda line: None, **kwargs)
+                latency_cache=tmp_path / "cache", timer=timer or FakeTimer(), log=lambda line: None, fit=fit, **kwargs)
 
 
 def test_measured_plan_meets_the_target_where_the_flops_plan_falls_short(model_dir, tmp_path):
@@ -151,9 +170,11 @@ def test_cli_prints_the_three_numbers_and_reuses_the_cache(model_dir, tmp_path, 
     assert "| predicted " in line and "(measured table, b 2, 1 threads)" in line and "| theoretical (FLOPs) " in line
     assert main([*argv, "--measure", "--repeats", "2"]) == 0
     out, err = capsys.readouterr()
-    assert len(fakes) == 1 and err == ""  # the second call reads the cached table: nothing timed for it
+    assert len(fakes) == 1  # the second call reads the cached table: nothing timed for it, only the fit's shape
+    assert err and all(x.startswith("[blockprune] latency fit: ") for x in err.splitlines())
     line = next(x for x in out.splitlines() if x.startswith("target 2.0x"))
     assert "| measured " in line and line.endswith("(b 2)")
+    assert "fitted on the device: measured 2.06x, within 5% of the target" in out
     assert main([*argv, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["speed_model"] == "measured" and result["predicted_speedup"] >= 2.0
@@ -231,6 +252,7 @@ def test_prune_trains_to_the_shapes_the_latency_table_priced_and_reports_all_thr
         raise AssertionError("a resumed run must not measure a latency table")
 
     monkeypatch.setattr(lm, "_DeviceTimer", no_timing)
+    monkeypatch.setattr(plan_module, "device_shape_timer", no_timing)  # nor fit its shape again
     done = {p: p.stat().st_mtime_ns for p in out.glob("*/done.json")}
     assert main(prune_argv(classifier_dir, tmp_path, out, "--target-speedup", "2")) == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/done.json")} == done
@@ -238,6 +260,7 @@ def test_prune_trains_to_the_shapes_the_latency_table_priced_and_reports_all_thr
 
     # another target in this folder: refused (its options differ), and the folder's plan stays as it was
     monkeypatch.setattr(lm, "_DeviceTimer", lambda *args: FakeTimer())
+    monkeypatch.setattr(plan_module, "device_shape_timer", lambda *args, **kwargs: device_speedup())
     pinned = (out / "measured_plan.json").read_text()
     assert json.loads(pinned)["asked"]["target_speedup"] == 2.0
     assert main(prune_argv(classifier_dir, tmp_path, out, "--target-speedup", "1.5")) == 2
@@ -279,3 +302,85 @@ def test_a_residual_cut_is_planned_at_the_width_the_table_timed(model_dir, tmp_p
     with pytest.raises(PlanError, match=r"keeps 58 residual dimensions, a width the latency table did not time .*"
                                         r"choose hidden_sparsity among \[0.25, 0.5, 0.75\]"):
         measured(model_dir, tmp_path, overrides={"hidden_sparsity": 0.1})
+
+
+# ------------------------------------------------------------------------------------------ the fit on the device
+def test_the_fit_corrects_a_table_that_is_optimistic_until_the_model_measures_within_5_percent(model_dir, tmp_path):
+    """The device runs every shape 15% slower than the table predicts: the table's shape measures short of 2x, so
+    the fit keeps the heads, narrows the FFN by the correction and lands within 5%; the plan is that shape."""
+    table_only = measured(model_dir, tmp_path)
+    result = measured(model_dir, tmp_path, fit=True, shape_timer=device_speedup(0.85))
+    fit = result["latency_fit"]
+    first, chosen = fit["steps"][0], fit["steps"][-1]
+    assert (first["heads"], first["ffn"]) == (table_only["heads"][0], table_only["ffn"][0])
+    assert first["measured"] == pytest.approx(0.85 * table_only["predicted_speedup"]) and first["measured"] < 1.9
+    assert fit["met"] and abs(fit["measured_speedup"] / 2.0 - 1) <= 0.05 and 2 <= len(fit["steps"]) <= MAX_STEPS
+    assert (result["heads"][0], result["ffn"][0]) == (chosen["heads"], chosen["ffn"]) == \
+        (result["heads"][-1], result["ffn"][-1])
+    assert result["predicted_speedup"] == pytest.approx(chosen["predicted"])  # the table's number, not the fit's
+    assert result["attention_sparsity"] == pytest.approx(1 - chosen["heads"] / HEADS)
+    assert result["sparsity"] == pytest.approx(1 - chosen["ffn"] / FFN)
+    text = to_text(result)
+    assert f"fitted on the device: measured {fit['measured_speedup']:.2f}x, within 5% of the target" in text
+
+
+@pytest.mark.parametrize("target", [1.5, 2.0, 2.4])
+def test_the_fit_lands_within_5_percent_when_the_error_depends_on_the_shape(model_dir, tmp_path, target):
+    """A device whose error grows as shapes shrink (few heads: 35% slower than the table, all heads: 5%)."""
+    def uneven(heads, ffn, width):
+        return (0.65 + 0.3 * heads / HEADS) * device_speedup()(heads, ffn, width)
+
+    fit = measured(model_dir, tmp_path, target=target, fit=True, shape_timer=uneven)["latency_fit"]
+    assert fit["met"] and abs(fit["measured_speedup"] / target - 1) <= 0.05, fit["steps"]
+    assert len({(s["heads"], s["ffn"]) for s in fit["steps"]}) == len(fit["steps"])  # never the same shape twice
+
+
+def test_a_device_the_fit_cannot_move_is_reported_as_missed(model_dir, tmp_path):
+    """Every shape measures 1.5x (a device bound by something else): the fit stops, says it missed, keeps the
+    closest shape."""
+    calls = []
+
+    def stuck(heads, ffn, width):
+        calls.append((heads, ffn))
+        return 1.5
+
+    result = measured(model_dir, tmp_path, fit=True, shape_timer=stuck)
+    fit = result["latency_fit"]
+    assert not fit["met"] and fit["measured_speedup"] == 1.5 and 1 <= len(calls) <= MAX_STEPS
+    assert "measured 1.50x, NOT within 5% of the target" in to_text(result)
+
+
+def test_fit_budget_refuses_what_it_cannot_correct(model_dir, tmp_path):
+    table = lm.latency_table(model_dir, lm.Setting(batch_size=2, seq_len=16), folder=tmp_path, timer=FakeTimer(),
+                             log=lambda line: None)
+    start = lm.uniform_budget(table, 2.0, even=True)
+    with pytest.raises(lm.LatencyModelError, match="corrects a uniform budget"):
+        fit_budget(table, 2.0, device_speedup(), start | {"heads": [1, 2, 3]})
+    with pytest.raises(lm.LatencyModelError, match="tolerance 0 must lie in"):
+        fit_budget(table, 2.0, device_speedup(), start, tolerance=0)
+
+
+def test_the_real_shape_timer_times_the_cut_model_against_the_dense_one(model_dir):
+    timed = REAL_SHAPE_TIMER(model_dir, lm.Setting(threads=1, seq_len=8, batch_size=1), repeats=2)
+    assert 0 < timed(2, 64, 64) < float("inf")
+    with pytest.raises(PlanError, match="cuts the residual to 64, not 48"):
+        timed(2, 64, 48)
+
+
+def test_prune_trains_to_the_fitted_shape(classifier_dir, tmp_path, monkeypatch, capsys):
+    """Through the CLI: the device is 15% slower than the table, so the run trains to the fitted shape, and the
+    report's plan carries the fit."""
+    monkeypatch.setattr(lm, "_DeviceTimer", lambda *args: FakeTimer())
+    monkeypatch.setattr(plan_module, "device_shape_timer", lambda *args, **kwargs: device_speedup(0.85))
+    out = tmp_path / "run"
+    assert main(prune_argv(classifier_dir, tmp_path, out, "--target-speedup", "2")) == 0
+    report = json.loads((out / "report.json").read_text())
+    fit = report["plan"]["latency_fit"]
+    chosen = next(s for s in fit["steps"] if s["measured"] == fit["measured_speedup"])
+    assert fit["met"] and len(fit["steps"]) >= 2
+    assert report["heads_kept"] == [chosen["heads"]] * LAYERS and report["ffn_width"] == [chosen["ffn"]] * LAYERS
+    assert report["target"]["fitted"] == fit["measured_speedup"] and report["target"]["fit_met"] is True
+    captured = capsys.readouterr()
+    assert "[blockprune] latency fit: " in captured.err
+    assert f"by the latency table, {fit['measured_speedup']:.2f}x timed before training; " in captured.out
+    assert "Timed before training (fit)" in (out / "report.md").read_text()

@@ -103,7 +103,8 @@ def closing_line(report: dict[str, Any], output_dir: str) -> str:
 
     parts = [text for text in (change("test", "test_metrics"), change("dev", "metric")) if text]
     speed, target = report["speedup"], report.get("target") or {}
-    aimed = (f"target {target['value']:g}x, predicted {target['predicted']:.2f}x by the latency table; "
+    fitted = f", {target['fitted']:.2f}x timed before training" if target.get("fitted") else ""
+    aimed = (f"target {target['value']:g}x, predicted {target['predicted']:.2f}x by the latency table{fitted}; "
              if target.get("speed_model") == "measured" else "")
     return (
         f"\n{report['metric_name']} on {'; on '.join(parts)}; {aimed}speedup measured {speed['measured']:.2f}x on "

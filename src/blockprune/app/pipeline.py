@@ -470,13 +470,16 @@ class Run:
         return report
 
     def measured_target(self, by_batch: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        """A ``--speed-model measured`` target: the speedup the latency table predicted and the one measured at the
-        table's batch size, side by side (``achieved`` is the measured one); nothing for a FLOPs target."""
+        """A ``--speed-model measured`` target: the speedup the latency table predicted, the one the fit timed before
+        training (random weights at the planned shapes) and the one measured at the table's batch size after it,
+        side by side (``achieved`` is the last); nothing for a FLOPs target."""
         if self.plan.get("speed_model") != "measured":
             return {}
         table = self.plan["latency_table"]
         timed = by_batch.get(str(table["batch_size"]), {})
+        fit = self.plan.get("latency_fit") or {}
         return {"speed_model": "measured", "predicted": self.plan["predicted_speedup"],
+                "fitted": fit.get("measured_speedup"), "fit_met": fit.get("met"),
                 "achieved": timed.get("measured"), "batch_size": table["batch_size"], "seq_len": table["seq_len"],
                 "latency_table": table}
 

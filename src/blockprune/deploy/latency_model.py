@@ -477,8 +477,9 @@ def predicted_speedup(table: dict[str, Any], shapes: dict[str, Any]) -> float:
 
 
 # --------------------------------------------------------------------------------------------- budgets
-def _budget(table: dict[str, Any], kind: str, target: float, heads: list[int], ffn: list[int], hidden: int
-            ) -> dict[str, Any]:
+def shape_budget(table: dict[str, Any], kind: str, target: float, heads: list[int], ffn: list[int], hidden: int
+                 ) -> dict[str, Any]:
+    """The budget record of these per-layer shapes at residual ``hidden``: shapes, predicted ms and speedup."""
     dims, entry = table["key"]["dims"], _at_width(table, hidden)
     ms = predict_ms(table, heads, ffn, hidden)
     p = entry["params"]
@@ -539,7 +540,7 @@ def uniform_budget(table: dict[str, Any], target: float, *, hidden: bool | int =
         raise LatencyModelError(f"target speedup {target}x is beyond the table: uniform shapes reach at most "
                                 f"{table['model_ms'] / fastest:.2f}x at residual width {', '.join(map(str, widths))}")
     _, h, f, width = best
-    return _budget(table, "uniform", target, [h] * dims["layers"], [f] * dims["layers"], width)
+    return shape_budget(table, "uniform", target, [h] * dims["layers"], [f] * dims["layers"], width)
 
 
 def global_budget(table: dict[str, Any], target: float, importance: Callable[[int, str], Sequence[float]], *,
@@ -596,4 +597,4 @@ def global_budget(table: dict[str, Any], target: float, importance: Callable[[in
         else:
             ffn[layer] -= cut
         ms = predict_ms(table, heads, ffn, width)
-    return _budget(table, "global", target, heads, ffn, width)
+    return shape_budget(table, "global", target, heads, ffn, width)

@@ -56,6 +56,7 @@ from torch import nn
 
 from blockprune.deploy.counts import count_params, flops_per_token
 from blockprune.deploy.devices import check_bench_settings
+from blockprune.deploy.latency_fit import ShapeTimer, fit_budget
 from blockprune.deploy.latency_model import LatencyModelError, Setting, Timer, cache_path, latency_table, uniform_budget
 from blockprune.deploy.measure import speedup
 from blockprune.deploy.plan_text import to_json, to_text  # noqa: F401  (the plan's text forms, importable here)
@@ -455,9 +456,29 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+def device_shape_timer(source: str, setting: Setting, hidden_sparsity: float = 0.0, repeats: int = 7,
+                       trust_remote_code: bool = False) -> ShapeTimer:
+    """The real :data:`~blockprune.deploy.latency_fit.ShapeTimer`: random weights of ``source`` cut to the shape,
+    timed against the dense model alternately in this process (:func:`measure.speedup`), in ``setting``."""
+    dense = dense_model(source, trust_remote_code, device="cpu")
+    base = narrowed(dense, hidden_sparsity)
+    layers = len(list(iter_blocks(base)))
+
+    def timed(heads: int, ffn: int, width: int) -> float:
+        if width != hidden_width(base):
+            raise PlanError(f"the shape timer cuts the residual to {hidden_width(base)}, not {width}")
+        small = resized(base, {"heads_by_attention": [[heads]] * layers, "ffn": [ffn] * layers})
+        result = speedup(dense, small, seq_len=setting.seq_len, batch_sizes=(setting.batch_size,), repeats=repeats,
+                         device=setting.device, threads=setting.threads, dtype=setting.dtype)
+        return result["batches"][0]["measured"]
+
+    return timed
+
+
 def measured_config(preset: str, target_speedup: float, overrides: dict[str, Any] | None, ffn_multiple: int,
                     source: str, setting: Setting, *, folder: str | os.PathLike[str] | None = None,
-                    timer: Timer | None = None, log: Callable[[str], None] = _stderr,
+                    timer: Timer | None = None, log: Callable[[str], None] = _stderr, fit: bool = True,
+                    shape_timer: ShapeTimer | None = None,
                     trust_remote_code: bool = False) -> tuple[PruningConfig, dict[str, Any], dict[str, Any]]:
     """The config, latency table and budget of a ``target_speedup`` planned on measured latency (``setting``).
 
@@ -465,7 +486,10 @@ def measured_config(preset: str, target_speedup: float, overrides: dict[str, Any
     ``hidden_sparsity`` keeps (one the table timed: 3/4, 1/2 or 1/4 of it; full without a cut): ``h`` of ``H`` heads
     and ``f`` of ``F`` neurons in every layer, ``f`` the heads' fraction of ``F`` rounded to ``ffn_multiple``. They
     become ``attention_sparsity = 1 - h/H`` and ``sparsity = 1 - f/F``, checked to round back (the Pruner keeps
-    :func:`~blockprune.engine.masks.kept_count` units of a density) to exactly ``h`` and ``f``.
+    :func:`~blockprune.engine.masks.kept_count` units of a density) to exactly ``h`` and ``f``. With ``fit`` (the
+    default) that shape is then timed on the device and corrected until it *measures* within 5% of the target
+    (:func:`~blockprune.deploy.latency_fit.fit_budget`; ``shape_timer`` replaces the device in tests); the FFN then
+    no longer follows the heads' fraction.
 
     Raises:
         PlanError: tiles (only whole heads and neurons are planned on latency), dense layers (not
@@ -490,6 +514,10 @@ def measured_config(preset: str, target_speedup: float, overrides: dict[str, Any
                             f"width the latency table did not time ({timed}); choose hidden_sparsity among "
                             f"{sorted({round(1 - w / dims['hidden'], 4) for w in timed} - {0.0})}")
         budget = uniform_budget(table, target_speedup, hidden=width, ffn_multiple=ffn_multiple, even=True)
+        if fit:
+            timer_ = shape_timer or device_shape_timer(source, setting, config.hidden_sparsity,
+                                                       trust_remote_code=trust_remote_code)
+            budget = fit_budget(table, target_speedup, timer_, budget, ffn_multiple=ffn_multiple, log=log)
     except LatencyModelError as err:
         raise PlanError(f"{flag}: {err}") from None
     heads, ffn = budget["heads"][0], budget["ffn"][0]
@@ -517,12 +545,14 @@ def plan(model: str | None = None, preset: str = "struct", target_speedup: float
          sparsity: float | None = None, max_length: int = 128, overrides: dict[str, Any] | None = None,
          ffn_multiple: int = 16, trust_remote_code: bool = False, *, speed_model: str = "flops",
          setting: Setting | None = None, latency_cache: str | os.PathLike[str] | None = None,
-         timer: Timer | None = None, log: Callable[[str], None] = _stderr) -> dict[str, Any]:
+         timer: Timer | None = None, log: Callable[[str], None] = _stderr, fit: bool = True,
+         shape_timer: ShapeTimer | None = None) -> dict[str, Any]:
     """Plan a run like ``blockprune prune`` would make it (default target: a 2x theoretical speedup).
 
     ``speed_model="measured"`` plans the speedup target on the latency table of ``setting`` (its ``seq_len`` is
     ``max_length``; the table is measured once and cached in ``latency_cache``; ``timer`` replaces the device in
-    tests) with :func:`measured_config`; the plan adds ``predicted_speedup`` and ``latency_table``.
+    tests) with :func:`measured_config`, then fitted on the device (``fit``; ``shape_timer`` replaces it in tests);
+    the plan adds ``predicted_speedup``, ``latency_table`` and ``latency_fit``.
 
     Example:
         >>> plan(preset="struct", target_speedup=2.0)["heads"]     # doctest: +SKIP
@@ -545,20 +575,23 @@ def plan(model: str | None = None, preset: str = "struct", target_speedup: float
     setting = dataclasses.replace(setting or Setting(), seq_len=max_length)
     check_bench_settings(setting.device, setting.dtype, setting.threads, flags=("--device", "--dtype", "--threads"))
     return measured_plan(source, preset, target_speedup, overrides, ffn_multiple, setting, latency_cache=latency_cache,
-                         timer=timer, log=log, trust_remote_code=trust_remote_code)[1]
+                         timer=timer, log=log, fit=fit, shape_timer=shape_timer,
+                         trust_remote_code=trust_remote_code)[1]
 
 
 def measured_plan(source: str, preset: str, target_speedup: float, overrides: dict[str, Any] | None,
                   ffn_multiple: int, setting: Setting, *, latency_cache: str | os.PathLike[str] | None = None,
-                  timer: Timer | None = None, log: Callable[[str], None] = _stderr,
+                  timer: Timer | None = None, log: Callable[[str], None] = _stderr, fit: bool = True,
+                  shape_timer: ShapeTimer | None = None,
                   trust_remote_code: bool = False) -> tuple[PruningConfig, dict[str, Any]]:
     """The config and the plan of ``target_speedup`` spent on the measured latency of ``setting`` (its sequence
     length and batch size are the table's and the FLOPs count's): what ``plan(speed_model="measured")`` shows and
     what ``blockprune prune --speed-model measured`` trains to. The plan adds ``predicted_speedup``,
-    ``predicted_ms`` and ``latency_table`` (:func:`table_summary`)."""
+    ``predicted_ms``, ``latency_table`` (:func:`table_summary`) and, with ``fit``, ``latency_fit`` (the shapes
+    timed on the way and the chosen one's ``measured_speedup``: :func:`measured_config`)."""
     config, table, budget = measured_config(preset, target_speedup, overrides, ffn_multiple, source, setting,
-                                            folder=latency_cache, timer=timer, log=log,
-                                            trust_remote_code=trust_remote_code)
+                                            folder=latency_cache, timer=timer, log=log, fit=fit,
+                                            shape_timer=shape_timer, trust_remote_code=trust_remote_code)
     result = make_plan(source, config, preset=preset, target={"kind": "speedup", "value": target_speedup},
                        seq_len=setting.seq_len, ffn_multiple=ffn_multiple, trust_remote_code=trust_remote_code)
     if (result["heads"], result["ffn"]) != (budget["heads"], budget["ffn"]):
@@ -566,6 +599,7 @@ def measured_plan(source: str, preset: str, target_speedup: float, overrides: di
                         f"budget's {budget['heads']}, {budget['ffn']}")
     return config, result | {"speed_model": "measured", "predicted_speedup": budget["predicted_speedup"],
                              "predicted_ms": budget["predicted_ms"],
-                             "latency_table": table_summary(table, latency_cache)}
+                             "latency_table": table_summary(table, latency_cache)} | \
+        ({"latency_fit": budget["fit"]} if "fit" in budget else {})
 
 

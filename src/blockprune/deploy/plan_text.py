@@ -57,8 +57,15 @@ def _speed_lines(plan: dict[str, Any]) -> list[str]:
     timed = [b for b in (plan.get("measured") or {}).get("batches", []) if b["batch_size"] == batch]
     if timed:
         line += f" | measured {timed[0]['measured']:.2f}x (b {batch})"
-    return [line, f"latency table: {table['cache']} (dense {table['model_ms']:.2f} ms on {table['device_name']}, "
-                  f"{table['dtype']}, calibration {table['calibration']:.3f})"]
+    lines = [line, f"latency table: {table['cache']} (dense {table['model_ms']:.2f} ms on {table['device_name']}, "
+                   f"{table['dtype']}, calibration {table['calibration']:.3f})"]
+    fit = plan.get("latency_fit")
+    if fit:
+        tried = ", ".join(f"{s['heads']}h/{s['ffn']} {s['measured']:.2f}x" for s in fit["steps"])
+        verdict = "within" if fit["met"] else "NOT within"
+        lines.append(f"fitted on the device: measured {fit['measured_speedup']:.2f}x, {verdict} "
+                     f"{fit['tolerance']:.0%} of the target (shapes timed: {tried})")
+    return lines
 
 
 def _hidden_lines(plan: dict[str, Any]) -> list[str]:

@@ -255,6 +255,7 @@ def summary_section(report: dict[str, Any], tradeoff: Figure | Note) -> Section:
     add("Preset", report.get("preset"))
     add("Target", _target_text(report.get("target"), "value"))
     add("Predicted (latency table)", _target_text(report.get("target"), "predicted"))
+    add("Timed before training (fit)", _target_text(report.get("target"), "fitted"))
     add("Achieved", _target_text(report.get("target"), "achieved"))
     # a held-out test split (scored for the report only) comes first, as in the headline; the dev rows then say so
     for who in ("teacher", "final"):

@@ -1,0 +1,117 @@
+"""Closing the loop on a measured-latency target: time the shape the table planned, correct the table, step.
+
+The latency table (:mod:`blockprune.deploy.latency_model`) predicts a shape from per-layer probes. On a 2-core Xeon
+the shapes it plans at 4x-8x measure 9-26% slower than it predicts (``benchmarks/results/latency_targets.md``): the
+probes miss what a whole small model pays. A speedup target is a promise about *measured* speed, so
+:func:`fit_budget` times the planned model itself (random weights, the table's setting, the dense model timed
+alternately in the same process), takes measured over predicted as a local correction of the table, and plans
+again with it. It keeps the head count and moves the FFN width (``ffn_multiple`` neurons a step, a fine knob);
+it changes the heads by one only when no FFN width at this head count can land within the tolerance. Each step
+costs one timing of two models (seconds at batch 32 on a CPU); a handful land within 5% of the target.
+
+Of the shapes timed, the fit keeps one within the tolerance, preferring one that meets the target, then the one
+keeping the most parameters; if none is within it, the closest. The timer is a callable ``(heads, ffn, width) ->
+measured speedup``, so tests give a fake whose error against the table is known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from blockprune.deploy.latency_model import LatencyModelError, predict_ms, shape_budget
+
+ShapeTimer = Callable[[int, int, int], float]
+"""Times the model with ``heads`` heads and ``ffn`` neurons in every layer at residual ``width``; returns its
+measured speedup over the dense model."""
+
+TOLERANCE = 0.05
+MAX_STEPS = 6
+
+
+def _predicted(table: dict[str, Any], heads: int, ffn: int, width: int) -> float:
+    layers = table["key"]["dims"]["layers"]
+    return table["model_ms"] / predict_ms(table, [heads] * layers, [ffn] * layers, width)
+
+
+def _ffn_widths(full: int, multiple: int) -> list[int]:
+    return sorted({*range(0, full, multiple), full})
+
+
+def _widest(table: dict[str, Any], heads: int, aim: float, width: int, multiple: int) -> int | None:
+    """The widest FFN at ``heads`` whose predicted speedup reaches ``aim`` (None: not even an empty FFN does)."""
+    fits = [f for f in _ffn_widths(table["key"]["dims"]["ffn"], multiple) if _predicted(table, heads, f, width) >= aim]
+    return max(fits) if fits else None
+
+
+def next_shape(table: dict[str, Any], target: float, heads: int, correction: float, width: int, *,
+               ffn_multiple: int = 16, tolerance: float = TOLERANCE, min_heads: int = 1) -> tuple[int, int] | None:
+    """The next shape to time: the widest FFN whose speedup, predicted by the table and divided by ``correction``
+    (predicted over measured at the last shape), meets ``target``, at ``heads``; at one head fewer where not even
+    an empty FFN reaches it there, at one head more where even the full FFN is faster than ``tolerance`` allows.
+    None when no head count in range is left."""
+    dims = table["key"]["dims"]
+    step, aim = dims["head_step"], target * correction
+    h = heads
+    while min_heads <= h <= dims["heads"]:
+        f = _widest(table, h, aim, width, ffn_multiple)
+        if f is None:
+            if h > heads:  # one head more is too slow at any width, one fewer too fast: the full FFN at heads
+                return heads, dims["ffn"]
+            h -= step
+        elif f == dims["ffn"] and _predicted(table, h, f, width) / correction > target * (1 + tolerance) \
+                and h + step <= dims["heads"] and h >= heads:
+            h += step
+        else:
+            return h, f
+    return None
+
+
+def _choice(steps: list[dict[str, Any]], target: float, tolerance: float, params: Callable[[int, int], float]
+            ) -> dict[str, Any]:
+    inside = [s for s in steps if abs(s["measured"] / target - 1) <= tolerance]
+    if inside:
+        return max(inside, key=lambda s: (s["measured"] >= target, params(s["heads"], s["ffn"])))
+    return min(steps, key=lambda s: abs(s["measured"] / target - 1))
+
+
+def fit_budget(table: dict[str, Any], target: float, timer: ShapeTimer, start: dict[str, Any], *,
+               ffn_multiple: int = 16, tolerance: float = TOLERANCE, max_steps: int = MAX_STEPS, min_heads: int = 1,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Correct the uniform budget ``start`` (one of :func:`~blockprune.deploy.latency_model.uniform_budget`) until
+    the model it plans *measures* within ``tolerance`` of ``target``, at most ``max_steps`` timings.
+
+    Returns the budget of the shape chosen (see the module's docstring) with ``fit``: ``tolerance``, ``steps``
+    (``heads``, ``ffn``, ``predicted``, ``measured`` of each shape timed, in order), ``measured_speedup`` and
+    ``met`` (whether it lies within the tolerance).
+
+    Raises:
+        LatencyModelError: a budget that is not uniform, or a bad tolerance or step count.
+    """
+    if not 0 < tolerance < 1 or max_steps < 1:
+        raise LatencyModelError(f"tolerance {tolerance!r} must lie in (0, 1) and max_steps {max_steps!r} be >= 1")
+    if len(set(start["heads"])) != 1 or len(set(start["ffn"])) != 1:
+        raise LatencyModelError(f"fit_budget corrects a uniform budget; got heads {start['heads']}, ffn {start['ffn']}")
+    width = start["hidden"]
+    entry = next(w for w in table["widths"] if w["hidden"] == width)["params"]
+    heads, ffn = start["heads"][0], start["ffn"][0]
+    steps: list[dict[str, Any]] = []
+    while True:
+        predicted = _predicted(table, heads, ffn, width)
+        measured = float(timer(heads, ffn, width))
+        steps.append({"heads": heads, "ffn": ffn, "predicted": predicted, "measured": measured})
+        log(f"[blockprune] latency fit: {heads} heads, {ffn} neurons a layer: predicted {predicted:.2f}x, "
+            f"measured {measured:.2f}x (target {target:g}x)")
+        if abs(measured / target - 1) <= tolerance or len(steps) >= max_steps:
+            break
+        shape = next_shape(table, target, heads, predicted / measured, width, ffn_multiple=ffn_multiple,
+                           tolerance=tolerance, min_heads=min_heads)
+        if shape is None or any((s["heads"], s["ffn"]) == shape for s in steps):
+            break
+        heads, ffn = shape
+    chosen = _choice(steps, target, tolerance,
+                     lambda h, f: entry["fixed"] + entry["per_head"] * h + entry["per_neuron"] * f)
+    layers = table["key"]["dims"]["layers"]
+    budget = shape_budget(table, "uniform", target, [chosen["heads"]] * layers, [chosen["ffn"]] * layers, width)
+    return budget | {"fit": {"tolerance": tolerance, "steps": steps, "measured_speedup": chosen["measured"],
+                             "met": abs(chosen["measured"] / target - 1) <= tolerance}}
