@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         return [(p, s) for p in every for s in sorted(set(seeds_of(p)) | seeds_on_disk(runs, p))
                 if fm.read_done(run_dir(runs, p, s) / "frontier-result")]
 
-    unreachable = {p.name: why for p in every if (why := spec.unreachable(p, task.max_length))}
+    unreachable = {p.name: why for p in every if (why := spec.unreachable(p, task.max_length, runs))}
     if args.plan:
         todo = [(p, s) for p in points if p.name not in unreachable for s in seeds_of(p)
                 if not (run_dir(runs, p, s) / "frontier-result" / "done.json").is_file()]

@@ -235,16 +235,18 @@ def layer_drop(folder: Path, teacher_dir: Path, tokenizer: Any, dev: Task, test:
 
 
 def magnitude_oneshot(folder: Path, teacher_dir: Path, tokenizer: Any, dev: Task, test: Task, target: float,
-                      epochs: float, seed: int, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+                      epochs: float, seed: int, settings: dict[str, Any] | None = None,
+                      sparsity: float | None = None) -> dict[str, Any]:
     """All removal at step 0: the struct shapes of ``target`` chosen by weight magnitude, shrunk, then distilled.
 
-    ``settings``: the point's pinned PruningConfig fields (frontier_spec.MAGNITUDE), planned like ``--set``."""
+    ``settings``: the point's pinned PruningConfig fields (frontier_spec.MAGNITUDE), planned like ``--set``;
+    ``sparsity``: a pinned measured plan's FFN sparsity (its ``attention_sparsity`` is in ``settings``)."""
     done = read_done(folder)
     if done is not None:
         return done
     student = load_classifier(teacher_dir)
-    config = pruning_config(RunOptions(preset="struct", target_speedup=target, pruning=dict(settings or {})),
-                            str(teacher_dir))
+    config = pruning_config(RunOptions(preset="struct", target_speedup=None if sparsity is not None else target,
+                                       sparsity=sparsity, pruning=dict(settings or {})), str(teacher_dir))
     if settings is None:  # the recipe before the points pinned their settings: struct ranked by magnitude
         config = replace(config, attention_method="magnitude", ffn_method="magnitude")
     pruner = Pruner(student, config)

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import frontier_plans
 from frontier_spec import Point, resolved_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,10 +36,12 @@ def seeds_on_disk(runs: Path, point: Point) -> set[int]:
 
 
 def blockprune_command(point: Point, out: Path, teacher: Path, epochs: float, seed: int, common: list[str],
-                       data_flags: list[str] | None = None) -> list[str]:
-    """The ``blockprune prune`` command of a point: its preset, target and every pinned setting as ``--set``."""
-    flags = ["--preset", point.preset, "--sparsity" if point.kind == "sparsity" else "--target-speedup",
-             str(point.target), *point.set_flags(), "--epochs", str(epochs / 2 if point.fill else epochs),
+                       data_flags: list[str] | None = None, planned: dict[str, Any] | None = None) -> list[str]:
+    """The ``blockprune prune`` command of a point: its preset, target and every pinned setting as ``--set``;
+    a measured point's target is its pinned plan's sparsities (``planned``: frontier_plans.py)."""
+    target = ["--sparsity", str(planned["sparsity"]), "--set", f"attention_sparsity={planned['attention_sparsity']}"] \
+        if planned else ["--sparsity" if point.kind == "sparsity" else "--target-speedup", str(point.target)]
+    flags = ["--preset", point.preset, *target, *point.set_flags(), "--epochs", str(epochs / 2 if point.fill else epochs),
              "--seed", str(seed), "--teacher", str(teacher), *(data_flags or [])]
     if point.fill:
         flags += ["--fill-epochs", str(epochs / 2)]
@@ -54,13 +57,14 @@ def cli_config(out: Path) -> dict[str, Any]:
     return {"run": options, "pruning": (report.get("pruning") or {}).get("config")}
 
 
-def in_process_config(point: Point, epochs: float, seed: int, max_length: int) -> dict[str, Any]:
+def in_process_config(point: Point, epochs: float, seed: int, max_length: int,
+                      planned: dict[str, Any] | None = None) -> dict[str, Any]:
     """What an in-process method runs with: the distillation settings and, where it prunes, the resolved config."""
     from blockprune.app.finetune import TrainSettings
 
     training = asdict(TrainSettings(epochs=epochs, seed=seed, progress=False))
     training.pop("progress")
-    pruning = resolved_config(point, max_length).to_dict() if point.settings else None
+    pruning = resolved_config(point, max_length, planned).to_dict() if point.settings else None
     return {"run": {"method": point.method, "layers": point.layers, "source": point.source, "training": training},
             "pruning": pruning}
 
@@ -77,9 +81,15 @@ def train_point(point: Point, seed: int, runs: Path, ref: dict[str, Any], ctx: d
     out = run_dir(runs, point, seed)
     teacher = Path(ref["model"])
     epochs, dev, test = ctx["epochs"], ctx["dev"], ctx["test"]
+    planned = None
+    if point.speed_model == "measured":
+        planned = frontier_plans.pinned_plan(runs, point, teacher, ctx.get("max_length", 128))
+        if "error" in planned:
+            print(f"[frontier] {out.name}: unreachable, not run ({planned['error']})", flush=True)
+            return None
     start = time.perf_counter()
     if point.method in ("blockprune", "magnitude-gradual"):
-        args = blockprune_command(point, out, teacher, epochs, seed, common, ctx.get("data_flags"))
+        args = blockprune_command(point, out, teacher, epochs, seed, common, ctx.get("data_flags"), planned)
         command = shlex.join(args)
         if not (out / "report.json").is_file():
             log = out.parent / f"{out.name}.log"
@@ -96,10 +106,10 @@ def train_point(point: Point, seed: int, runs: Path, ref: dict[str, Any], ctx: d
         config = cli_config(out)
     else:
         print(f"[frontier] {out.name}: {point.method} (in process)", flush=True)
-        result = in_process(point, seed, out, runs, teacher, ctx)
+        result = in_process(point, seed, out, runs, teacher, ctx, planned)
         if result is None:
             return None
-        config = in_process_config(point, epochs, seed, ctx.get("max_length", 128))
+        config = in_process_config(point, epochs, seed, ctx.get("max_length", 128), planned)
         command = (f"python benchmarks/frontier.py --task {point.task} --only {point.name} --seeds {seed} "
                    f"(in process: {point.method})")
     print(f"[frontier] {out.name}: test {result['test']:.4f} dev {result['dev']:.4f} "
@@ -108,11 +118,14 @@ def train_point(point: Point, seed: int, runs: Path, ref: dict[str, Any], ctx: d
 
 
 def in_process(point: Point, seed: int, out: Path, runs: Path, teacher: Path,
-               ctx: dict[str, Any]) -> dict[str, Any] | None:
-    """The methods that run inside this process (frontier_methods.py, frontier_tp.py)."""
+               ctx: dict[str, Any], planned: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The methods that run inside this process (frontier_methods.py, frontier_tp.py); ``planned``: a measured
+    point's pinned plan, whose sparsities replace its target."""
     import frontier_methods as fm
 
     epochs, dev, test, tokenizer = ctx["epochs"], ctx["dev"], ctx["test"], ctx["tokenizer"]
+    settings = point.settings | frontier_plans.sparsities(planned)
+    sparsity = planned["sparsity"] if planned else None
     if point.method == "dense-control":
         return fm.control(out, teacher, tokenizer, dev, test, epochs, seed)
     if point.method == "int8-dense":
@@ -127,13 +140,14 @@ def in_process(point: Point, seed: int, out: Path, runs: Path, teacher: Path,
         import frontier_tp
 
         return frontier_tp.torch_pruning_baseline(out, teacher, tokenizer, dev, test, point.target, epochs, seed,
-                                                  point.settings)
+                                                  settings, sparsity)
     if point.method == "layer-drop":
         return fm.layer_drop(out, teacher, tokenizer, dev, test, int(point.layers or 0), epochs, seed)
     if point.method == "small-pretrained":
         return fm.small_pretrained(out, Path(ctx["small_model"]()), teacher, tokenizer, dev, test, epochs, seed)
     if point.method == "magnitude-oneshot":
-        return fm.magnitude_oneshot(out, teacher, tokenizer, dev, test, point.target, epochs, seed, point.settings)
+        return fm.magnitude_oneshot(out, teacher, tokenizer, dev, test, point.target, epochs, seed, settings,
+                                    sparsity)
     raise ValueError(f"{point.name}: no producer for method {point.method!r}")
 
 

@@ -128,6 +128,7 @@ class Point:
     variant: str = ""  # what the point changes against its recipe ("" = the recipe itself)
     layer_distill: float = 0.0  # blockprune: weight of layer-wise distillation (--layer-distill), 0 = off
     priority: int = 3  # issue 34's budget order: 1 first (see TaskSpec.priority_targets)
+    speed_model: str = "flops"  # "measured": the target is a measured speedup (frontier_plans.py pins the shape)
 
     @property
     def baseline(self) -> bool:
@@ -164,25 +165,30 @@ def _task_points(task: TaskSpec) -> list[Point]:
                   kind="layers", layers=keep, priority=top if task.first else prio(nominal))
             for keep, nominal in task.layer_drop]
     for target in task.targets:
+        speed = "measured" if target >= HIGH else "flops"  # struct's shapes, and those that copy them
         out += [
             Point(f"bp-struct-{target}", t, "blockprune", target, "blockprune struct", preset="struct",
-                  settings=dict(STRUCT), priority=prio(target)),
+                  settings=dict(STRUCT), priority=prio(target), speed_model=speed),
             Point(f"bp-hybrid-filled-{target}", t, "blockprune", target, "blockprune hybrid-filled",
                   preset="hybrid-filled", settings=dict(HYBRID_FILLED), fill=True, priority=prio(target)),
             Point(f"bp-struct-{target}-int8", t, "blockprune-int8", target, "blockprune struct + int8",
                   source=f"bp-struct-{target}", priority=prio(target, False)),
             Point(f"torch-pruning-{target}", t, "torch-pruning", target,
-                  "torch-pruning (Taylor, global) + distillation", settings=dict(STRUCT), priority=prio(target)),
+                  "torch-pruning (Taylor, global) + distillation", settings=dict(STRUCT), priority=prio(target),
+                  speed_model=speed),
             Point(f"magnitude-oneshot-{target}", t, "magnitude-oneshot", target,
-                  "one-shot magnitude + distillation", settings=dict(MAGNITUDE), priority=prio(target, False)),
+                  "one-shot magnitude + distillation", settings=dict(MAGNITUDE), priority=prio(target, False),
+                  speed_model=speed),
         ]
         if target >= HIGH:  # the parts of a >=4x recipe, each against struct alone, chosen on dev (issue 35)
             out += [Point(f"bp-struct-{name}-{target}", t, "blockprune", target, f"blockprune struct, {label}",
-                          preset="struct", settings=dict(STRUCT) | changes, variant=name, layer_distill=weight)
+                          preset="struct", settings=dict(STRUCT) | changes, variant=name, layer_distill=weight,
+                          speed_model=speed)
                     for name, (label, changes, weight) in HIGH_VARIANTS.items()]
             out.append(Point(f"torch-pruning-hidden25-{target}", t, "torch-pruning", target,  # the peer, same cut
                              "torch-pruning (Taylor, global) + 25% of the residual width + distillation",
-                             settings=dict(STRUCT) | {"hidden_sparsity": 0.25}, variant="hidden25"))
+                             settings=dict(STRUCT) | {"hidden_sparsity": 0.25}, variant="hidden25",
+                             speed_model=speed))
     return out
 
 
@@ -248,23 +254,34 @@ def unresolved(point: Point) -> list[str]:
     return sorted(f.name for f in fields(PruningConfig) if f.name not in DERIVED and f.name not in point.settings)
 
 
-def resolved_config(point: Point, max_length: int = 128) -> Any:
-    """The PruningConfig the CLI's planner gives the point (raises PlanError where its target is unreachable)."""
+def resolved_config(point: Point, max_length: int = 128, planned: dict[str, Any] | None = None) -> Any:
+    """The PruningConfig the CLI's planner gives the point (raises PlanError where its target is unreachable).
+
+    ``planned``: a measured point's pinned plan (frontier_plans.py), whose sparsities replace its target; without
+    one, a measured point resolves as if planned in FLOPs (the settings it pins are the same)."""
     from blockprune.deploy.plan import planned_config
 
     preset = point.preset or "struct"
+    if planned:
+        return planned_config(preset, sparsity=planned["sparsity"], max_length=max_length,
+                              overrides=point.settings | {"attention_sparsity": planned["attention_sparsity"]})
     if point.kind == "sparsity":
         return planned_config(preset, sparsity=point.target, overrides=point.settings, max_length=max_length)
     return planned_config(preset, target_speedup=point.target, overrides=point.settings, max_length=max_length)
 
 
-def unreachable(point: Point, max_length: int = 128) -> str | None:
+def unreachable(point: Point, max_length: int = 128, runs: Path | None = None) -> str | None:
     """Why the point's target cannot be reached (the planner's PlanError), or None. Points that prune nothing
-    by plan (layer drop, the small model, the dense ones, int8 of another point) are always reachable."""
+    by plan (layer drop, the small model, the dense ones, int8 of another point) are always reachable; a measured
+    point is unreachable where its pinned plan (in ``runs``) says so, and reachable until it is planned."""
     from blockprune.deploy.plan import PlanError
 
     if not point.settings:
         return None
+    if point.speed_model == "measured":
+        from frontier_plans import read_plan
+
+        return (read_plan(runs, point) or {}).get("error") if runs is not None else None
     try:
         resolved_config(point, max_length)
     except PlanError as err:

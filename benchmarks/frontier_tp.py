@@ -101,8 +101,10 @@ def cut_hidden(model: nn.Module, tokenizer: Any, task: Any, sparsity: float, see
 
 
 def torch_pruning_baseline(folder: Path, teacher_dir: Path, tokenizer: Any, dev: Any, test: Any, target: float,
-                           epochs: float, seed: int, settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """torch-pruning (Taylor, global, heads + neurons) to ``struct``'s totals at ``target``, then distilled.
+                           epochs: float, seed: int, settings: dict[str, Any] | None = None,
+                           sparsity: float | None = None) -> dict[str, Any]:
+    """torch-pruning (Taylor, global, heads + neurons) to ``struct``'s totals at ``target`` (or, given ``sparsity``,
+    at that FFN sparsity and the ``attention_sparsity`` of ``settings``: a pinned measured plan), then distilled.
 
     ``settings``: the point's pinned struct fields (frontier_spec.STRUCT), so its totals are the declared recipe's;
     with ``hidden_sparsity`` the residual is cut first (:func:`cut_hidden`, to the planner's width) and the heads
@@ -114,8 +116,8 @@ def torch_pruning_baseline(folder: Path, teacher_dir: Path, tokenizer: Any, dev:
     done = fm.read_done(folder)
     if done is not None:
         return done
-    config = pruning_config(RunOptions(preset="struct", target_speedup=target, pruning=dict(settings or {})),
-                            str(teacher_dir))
+    config = pruning_config(RunOptions(preset="struct", target_speedup=None if sparsity is not None else target,
+                                       sparsity=sparsity, pruning=dict(settings or {})), str(teacher_dir))
     head_ratio = config.sparsity if config.attention_sparsity is None else config.attention_sparsity
     student = fm.load_classifier(teacher_dir)
     torch.manual_seed(seed)

@@ -263,7 +263,7 @@ def test_an_unreachable_target_is_said_so_never_left_out(monkeypatch, tmp_path):
 
 
 def test_plan_prints_the_runs_still_to_do_with_an_estimate(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(spec, "unreachable", lambda point, max_length=128: (
+    monkeypatch.setattr(spec, "unreachable", lambda point, max_length=128, runs=None: (
         "PlanError: cannot" if point.name == "bp-hybrid-filled-8.0" else None))
     import dataclasses  # a task with no pinned reference yet, whatever the checkout holds
 
