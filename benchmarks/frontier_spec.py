@@ -105,6 +105,8 @@ HIGH_VARIANTS: dict[str, tuple[str, dict[str, Any], float]] = {  # name: (label,
     "hidden25": ("25% of the residual width removed", {"hidden_sparsity": 0.25}, 0.0),
     "ld1": ("layer-wise distillation (weight 1)", {}, 1.0),
     "hidden25-ld1": ("25% of the residual width removed, layer-wise distillation", {"hidden_sparsity": 0.25}, 1.0),
+    "global": ("heads and neurons ranked across layers (a layer may lose its whole attention)",
+               {"allocation": "global"}, 0.0),  # the same totals; Torch-Pruning's global Taylor allocates so too
 }
 
 
