@@ -11,6 +11,9 @@ Protocol (docs/RESULTS.md states it with the numbers):
 * **Equal budgets.** Every compressed model gets ``--budget-epochs`` epochs after the teacher (blockprune's fill
   recipes split them half/half); baselines: layer drop, one-shot magnitude, torch-pruning, int8 and a smaller
   pre-distilled model (paraphrase-MiniLM-L3-v2), all distilled from the same teacher.
+* **Targets.** Below 4x a target is a FLOPs speedup; from 4x, struct and the baselines that copy its shapes aim
+  at a *measured* speedup: frontier_plans.py plans the shape once per task, target and residual cut on this host's
+  latency table, fits it on the device, and pins it for every method and seed.
 * **Claims.** A beats B only where the gap exceeds the two seed spreads and a paired bootstrap over the test
   (movies for the embedded task, documents for 20 Newsgroups) and the seeds puts its 95% interval off 0.
 * **Timing** (``--time``, on a quiet machine): one pass per task times every finished run in one process, threads
@@ -18,6 +21,7 @@ Protocol (docs/RESULTS.md states it with the numbers):
 
 Usage:
     python benchmarks/frontier.py --task 20newsgroups --plan     # the runs still to do, with estimated CPU-hours
+    python benchmarks/frontier.py --task 20newsgroups --pin-plans  # plan the measured-speed shapes (quiet machine)
     python benchmarks/frontier.py --task 20newsgroups            # train every point (resumable), then report
     python benchmarks/frontier.py --task 20newsgroups --time     # then time every finished run (quiet machine!)
     python benchmarks/frontier.py --only bp-struct-2.0,layer-drop-3 --seeds 42
@@ -72,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train a reference here instead of using the task's pinned one")
     parser.add_argument("--pin-reference", action="store_true",
                         help="store the reference trained in --runs-dir as the task's pinned one (fp16), then stop")
+    parser.add_argument("--pin-plans", action="store_true",
+                        help="plan every measured-speed point of --task now (latency table + fit on this machine: "
+                             "run it quiet) and pin the shapes in --runs-dir, then stop")
     parser.add_argument("--archive-v2", action="store_true",
                         help="render docs/archive/RESULTS_v2.md from benchmarks/results/archive/frontier_v2.json")
     return parser
@@ -208,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
         needed = not pinned and not (runs / "reference" / "done.json").is_file()
         print(plan_text(task, todo, unreachable, needed, args.budget_epochs), flush=True)
         return None
+    if args.pin_plans:
+        return pin_plans(points, runs, task, parser)
     if args.pin_reference:
         import frontier_methods as fm
 
@@ -255,6 +264,25 @@ def main(argv: list[str] | None = None) -> None:
     report.write_results({task.name: section}, report.merge_records(results_file, task.name, records), args.quick)
     print(f"[frontier] {len(done)} runs of {task.name} done; see docs/RESULTS{'_quick' if args.quick else ''}.md")
     return None
+
+
+def pin_plans(points: list[spec.Point], runs: Path, task: spec.TaskSpec, parser: argparse.ArgumentParser) -> None:
+    """``--pin-plans``: the measured points' shapes, planned and pinned before any run needs them (each plan is a
+    timing, so a quiet machine now beats a run-time plan made beside whatever else runs then)."""
+    import frontier_plans
+
+    if task.pin is None or not (task.pin / "config.json").is_file():
+        parser.error(f"--pin-plans: {task.name} has no pinned reference to plan on; pin one first (--pin-reference)")
+    seen: dict[Path, spec.Point] = {}
+    for point in points:
+        if point.speed_model == "measured":
+            seen.setdefault(frontier_plans.plan_file(runs, point), point)
+    for path, point in seen.items():
+        planned = frontier_plans.pinned_plan(runs, point, task.pin, task.max_length)
+        shown = planned.get("error") or (f"{planned['heads']} heads, {planned['ffn']} neurons a layer, width "
+                                         f"{planned['hidden'] or 'full'}: predicted {planned['predicted']:.2f}x, "
+                                         f"timed {planned['fitted']:.2f}x (within 5%: {planned['met']})")
+        print(f"[frontier] {path.name}: {shown}", flush=True)
 
 
 def task_records(runs: Path, finished: list[tuple[spec.Point, int]], carried: list[dict[str, Any]],

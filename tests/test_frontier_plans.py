@@ -121,3 +121,21 @@ def test_an_unplannable_measured_target_is_pinned_as_unreachable_and_said_so(tmp
     assert "beyond the table" in planned["error"]
     assert spec.unreachable(far, 16, runs) == planned["error"]
     assert json.loads(frontier_plans.plan_file(runs, far).read_text()) == planned
+
+
+def test_pin_plans_plans_each_target_and_cut_once_on_the_pinned_reference(tmp_path, monkeypatch, capsys):
+    import frontier
+
+    calls = []
+
+    def fake(runs, p, teacher, max_length):
+        calls.append((frontier_plans.plan_file(runs, p).name, teacher, max_length))
+        return {"heads": 2, "ffn": 144, "hidden": None, "predicted": 8.3, "fitted": 8.1, "met": True}
+
+    monkeypatch.setattr(frontier_plans, "pinned_plan", fake)
+    assert frontier.main(["--task", "20newsgroups", "--pin-plans", "--runs-dir", str(tmp_path)]) is None
+    task = spec.TASKS["20newsgroups"]
+    expected = {f"struct-{t}-hidden{c}.json" for t in task.targets if t >= spec.HIGH for c in (0.0, 0.25)}
+    assert {name for name, _, _ in calls} == expected and len(calls) == len(expected)  # once each
+    assert all(teacher == task.pin and length == 128 for _, teacher, length in calls)
+    assert "2 heads, 144 neurons a layer, width full: predicted 8.30x, timed 8.10x" in capsys.readouterr().out
