@@ -284,7 +284,7 @@ def test_prune_refuses_what_the_latency_table_cannot_plan_before_any_training(cl
     assert main(prune_argv(classifier_dir, tmp_path, out, *extra)) == 2
     *progress, error = capsys.readouterr().err.strip().splitlines()
     assert error.startswith("blockprune prune: error: ") and needle in error
-    assert all(line.startswith("latency table") for line in progress)  # the one-off table measurement, if any
+    assert all(line.startswith(("latency table", "[blockprune] latency fit: ")) for line in progress)  # timing
     assert not (out / "teacher").exists()  # refused before the teacher stage started
 
 
@@ -384,3 +384,18 @@ def test_prune_trains_to_the_fitted_shape(classifier_dir, tmp_path, monkeypatch,
     assert "[blockprune] latency fit: " in captured.err
     assert f"by the latency table, {fit['measured_speedup']:.2f}x timed before training; " in captured.out
     assert "Timed before training (fit)" in (out / "report.md").read_text()
+
+
+def test_a_target_the_table_calls_beyond_is_fitted_from_the_fastest_shape_and_kept_if_the_device_reaches_it(
+        model_dir, tmp_path):
+    """The table's best even shape on the fake device is 3.59x; a device 10% faster than the table reaches 3.8x
+    with the fastest even shape (1 head, 32 neurons), so the plan is kept; 10% slower, it is refused, naming both."""
+    with pytest.raises(PlanError, match="beyond the table"):
+        measured(model_dir, tmp_path, target=3.8)  # the table alone
+    result = measured(model_dir, tmp_path, target=3.8, fit=True, shape_timer=device_speedup(1.1))
+    fit = result["latency_fit"]
+    assert fit["met"] and fit["steps"][0]["heads"] == 1 and fit["steps"][0]["ffn"] == 32
+    assert result["heads"] == [1] * LAYERS
+    with pytest.raises(PlanError, match=r"beyond the table: uniform shapes reach at most 3.59x.*; the fastest "
+                                        r"uniform shapes timed on this device reach 3.2\dx"):
+        measured(model_dir, tmp_path, target=3.8, fit=True, shape_timer=device_speedup(0.9))

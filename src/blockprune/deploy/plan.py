@@ -56,7 +56,7 @@ from torch import nn
 
 from blockprune.deploy.counts import count_params, flops_per_token
 from blockprune.deploy.devices import check_bench_settings
-from blockprune.deploy.latency_fit import ShapeTimer, fit_budget
+from blockprune.deploy.latency_fit import ShapeTimer, fastest_even, fit_budget
 from blockprune.deploy.latency_model import LatencyModelError, Setting, Timer, cache_path, latency_table, uniform_budget
 from blockprune.deploy.measure import speedup
 from blockprune.deploy.plan_text import to_json, to_text  # noqa: F401  (the plan's text forms, importable here)
@@ -456,7 +456,7 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def device_shape_timer(source: str, setting: Setting, hidden_sparsity: float = 0.0, repeats: int = 7,
+def device_shape_timer(source: str, setting: Setting, hidden_sparsity: float = 0.0, repeats: int = 10,
                        trust_remote_code: bool = False) -> ShapeTimer:
     """The real :data:`~blockprune.deploy.latency_fit.ShapeTimer`: random weights of ``source`` cut to the shape,
     timed against the dense model alternately in this process (:func:`measure.speedup`), in ``setting``."""
@@ -513,11 +513,21 @@ def measured_config(preset: str, target_speedup: float, overrides: dict[str, Any
             raise PlanError(f"{flag}: hidden_sparsity={config.hidden_sparsity} keeps {width} residual dimensions, a "
                             f"width the latency table did not time ({timed}); choose hidden_sparsity among "
                             f"{sorted({round(1 - w / dims['hidden'], 4) for w in timed} - {0.0})}")
-        budget = uniform_budget(table, target_speedup, hidden=width, ffn_multiple=ffn_multiple, even=True)
+        try:
+            budget, beyond = uniform_budget(table, target_speedup, hidden=width, ffn_multiple=ffn_multiple,
+                                            even=True), None
+        except LatencyModelError as err:  # the fit may still get there: the table errs on both sides
+            if not fit or "beyond the table" not in str(err):
+                raise
+            budget, beyond = fastest_even(table, target_speedup, width, ffn_multiple=ffn_multiple), err
         if fit:
             timer_ = shape_timer or device_shape_timer(source, setting, config.hidden_sparsity,
                                                        trust_remote_code=trust_remote_code)
             budget = fit_budget(table, target_speedup, timer_, budget, ffn_multiple=ffn_multiple, log=log)
+            timed = budget["fit"]["measured_speedup"]
+            if beyond is not None and not budget["fit"]["met"] and timed < target_speedup:
+                raise LatencyModelError(f"{beyond}; the fastest uniform shapes timed on this device reach "
+                                        f"{timed:.2f}x") from None
     except LatencyModelError as err:
         raise PlanError(f"{flag}: {err}") from None
     heads, ffn = budget["heads"][0], budget["ffn"][0]
