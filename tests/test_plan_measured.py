@@ -399,3 +399,23 @@ def test_a_target_the_table_calls_beyond_is_fitted_from_the_fastest_shape_and_ke
     with pytest.raises(PlanError, match=r"beyond the table: uniform shapes reach at most 3.59x.*; the fastest "
                                         r"uniform shapes timed on this device reach 3.2\dx"):
         measured(model_dir, tmp_path, target=3.8, fit=True, shape_timer=device_speedup(0.9))
+
+
+def test_when_noise_sends_the_fit_back_to_a_timed_shape_it_bisects_the_bracket(tmp_path):
+    """A device with a jump at 96 neurons (below: 20% faster than the table, from there: 10% slower): the secant
+    steps overshoot both ways and come back to timed widths, so the fit bisects the widths that bracket 3.3x; where
+    nothing lands within 5%, it keeps the slowest shape that meets the target, never one short of it."""
+    path = tmp_path / "bert"
+    config().save_pretrained(path)
+    table = lm.latency_table(str(path), lm.Setting(batch_size=2, seq_len=16), folder=tmp_path, timer=FakeTimer(),
+                             log=lambda line: None)
+
+    def jumpy(heads, ffn, width):
+        return device_speedup(1.2 if ffn < 96 else 0.9)(heads, ffn, width)
+
+    start = lm.shape_budget(table, "uniform", 3.3, [1] * LAYERS, [128] * LAYERS, 64)
+    fit = fit_budget(table, 3.3, jumpy, start, log=lambda line: None)["fit"]
+    widths = [s["ffn"] for s in fit["steps"]]
+    assert len(widths) == len(set(widths)) and {64, 96} & set(widths)  # a midpoint of a bracket was timed
+    assert not fit["met"] and fit["measured_speedup"] >= 3.3
+    assert fit["measured_speedup"] == min(s["measured"] for s in fit["steps"] if s["measured"] >= 3.3)

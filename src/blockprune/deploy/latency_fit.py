@@ -9,8 +9,9 @@ again with it. It keeps the head count and moves the FFN width (``ffn_multiple``
 it changes the heads by one only when no FFN width at this head count can land within the tolerance. Each step
 costs one timing of two models (seconds at batch 32 on a CPU); a handful land within 5% of the target.
 
-Of the shapes timed, the fit keeps one within the tolerance, preferring one that meets the target, then the one
-keeping the most parameters; if none is within it, the closest. The timer is a callable ``(heads, ffn, width) ->
+Where timing noise sends the step back to a shape already timed, it bisects the FFN widths that bracket the
+target. Of the shapes timed, the fit keeps one within the tolerance, preferring one that meets the target, then
+the one keeping the most parameters; if none is within it, the slowest that meets the target, else the fastest. The timer is a callable ``(heads, ffn, width) ->
 measured speedup``, so tests give a fake whose error against the table is known.
 """
 
@@ -79,12 +80,30 @@ def fastest_even(table: dict[str, Any], target: float, width: int, *, ffn_multip
     return shape_budget(table, "uniform", target, [h] * layers, [f] * layers, width)
 
 
+def _between(steps: list[dict[str, Any]], target: float, heads: int, multiple: int) -> tuple[int, int] | None:
+    """An untimed FFN width halfway between the two timed at ``heads`` that bracket ``target`` (the narrower one
+    measured above it, the wider one below), or None: where timing noise makes the secant step jump back to a
+    shape already timed, bisection still narrows the gap."""
+    timed = {s["ffn"]: s["measured"] for s in steps if s["heads"] == heads}
+    above = [f for f, m in timed.items() if m >= target]
+    below = [f for f, m in timed.items() if m < target]
+    if not above or not below or max(above) >= min(below):
+        return None
+    middle = multiple * round((max(above) + min(below)) / 2 / multiple)
+    return (heads, middle) if middle not in timed and max(above) < middle < min(below) else None
+
+
 def _choice(steps: list[dict[str, Any]], target: float, tolerance: float, params: Callable[[int, int], float]
             ) -> dict[str, Any]:
+    """Within the tolerance: one that meets the target, the most parameters. Else the slowest that meets the target
+    (a target is a floor), and only where none does, the closest below it."""
     inside = [s for s in steps if abs(s["measured"] / target - 1) <= tolerance]
     if inside:
         return max(inside, key=lambda s: (s["measured"] >= target, params(s["heads"], s["ffn"])))
-    return min(steps, key=lambda s: abs(s["measured"] / target - 1))
+    meeting = [s for s in steps if s["measured"] >= target]
+    if meeting:
+        return min(meeting, key=lambda s: s["measured"])
+    return max(steps, key=lambda s: s["measured"])
 
 
 def fit_budget(table: dict[str, Any], target: float, timer: ShapeTimer, start: dict[str, Any], *,
@@ -95,7 +114,7 @@ def fit_budget(table: dict[str, Any], target: float, timer: ShapeTimer, start: d
 
     Returns the budget of the shape chosen (see the module's docstring) with ``fit``: ``tolerance``, ``steps``
     (``heads``, ``ffn``, ``predicted``, ``measured`` of each shape timed, in order), ``measured_speedup`` and
-    ``met`` (whether it lies within the tolerance).
+    ``met`` (whether it lies within the tolerance), ``best_measured`` (the fastest shape timed).
 
     Raises:
         LatencyModelError: a budget that is not uniform, or a bad tolerance or step count.
@@ -119,6 +138,8 @@ def fit_budget(table: dict[str, Any], target: float, timer: ShapeTimer, start: d
         shape = next_shape(table, target, heads, predicted / measured, width, ffn_multiple=ffn_multiple,
                            tolerance=tolerance, min_heads=min_heads)
         if shape is None or any((s["heads"], s["ffn"]) == shape for s in steps):
+            shape = _between(steps, target, heads, ffn_multiple)
+        if shape is None:
             break
         heads, ffn = shape
     chosen = _choice(steps, target, tolerance,
@@ -126,4 +147,5 @@ def fit_budget(table: dict[str, Any], target: float, timer: ShapeTimer, start: d
     layers = table["key"]["dims"]["layers"]
     budget = shape_budget(table, "uniform", target, [chosen["heads"]] * layers, [chosen["ffn"]] * layers, width)
     return budget | {"fit": {"tolerance": tolerance, "steps": steps, "measured_speedup": chosen["measured"],
-                             "met": abs(chosen["measured"] / target - 1) <= tolerance}}
+                             "met": abs(chosen["measured"] / target - 1) <= tolerance,
+                             "best_measured": max(s["measured"] for s in steps)}}

@@ -524,7 +524,7 @@ def measured_config(preset: str, target_speedup: float, overrides: dict[str, Any
             timer_ = shape_timer or device_shape_timer(source, setting, config.hidden_sparsity,
                                                        trust_remote_code=trust_remote_code)
             budget = fit_budget(table, target_speedup, timer_, budget, ffn_multiple=ffn_multiple, log=log)
-            timed = budget["fit"]["measured_speedup"]
+            timed = budget["fit"]["best_measured"]
             if beyond is not None and not budget["fit"]["met"] and timed < target_speedup:
                 raise LatencyModelError(f"{beyond}; the fastest uniform shapes timed on this device reach "
                                         f"{timed:.2f}x") from None
