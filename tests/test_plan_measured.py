@@ -177,7 +177,10 @@ def test_cli_prints_the_three_numbers_and_reuses_the_cache(model_dir, tmp_path, 
     assert "fitted on the device: measured 2.06x, within 5% of the target" in out
     assert main([*argv, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["speed_model"] == "measured" and result["predicted_speedup"] >= 2.0
+    assert result["speed_model"] == "measured" and result["predicted_speedup"] >= 2.0 and result["latency_fit"]["met"]
+    assert main([*argv, "--json", "--table-only"]) == 0  # the table's shape, nothing timed
+    out, err = capsys.readouterr()
+    assert "latency_fit" not in json.loads(out) and err == ""
 
 
 @pytest.mark.parametrize(("args", "needle"), [

@@ -317,7 +317,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     setting = Setting(args.device, args.dtype, args.threads, args.max_length, max(batch_sizes))
     result = plan(args.model, args.preset, args.target_speedup, args.sparsity, args.max_length,
                   key_values(args.set, "--set"), args.ffn_multiple, args.trust_remote_code,
-                  speed_model=args.speed_model, setting=setting, latency_cache=args.latency_cache)
+                  speed_model=args.speed_model, setting=setting, latency_cache=args.latency_cache,
+                  fit=not args.table_only)
     if args.measure:
         result["measured"] = measure_plan(result, batch_sizes, args.repeats, args.device, args.threads,
                                           args.trust_remote_code, args.dtype)

@@ -214,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--measure", action="store_true",
                       help="also time a random model of the planned shapes against the dense one on this machine")
     plan.add_argument("--speed-model", default="flops", choices=["flops", "measured"], help="what --target-speedup "
-                      "counts: FLOPs, or latency predicted by this device's table (timed once per setting, cached)")
+                      "counts: FLOPs, or latency measured on this device (its table, timed once per setting and "
+                      "cached, then the planned model timed and corrected to within 5%%)")
+    plan.add_argument("--table-only", action="store_true",
+                      help="--speed-model measured: the latency table's shape alone, without timing it (seconds)")
     plan.add_argument("--latency-cache", metavar="DIR", help="folder of latency tables (default: the user cache dir)")
     plan.add_argument("--batch-sizes", default="1,32", help="batch sizes of --measure; the table times the largest")
     plan.add_argument("--repeats", type=int, default=10, help="timed passes of --measure")
