@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
 THREADS = int(os.environ.get("FRONTIER_THREADS", "2"))
+SPEED_TOLERANCE = 0.05
+"""A point within 5% below a speed goal meets it: measured targets are fitted to 5%, and one shape re-timed in
+another pass differs by up to 10% on the 2-core benchmark host (benchmarks/results/latency_targets.md)."""
 ARCHIVE = (
     ("RESULTS_v2.md", "frontier v2 (embedded task, 1.5x–3x, 3 seeds; records in benchmarks/results/archive/"
                       "frontier_v2.json, rendered by `python benchmarks/frontier.py --archive-v2`)"),
@@ -150,7 +153,7 @@ def task_section(task: str, records: list[dict[str, Any]], ref: dict[str, Any] |
     DOCS.mkdir(parents=True, exist_ok=True)
     plot(rows, ref, DOCS / f"frontier{suffix}.png", f"MiniLM-L6 / {task}: accuracy vs measured speedup (test)")
     reference = {"correct": [ref["test_correct"]], "task": task} if ref.get("test_correct") else {}
-    rules = GoalRules(targets=spec.targets)
+    rules = GoalRules(targets=spec.targets, speed_tolerance=SPEED_TOLERANCE)
     stale = ", ".join(accounted.get("stale", [])) or "none"
     control = next(iter(r for r in rows if r["method"] == "dense-control"), None)
     commands = "\n".join(f"    {c}" for c in dict.fromkeys(r["command"].replace(str(ROOT) + "/", "")
@@ -168,6 +171,9 @@ def task_section(task: str, records: list[dict[str, Any]], ref: dict[str, Any] |
 {chr(10).join(table_lines(rows, ref))}
 
 ### Verdicts (dev chooses, test reports; a claim needs the seeds' spread and the paired bootstrap)
+
+A speed goal counts a point measured up to {SPEED_TOLERANCE:.0%} below it as meeting it: measured targets are fitted
+to that, and the same shape re-timed on this host varies by more.
 
 {chr(10).join('- ' + g for g in goals(rows, rules, reference)) or '- none yet'}
 
