@@ -66,7 +66,7 @@ def test_struct_and_the_methods_that_copy_its_shapes_aim_at_measured_speed_from_
     assert point("bp-hybrid-filled-8.0").speed_model == "flops"  # tiles: shapes unknown before training
 
 
-def test_a_measured_point_is_planned_once_pinned_and_shared_by_every_method(tmp_path, fake_device, teacher):
+def test_a_measured_point_is_planned_once_pinned_and_shared_by_every_method(tmp_path, fake_device, teacher, capsys):
     runs = tmp_path / "runs"
     struct = at_2x("bp-struct-4.0")
     planned = frontier_plans.pinned_plan(runs, struct, teacher, max_length=16)
@@ -76,6 +76,10 @@ def test_a_measured_point_is_planned_once_pinned_and_shared_by_every_method(tmp_
     for other in ("torch-pruning-4.0", "magnitude-oneshot-4.0"):
         assert frontier_plans.pinned_plan(runs, at_2x(other), teacher, 16) == planned
     assert len(fake_device) == 1
+    path = frontier_plans.plan_file(runs, struct)
+    path.write_text(json.dumps(planned | {"setting": planned["setting"] | {"device_name": "Another CPU"}}))
+    frontier_plans.pinned_plan(runs, struct, teacher, 16)
+    assert "was planned on Another CPU" in capsys.readouterr().out and len(fake_device) == 1
     cut = frontier_plans.pinned_plan(runs, at_2x("torch-pruning-hidden25-4.0"), teacher, 16)
     assert cut["hidden"] == 48 and len(fake_device) == 2  # another residual width: a plan of its own
     assert frontier_plans.read_plan(runs, at_2x("bp-struct-hidden25-ld1-4.0")) == cut
