@@ -37,6 +37,7 @@ def long_config(**changes):
 
 def test_latency_targets_records_plan_prediction_and_measurement(bert_dir, tmp_path):
     argv = ["--model", str(bert_dir), "--targets", "2,50", "--cuts", "0,0.25", "--repeats", "2", "--threads", "1",
+            "--passes", "2",
             "--latency-cache", str(tmp_path / "cache"), "--results", str(tmp_path / "out")]
     assert latency_targets.main(argv) == 0
     record = json.loads((tmp_path / "out" / "latency_targets.json").read_text())
@@ -45,7 +46,9 @@ def test_latency_targets_records_plan_prediction_and_measurement(bert_dir, tmp_p
     hit = rows[(2.0, 0.0, "table")]
     assert hit["predicted"] >= 2.0 and hit["heads"] < HEADS // 2  # the table's plan, not the FLOPs one
     assert rows[(2.0, 0.0, "flops")]["heads"] == HEADS // 2 and rows[(2.0, 0.0, "flops")]["predicted"] is None
-    assert hit["error_b32"] == pytest.approx(hit["measured_b32"] / 2.0 - 1.0)
+    assert hit["error_b32"] == pytest.approx(hit["measured_b32"] / 2.0 - 1.0) and len(hit["measured_b32_passes"]) == 2
+    assert hit["measured_b32"] == pytest.approx(sum(hit["measured_b32_passes"]) / 2)  # the median of two
+    assert record["passes"] == 2
     assert rows[(2.0, 0.25, "table")]["hidden"] == 48 and "fit_steps" not in rows[(2.0, 0.25, "table")]
     fitted = rows[(2.0, 0.0, "fitted")]  # the fit times the tiny model for real: its steps, not their speed
     assert fitted["fit_steps"][0]["heads"] == hit["heads"] and 1 <= len(fitted["fit_steps"]) <= 6
