@@ -134,7 +134,7 @@ def data_context(task: spec.TaskSpec, runs_root: Path, quick: bool, epochs: floa
 
     return {"dev": dev, "test": test, "epochs": epochs, "data_flags": task.cli_flags(folder),
             "tokenizer": transformers.AutoTokenizer.from_pretrained(embedded_model_path()),
-            "max_length": task.max_length, "small_model": small_model}
+            "max_length": task.max_length, "small_model": small_model, "reference_epochs": task.reference_epochs}
 
 
 def time_task(runs: Path, finished: list[tuple[spec.Point, int]], carried: list[dict[str, Any]],

@@ -145,31 +145,33 @@ def pinned_reference(root: Path, tokenizer: Any, dev: Task, test: Task, pin: Pat
 
 
 def reference(root: Path, tokenizer: Any, dev: Task, test: Task, log: Any = print,
-              max_epochs: int = MAX_REFERENCE_EPOCHS) -> dict[str, Any]:
-    """Fine-tune the dense model one epoch at a time (lr 5e-5, warm-up and linear decay each epoch) until dev
-    accuracy stops improving, at most ``max_epochs``; keep the best epoch. Returns ``{"model", "epoch", "dev",
-    "test", "history", "stopped"}``. A reference that stopped at a lower cap while dev still rose goes on from its
-    last epoch when ``max_epochs`` is raised (the epochs already trained are read back, not trained again)."""
+              max_epochs: int = MAX_REFERENCE_EPOCHS, base: Path | str | None = None, seed: int = 42,
+              name: str = "reference") -> dict[str, Any]:
+    """Fine-tune the dense model (``base``; default the embedded MiniLM-L6) one epoch at a time (lr 5e-5, warm-up and
+    linear decay each epoch, epoch ``e`` seeded ``seed + e - 1``) until dev accuracy stops improving, at most
+    ``max_epochs``; keep the best epoch. Returns ``{"model", "epoch", "dev", "test", "history", "stopped"}``. A
+    reference that stopped at a lower cap while dev still rose goes on from its last epoch when ``max_epochs`` is
+    raised (the epochs already trained are read back, not trained again)."""
     done = read_done(root)
     if done is not None and not _cut_short(done, max_epochs):
         return done
     from transformers import AutoModelForSequenceClassification
 
-    base = embedded_model_path()
+    base = base or embedded_model_path()
     model = AutoModelForSequenceClassification.from_pretrained(base, **dev.model_kwargs())
     history: list[dict[str, Any]] = []
     for epoch in range(1, max_epochs + 1):
         folder = root / f"epoch-{epoch}"
         finished = read_done(folder)
         if finished is None:
-            log(f"[frontier] reference: epoch {epoch}")
-            train(model, dev, tokenizer, folder, TrainSettings(epochs=1.0, seed=42 + epoch - 1, progress=False))
+            log(f"[frontier] {name}: epoch {epoch}")
+            train(model, dev, tokenizer, folder, TrainSettings(epochs=1.0, seed=seed + epoch - 1, progress=False))
             save_hf_model(model, folder / "model", tokenizer)
             finished = write_done(folder, {"epoch": epoch, **evaluate(model, tokenizer, dev, test)})
         else:
             model = AutoModelForSequenceClassification.from_pretrained(folder / "model")
         history.append(finished)
-        log(f"[frontier] reference epoch {epoch}: dev {finished['dev']:.4f}")
+        log(f"[frontier] {name} epoch {epoch}: dev {finished['dev']:.4f}")
         if len(history) >= 2 and history[-1]["dev"] <= max(h["dev"] for h in history[:-1]):
             break
     best = max(history, key=lambda h: h["dev"])
@@ -257,17 +259,27 @@ def magnitude_oneshot(folder: Path, teacher_dir: Path, tokenizer: Any, dev: Task
 
 
 def small_pretrained(folder: Path, model_dir: Path, teacher_dir: Path, tokenizer: Any, dev: Task, test: Task,
-                     epochs: float, seed: int) -> dict[str, Any]:
+                     epochs: float, seed: int, finetune_epochs: int = MAX_REFERENCE_EPOCHS) -> dict[str, Any]:
     """A smaller pre-distilled encoder (``model_dir``, a BertModel folder with the reference's tokenizer) given a
-    fresh classifier head, then fine-tuned and distilled from the reference with the same budget as every run."""
+    fresh classifier head and fine-tuned as the reference was (:func:`reference`: until dev stops improving, at most
+    ``finetune_epochs``, seeded by ``seed``), then distilled from the reference with the same budget as every run.
+
+    Why the fine-tuning first: every pruned point starts from the fine-tuned reference and so inherits its task
+    training; a user who picks the small model instead fine-tunes it to convergence too. With the distillation
+    budget alone, MiniLM-L3 scored 71.36 on 20 Newsgroups (dev 75.11), where the reference had 77 after 2 epochs
+    of its own."""
     done = read_done(folder)
     if done is not None:
         return done
     from transformers import AutoModelForSequenceClassification
 
-    student = AutoModelForSequenceClassification.from_pretrained(model_dir, **dev.model_kwargs())
-    return write_done(folder, {"base_model": str(model_dir), **distil(student, teacher_dir, folder, tokenizer, dev,
-                                                                      test, epochs, seed, shrunk=False)})
+    tuned = reference(folder / "finetune", tokenizer, dev, test, max_epochs=finetune_epochs, base=model_dir,
+                      seed=seed, name=f"{folder.name} fine-tuning")
+    student = AutoModelForSequenceClassification.from_pretrained(tuned["model"])
+    finetune = {k: tuned[k] for k in ("epoch", "dev", "test", "stopped")}
+    return write_done(folder, {"base_model": str(model_dir), "finetune": finetune,
+                               **distil(student, teacher_dir, folder, tokenizer, dev, test, epochs, seed,
+                                        shrunk=False)})
 
 
 def int8(folder: Path, source: Path, tokenizer: Any, dev: Task, test: Task) -> dict[str, Any]:

@@ -144,7 +144,8 @@ def in_process(point: Point, seed: int, out: Path, runs: Path, teacher: Path,
     if point.method == "layer-drop":
         return fm.layer_drop(out, teacher, tokenizer, dev, test, int(point.layers or 0), epochs, seed)
     if point.method == "small-pretrained":
-        return fm.small_pretrained(out, Path(ctx["small_model"]()), teacher, tokenizer, dev, test, epochs, seed)
+        return fm.small_pretrained(out, Path(ctx["small_model"]()), teacher, tokenizer, dev, test, epochs, seed,
+                                   ctx.get("reference_epochs", fm.MAX_REFERENCE_EPOCHS))
     if point.method == "magnitude-oneshot":
         return fm.magnitude_oneshot(out, teacher, tokenizer, dev, test, point.target, epochs, seed, settings,
                                     sparsity)

@@ -246,8 +246,8 @@ def test_a_task_prepares_its_data_and_the_small_model_through_the_asset_modules_
     got = []
     monkeypatch.setattr(fm, "small_pretrained", lambda *a: got.append(a) or {"dev": 0.5, "test": 0.5})
     ctx = {"epochs": 2.0, "dev": "dev", "test": "test", "tokenizer": "tok", "small_model": lambda: tmp_path / "l3"}
-    runner.in_process(point, 42, tmp_path / "run", tmp_path, Path("teacher"), ctx)
-    assert got[0][1] == tmp_path / "l3" and got[0][-2:] == (2.0, 42)
+    runner.in_process(point, 42, tmp_path / "run", tmp_path, Path("teacher"), ctx | {"reference_epochs": 10})
+    assert got[0][1] == tmp_path / "l3" and got[0][-3:] == (2.0, 42, 10)  # fine-tuned up to the reference's cap
 
 
 def test_an_unreachable_target_is_said_so_never_left_out(monkeypatch, tmp_path):
@@ -633,3 +633,28 @@ def test_v3_speed_goals_count_a_point_within_5_percent_below_them():
     assert "below 4x" not in fv.goals(rows, rules)[0]
     rows[0]["b32"] = 3.70
     assert "3.70x measured, below 4x" in fv.goals(rows, rules)[0]
+
+
+def test_the_small_model_is_fine_tuned_to_convergence_before_its_distillation(tmp_path, monkeypatch):
+    """Every pruned point starts from the fine-tuned reference; the small model gets the same: fine-tuned like the
+    reference (until dev stops improving, at most the task's cap, seeded by the run's seed), then distilled."""
+    calls = {}
+
+    def fake_reference(root, tokenizer, dev, test, log=print, max_epochs=5, base=None, seed=42, name="reference"):
+        calls["reference"] = (root, max_epochs, base, seed)
+        return {"model": str(tmp_path / "tuned"), "epoch": 4, "dev": 0.8, "test": 0.79, "stopped": "dev stopped"}
+
+    class Task:
+        def model_kwargs(self):
+            return {}
+
+    monkeypatch.setattr(fm, "reference", fake_reference)
+    monkeypatch.setattr("transformers.AutoModelForSequenceClassification.from_pretrained",
+                        lambda path, **kw: calls.setdefault("student", path))
+    monkeypatch.setattr(fm, "distil", lambda student, *a, **kw: calls.setdefault("distil", (student, a)) and
+                        {"model": "m", "dev": 0.85, "test": 0.84})
+    out = fm.small_pretrained(tmp_path / "run", tmp_path / "l3", tmp_path / "teacher", "tok", Task(), "test", 2.0, 43,
+                              finetune_epochs=10)
+    assert calls["reference"] == (tmp_path / "run" / "finetune", 10, tmp_path / "l3", 43)
+    assert calls["student"] == str(tmp_path / "tuned") and calls["distil"][0] == str(tmp_path / "tuned")
+    assert out["finetune"] == {"epoch": 4, "dev": 0.8, "test": 0.79, "stopped": "dev stopped"} and out["test"] == 0.84
