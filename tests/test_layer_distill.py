@@ -214,7 +214,7 @@ def test_other_tasks_distil_layer_by_layer(model_type, task):
     objective = PruningObjective(student, teacher=teacher, layer_distill=1.0)
     loss = objective.train()(**inputs).loss
     hidden = objective.pop_log_values()["distill/hidden_loss"]
-    assert math.isfinite(float(loss)) and hidden > 0
+    assert math.isfinite(float(loss.detach())) and hidden > 0
 
 
 @pytest.mark.parametrize("weight", [-1.0, float("nan"), float("inf"), True])
