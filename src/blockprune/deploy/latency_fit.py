@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from blockprune.deploy.latency_model import LatencyModelError, predict_ms, shape_budget
+from blockprune.deploy.latency_model import LatencyModelError, even_ffn, ffn_steps, predict_ms, shape_budget
 
 ShapeTimer = Callable[[int, int, int], float]
 """Times the model with ``heads`` heads and ``ffn`` neurons in every layer at residual ``width``; returns its
@@ -35,13 +35,9 @@ def _predicted(table: dict[str, Any], heads: int, ffn: int, width: int) -> float
     return table["model_ms"] / predict_ms(table, [heads] * layers, [ffn] * layers, width)
 
 
-def _ffn_widths(full: int, multiple: int) -> list[int]:
-    return sorted({*range(0, full, multiple), full})
-
-
 def _widest(table: dict[str, Any], heads: int, aim: float, width: int, multiple: int) -> int | None:
     """The widest FFN at ``heads`` whose predicted speedup reaches ``aim`` (None: not even an empty FFN does)."""
-    fits = [f for f in _ffn_widths(table["key"]["dims"]["ffn"], multiple) if _predicted(table, heads, f, width) >= aim]
+    fits = [f for f in ffn_steps(table["key"]["dims"]["ffn"], multiple) if _predicted(table, heads, f, width) >= aim]
     return max(fits) if fits else None
 
 
@@ -75,7 +71,7 @@ def fastest_even(table: dict[str, Any], target: float, width: int, *, ffn_multip
     too (8x on MiniLM-L6: the table's best is 7.76x, the shape measures 8.2x)."""
     dims = table["key"]["dims"]
     h = max(dims["head_step"], min_heads)
-    f = min(dims["ffn"], ffn_multiple * round(dims["ffn"] * h / dims["heads"] / ffn_multiple))
+    f = even_ffn(dims, h, ffn_multiple)
     layers = dims["layers"]
     return shape_budget(table, "uniform", target, [h] * layers, [f] * layers, width)
 

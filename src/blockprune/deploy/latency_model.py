@@ -497,10 +497,16 @@ def _check_target(target: float) -> None:
         raise LatencyModelError(f"target speedup {target!r} must be a number greater than 1 (1 = the dense model)")
 
 
-def _ffn_steps(full: int, multiple: int) -> list[int]:
+def ffn_steps(full: int, multiple: int) -> list[int]:
+    """The FFN widths a budget may choose: multiples of ``multiple`` below ``full``, and ``full``."""
     if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
         raise LatencyModelError(f"ffn_multiple {multiple!r} must be a whole number >= 1")
     return sorted({*range(0, full, multiple), full})
+
+
+def even_ffn(dims: dict[str, Any], heads: int, multiple: int) -> int:
+    """The FFN width at the fraction ``heads`` keep of all heads, rounded to ``multiple`` (the even family)."""
+    return min(dims["ffn"], multiple * round(dims["ffn"] * heads / dims["heads"] / multiple))
 
 
 def uniform_budget(table: dict[str, Any], target: float, *, hidden: bool | int = False, ffn_multiple: int = 16,
@@ -528,8 +534,8 @@ def uniform_budget(table: dict[str, Any], target: float, *, hidden: bool | int =
         for h in range(0, dims["heads"] + 1, dims["head_step"]):
             if h < min_heads:
                 continue
-            for f in _ffn_steps(dims["ffn"], ffn_multiple):
-                if even and f != min(dims["ffn"], ffn_multiple * round(dims["ffn"] * h / dims["heads"] / ffn_multiple)):
+            for f in ffn_steps(dims["ffn"], ffn_multiple):
+                if even and f != even_ffn(dims, h, ffn_multiple):
                     continue
                 ms = table["calibration"] * (entry["stem_ms"] + dims["layers"] * _layer_ms(table, entry, h, f))
                 fastest = min(fastest, ms)
@@ -561,7 +567,7 @@ def global_budget(table: dict[str, Any], target: float, importance: Callable[[in
     dims = table["key"]["dims"]
     width = dims["hidden"] if hidden is None else hidden
     entry, step, layers = _at_width(table, width), dims["head_step"], dims["layers"]
-    _ffn_steps(dims["ffn"], ffn_multiple)
+    ffn_steps(dims["ffn"], ffn_multiple)
     scores = {}
     for layer in range(layers):
         for kind, count in (("heads", dims["heads"] // step), ("ffn", dims["ffn"])):
