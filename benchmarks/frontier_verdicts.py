@@ -29,10 +29,10 @@ class GoalRules:
     hybrid: tuple[float, float] | None = None  # issue 12: hybrid-filled at ≥ this measured speed, ≥ −this points
     measured_presets: tuple[str, ...] = ("hybrid-filled",)  # compete at every goal their measured speed meets
     speed_tolerance: float = 0.0  # a point measuring this share below a target still meets it (timing noise)
+    baselines: tuple[str, ...] = ("magnitude-oneshot", "magnitude-gradual", "torch-pruning", "small-pretrained")
 
     def meets(self, b32: float | None, target: float) -> bool:
         return bool(b32) and b32 >= target * (1.0 - self.speed_tolerance)
-    baselines: tuple[str, ...] = ("magnitude-oneshot", "magnitude-gradual", "torch-pruning", "small-pretrained")
 
 
 def with_point(row: dict[str, Any], point: Point | None) -> dict[str, Any]:

@@ -1,18 +1,19 @@
 """Closing the loop on a measured-latency target: time the shape the table planned, correct the table, step.
 
-The latency table (:mod:`blockprune.deploy.latency_model`) predicts a shape from per-layer probes. On a 2-core Xeon
-the shapes it plans at 4x-8x measure 9-26% slower than it predicts (``benchmarks/results/latency_targets.md``): the
-probes miss what a whole small model pays. A speedup target is a promise about *measured* speed, so
-:func:`fit_budget` times the planned model itself (random weights, the table's setting, the dense model timed
-alternately in the same process), takes measured over predicted as a local correction of the table, and plans
-again with it. It keeps the head count and moves the FFN width (``ffn_multiple`` neurons a step, a fine knob);
-it changes the heads by one only when no FFN width at this head count can land within the tolerance. Each step
-costs one timing of two models (seconds at batch 32 on a CPU); a handful land within 5% of the target.
+The latency table (:mod:`blockprune.deploy.latency_model`) predicts a shape from per-layer probes, and for the small
+shapes of 4x-8x it errs both ways by 10-40% on a 2-core Xeon (``benchmarks/results/latency_targets.md``): the probes
+miss what a whole small model pays. A speedup target is a promise about *measured* speed, so :func:`fit_budget`
+times the planned model itself (random weights, the table's setting, the dense model timed alternately in the same
+process), takes measured over predicted as a local correction of the table, and plans again with it. It keeps the
+head count and moves the FFN width (``ffn_multiple`` neurons a step, a fine knob); it changes the heads by one only
+when no FFN width at this head count can land within the tolerance. Each step costs one timing of two models
+(seconds at batch 32 on a CPU). Where timing noise sends the step back to a shape already timed, it bisects the FFN
+widths that bracket the target.
 
-Where timing noise sends the step back to a shape already timed, it bisects the FFN widths that bracket the
-target. Of the shapes timed, the fit keeps one within the tolerance, preferring one that meets the target, then
-the one keeping the most parameters; if none is within it, the slowest that meets the target, else the fastest. The timer is a callable ``(heads, ffn, width) ->
-measured speedup``, so tests give a fake whose error against the table is known.
+Of the shapes timed, the fit keeps one within the tolerance, preferring one that meets the target, then the one
+keeping the most parameters; if none is within it, the slowest that meets the target, else the fastest. The timer
+is a callable ``(heads, ffn, width) -> measured speedup``, so tests give a fake whose error against the table is
+known.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from blockprune.deploy.latency_model import LatencyModelError, even_ffn, ffn_steps, predict_ms, shape_budget
+from blockprune.deploy.latency_model import LatencyModelError, even_ffn, ffn_steps, predicted_speedup, shape_budget
 
 ShapeTimer = Callable[[int, int, int], float]
 """Times the model with ``heads`` heads and ``ffn`` neurons in every layer at residual ``width``; returns its
@@ -32,7 +33,7 @@ MAX_STEPS = 6
 
 def _predicted(table: dict[str, Any], heads: int, ffn: int, width: int) -> float:
     layers = table["key"]["dims"]["layers"]
-    return table["model_ms"] / predict_ms(table, [heads] * layers, [ffn] * layers, width)
+    return predicted_speedup(table, {"heads": [heads] * layers, "ffn": [ffn] * layers, "hidden": width})
 
 
 def _widest(table: dict[str, Any], heads: int, aim: float, width: int, multiple: int) -> int | None:

@@ -72,6 +72,10 @@ class LatencyModelError(ValueError):
     """A latency table cannot be built, read or used as asked; the message says what to change."""
 
 
+class BeyondTableError(LatencyModelError):
+    """A target faster than every shape the table predicts (a budget's message names the most it reaches)."""
+
+
 @dataclass(frozen=True)
 class Setting:
     """Where and how the model will run: each field changes latency, so each is part of the cache key."""
@@ -543,7 +547,7 @@ def uniform_budget(table: dict[str, Any], target: float, *, hidden: bool | int =
                 if table["model_ms"] / ms >= target and (best is None or (params, -ms) > best[0]):
                     best = ((params, -ms), h, f, width)
     if best is None:
-        raise LatencyModelError(f"target speedup {target}x is beyond the table: uniform shapes reach at most "
+        raise BeyondTableError(f"target speedup {target}x is beyond the table: uniform shapes reach at most "
                                 f"{table['model_ms'] / fastest:.2f}x at residual width {', '.join(map(str, widths))}")
     _, h, f, width = best
     return shape_budget(table, "uniform", target, [h] * dims["layers"], [f] * dims["layers"], width)
@@ -594,7 +598,7 @@ def global_budget(table: dict[str, Any], target: float, importance: Callable[[in
                 saved = now - _layer_ms(table, entry, heads[layer], ffn[layer] - chunk)
                 candidates.append((loss / max(saved, 1e-9), layer, "ffn", chunk, chunk))
         if not candidates:
-            raise LatencyModelError(f"target speedup {target}x is beyond the table at hidden width {width}: every "
+            raise BeyondTableError(f"target speedup {target}x is beyond the table at hidden width {width}: every "
                                     f"layer emptied reaches {table['model_ms'] / ms:.2f}x")
         _, layer, kind, units, cut = min(candidates)
         removed[layer, kind] += units

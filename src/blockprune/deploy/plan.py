@@ -57,7 +57,15 @@ from torch import nn
 from blockprune.deploy.counts import count_params, flops_per_token
 from blockprune.deploy.devices import check_bench_settings
 from blockprune.deploy.latency_fit import ShapeTimer, fastest_even, fit_budget
-from blockprune.deploy.latency_model import LatencyModelError, Setting, Timer, cache_path, latency_table, uniform_budget
+from blockprune.deploy.latency_model import (
+    BeyondTableError,
+    LatencyModelError,
+    Setting,
+    Timer,
+    cache_path,
+    latency_table,
+    uniform_budget,
+)
 from blockprune.deploy.measure import speedup
 from blockprune.deploy.plan_text import to_json, to_text  # noqa: F401  (the plan's text forms, importable here)
 from blockprune.engine.budget import MIN_FFN_DENSITY
@@ -516,8 +524,8 @@ def measured_config(preset: str, target_speedup: float, overrides: dict[str, Any
         try:
             budget, beyond = uniform_budget(table, target_speedup, hidden=width, ffn_multiple=ffn_multiple,
                                             even=True), None
-        except LatencyModelError as err:  # the fit may still get there: the table errs on both sides
-            if not fit or "beyond the table" not in str(err):
+        except BeyondTableError as err:  # the fit may still get there: the table errs on both sides
+            if not fit:
                 raise
             budget, beyond = fastest_even(table, target_speedup, width, ffn_multiple=ffn_multiple), err
         if fit:
